@@ -1,0 +1,5 @@
+import sys
+
+from loratui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""`loratui` command line: run, watch, check, demo, advise.
+
+Imports stay lazy: `loratui --help` and the dashboard's first frame must not
+wait for torch, transformers or peft (about four seconds to import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from loratui.errors import EXIT_BAD_INPUT, UserInputError
+
+HEADLESS_NOTICE = "loratui: stdout is not a terminal; running headless (as with --headless)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loratui",
+        description="A terminal dashboard for live, precision-monitored LoRA training.",
+        epilog="Exit codes: 0 done, 1 training failed, 2 bad config or input, 130/143/129 after "
+               "SIGINT/SIGTERM/SIGHUP (a checkpoint is saved first).")
+    from loratui import __version__
+
+    parser.add_argument("--version", action="version", version=f"loratui {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def training_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--headless", action="store_true",
+                         help="plain log lines instead of the dashboard (automatic without a terminal)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config key with a TOML value, e.g. --set train.precision=fp16")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue the run directory from its newest complete checkpoint")
+
+    run = commands.add_parser("run", help="train a LoRA adapter from a config file",
+                              description="Train a LoRA adapter, with the dashboard or --headless.")
+    run.add_argument("config", help="a TOML config (see config.example.toml)")
+    training_options(run)
+
+    watch = commands.add_parser("watch", help="attach the dashboard to a run directory",
+                                description="Show a run directory's events live (or its history), "
+                                            "and control the run with the dashboard's keys.")
+    watch.add_argument("run_dir")
+
+    check = commands.add_parser("check", help="validate a config and report what this machine supports")
+    check.add_argument("config")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    from loratui.scenarios import SCENARIOS
+
+    demo = commands.add_parser("demo", help="the built-in offline example (tiny model, bundled data)",
+                               description="Train the built-in tiny model on bundled data. Scenarios "
+                                           "reproduce precision faults: " + ", ".join(SCENARIOS))
+    demo.add_argument("--scenario", default="healthy", choices=list(SCENARIOS))
+    training_options(demo)
+
+    advise = commands.add_parser("advise", help="measure fp32, bf16 and fp16 on your model and data",
+                                 description="Short trials of each precision this machine can run, then "
+                                             "one recommendation with its evidence.")
+    advise.add_argument("config")
+    advise.add_argument("--steps", type=int, default=30, help="optimizer steps per trial (default 30)")
+    advise.add_argument("--json", action="store_true", help="print the results as JSON")
+    advise.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_command(args.config, args.overrides, headless=args.headless, resume=args.resume)
+        if args.command == "demo":
+            return demo_command(args.scenario, args.overrides, headless=args.headless, resume=args.resume)
+        if args.command == "watch":
+            return watch_command(args.run_dir)
+        if args.command == "check":
+            return check_command(args.config, args.overrides)
+        if args.command == "advise":
+            from loratui.advise.cli import advise_command
+
+            return advise_command(args.config, args.overrides, steps=args.steps, as_json=args.json)
+    except UserInputError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_BAD_INPUT
+
+
+def run_command(config_path: str, overrides: list[str], *, headless: bool, resume: bool) -> int:
+    from loratui.config import load_config
+
+    config = load_config(config_path, overrides)
+    return start_run(config, headless=headless, resume=resume)
+
+
+def demo_command(scenario: str, overrides: list[str], *, headless: bool, resume: bool) -> int:
+    from loratui.scenarios import demo_config
+
+    config = demo_config(scenario, overrides, resume=resume)
+    return start_run(config, headless=headless, resume=resume)
+
+
+def start_run(config, *, headless: bool, resume: bool) -> int:
+    from loratui.config import render_toml
+    from loratui.run_dir import prepare_run_dir, run_dir_for
+
+    if not headless and not sys.stdout.isatty():
+        print(HEADLESS_NOTICE, flush=True)
+        headless = True
+    if not headless:
+        from loratui.ui.launch import run_dashboard
+
+        return run_dashboard(config, resume=resume)
+    # Under `accelerate launch` every rank runs this; rank 0 alone prepares the run directory.
+    if int(os.environ.get("RANK", "0")) == 0:
+        run_dir = prepare_run_dir(config, resume=resume, config_text=render_toml(config))
+    else:
+        run_dir = run_dir_for(config)
+    from loratui.train.entry import train_in_run_dir
+
+    return train_in_run_dir(run_dir, resume=resume)
+
+
+def watch_command(run_dir: str) -> int:
+    from pathlib import Path
+
+    from loratui.errors import Problem
+
+    path = Path(run_dir)
+    if not (path / "events.jsonl").is_file():
+        raise UserInputError(Problem(run_dir, "not a loratui run directory (no events.jsonl)"))
+    from loratui.ui.launch import watch_dashboard
+
+    return watch_dashboard(path)
+
+
+def check_command(config_path: str, overrides: list[str]) -> int:
+    from loratui.config import load_config
+    from loratui.errors import Problem
+    from loratui.hardware import detect, machine_problems, resolve_precision
+
+    config = load_config(config_path, overrides)
+    caps = detect(config.train.device)
+    print(f"config: {config_path} is valid")
+    print(f"device: {caps.device} ({caps.device_name})"
+          + (f", compute capability {caps.compute_capability[0]}.{caps.compute_capability[1]}"
+             if caps.compute_capability else ""))
+    print(f"torch: {caps.torch_version}; CUDA: {'yes' if caps.device == 'cuda' else 'no'}")
+    for precision in ("fp32", "bf16", "fp16"):
+        note = caps.notes.get(precision)
+        print(f"  {precision}: {caps.support[precision]}" + (f" ({note})" if note else ""))
+    print(f"NVML: {caps.nvml}")
+    resolved = resolve_precision(config.train.precision, caps)
+    print(f"train.precision = {config.train.precision!r} -> {resolved}")
+    problems = machine_problems(config, caps)
+    if problems:
+        raise UserInputError([Problem(config_path, p) for p in problems],
+                             headline=f"{config_path}: this machine cannot run the config as written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The config's shape: one dataclass per TOML section, each key with its rules.
+
+The rules live beside the keys (in field metadata) so that validation, the
+defaults, the resolved `config.toml` and the documentation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
+
+PRECISIONS = ("auto", "advise", "bf16", "fp16", "fp32")
+TRAINING_PRECISIONS = ("bf16", "fp16", "fp32")
+ALERT_KINDS = (
+    "overflow",
+    "underflow",
+    "nonfinite_loss",
+    "scale_collapse",
+    "loss_spike",
+    "stale_update",
+    "divergence",
+    "checkpoint_failed",
+)
+AUTOPILOT_ACTIONS = ("switch_precision", "lower_lr", "rollback", "stop", "none")
+
+
+def key(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, min_exclusive: bool = False, kind: str | None = None):
+    """A config key: its default, one line of documentation and what is allowed.
+
+    `kind` names a value shape that a Python type cannot express:
+    "str_list", "modules" (a list of names or "all-linear"), "action_map".
+    """
+    rules = {"doc": doc, "choices": choices, "min": min, "max": max,
+             "min_exclusive": min_exclusive, "kind": kind}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class RunSection:
+    name: str = key("loratui-run", "Run name; the run directory is <output_dir>/<name>.")
+    output_dir: str = key("runs", "Directory that holds run directories (relative to the config file).")
+    report_to: list = key([], "Experiment trackers to mirror metrics to.", kind="str_list",
+                          choices=("tensorboard", "wandb", "mlflow", "trackio"))
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = key("builtin:tiny-llama",
+                            'A local Hugging Face model directory, a hub id already in the local cache, '
+                            'or "builtin:tiny-llama" (built offline from a seeded config).')
+    trust_remote_code: bool = key(False, "Run code shipped with the model. Off unless you trust its source.")
+
+
+@dataclass
+class DataSection:
+    path: str = key("builtin:tiny-chat",
+                    '"builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat" or a .jsonl file '
+                    "(relative to the config file).")
+    format: str = key("messages", "Row format.", choices=("text", "prompt_completion", "messages"))
+    max_length: int = key(256, "Longest tokenized row.", min=8, max=1_048_576)
+    on_too_long: str = key("truncate", "What to do with a row longer than max_length.",
+                           choices=("truncate", "drop", "error"))
+    on_bad_row: str = key("error", "What to do with a malformed row.", choices=("error", "skip"))
+    shuffle: bool = key(True, "Shuffle rows each epoch (seeded by train.seed and the epoch).")
+
+
+@dataclass
+class LoraSection:
+    r: int = key(8, "LoRA rank.", min=1, max=4096)
+    alpha: float = key(16.0, "LoRA alpha; the update is scaled by alpha / r.", min=0, min_exclusive=True)
+    dropout: float = key(0.05, "Dropout on the LoRA input.", min=0, max=0.9)
+    target_modules: Any = key("all-linear", 'Module names to adapt, or "all-linear".', kind="modules")
+
+
+@dataclass
+class TrainSection:
+    precision: str = key("auto", "auto = bf16 where native (CUDA capability >= 8.0, or CPU), else fp16 "
+                         "on CUDA, else fp32; advise = measure first (loratui advise), then train "
+                         "with its choice.", choices=PRECISIONS)
+    adapter_dtype: str = key("fp32", "dtype of the trainable LoRA weights; bf16 saves memory "
+                             "(pure-bf16 training) and needs precision = bf16.", choices=("fp32", "bf16"))
+    device: str = key("auto", "auto = CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
+    learning_rate: float = key(2e-3, "Peak learning rate.", min=0, max=10, min_exclusive=True)
+    lr_scheduler: str = key("cosine", "Learning-rate schedule after warmup.",
+                            choices=("constant", "linear", "cosine"))
+    warmup_steps: int = key(10, "Linear warmup steps.", min=0)
+    max_steps: int = key(200, "Optimizer steps to train.", min=1)
+    batch_size: int = key(8, "Rows per micro-batch (per process).", min=1)
+    grad_accum: int = key(1, "Micro-batches per optimizer step.", min=1)
+    max_grad_norm: float = key(1.0, "Clip the gradient norm to this; 0 turns clipping off.", min=0)
+    weight_decay: float = key(0.0, "AdamW weight decay.", min=0)
+    seed: int = key(42, "Seed for weights, LoRA init, shuffling and dropout.", min=0)
+    lr_factor: float = key(0.5, "Factor the dashboard's 'lower learning rate' key suggests.",
+                           min=0, max=1, min_exclusive=True)
+
+
+@dataclass
+class AmpSection:
+    loss_scaling: bool = key(True, "fp16 only: dynamic loss scaling with torch.amp.GradScaler.")
+    init_scale: float = key(65536.0, "fp16 only: the GradScaler's initial scale.", min=0, min_exclusive=True)
+    growth_interval: int = key(2000, "fp16 only: clean steps before the scale doubles.", min=1)
+    growth_factor: float = key(2.0, "fp16 only: scale growth factor.", min=1, min_exclusive=True)
+    backoff_factor: float = key(0.5, "fp16 only: scale backoff factor after an overflow.",
+                                min=0, max=1, min_exclusive=True)
+
+
+@dataclass
+class CheckpointSection:
+    every_steps: int = key(50, "Save a checkpoint every this many optimizer steps.", min=1)
+    keep: int = key(3, "Complete checkpoints to keep (older ones are deleted after a new one is complete).",
+                    min=1)
+    on_error: str = key("stop", "When a checkpoint cannot be written (disk full): stop, or continue "
+                        "training and retry at the next interval.", choices=("stop", "continue"))
+
+
+@dataclass
+class AutopilotSection:
+    enabled: bool = key(False, "Apply fixes without a person (for headless runs).")
+    max_actions: int = key(3, "Most fixes the autopilot may apply in one run.", min=0)
+    actions: dict = key({"overflow": "switch_precision", "scale_collapse": "switch_precision",
+                         "nonfinite_loss": "rollback", "underflow": "switch_precision",
+                         "stale_update": "switch_precision", "divergence": "lower_lr",
+                         "loss_spike": "none", "checkpoint_failed": "none"},
+                        "Alert kind -> action (switch_precision, lower_lr, rollback, stop, none).",
+                        kind="action_map")
+
+
+@dataclass
+class MonitorSection:
+    log_every: int = key(10, "Headless: print one line every this many steps.", min=1)
+    probe_every: int = key(50, "Run the health probes every this many steps.", min=1)
+    fp16_headroom_min: float = key(4.0, "Alert when fp16's max (65504) is less than this many times the "
+                                   "largest activation.", min=1)
+    underflow_max: float = key(0.05, "Alert when this share of gradient values underflows in fp16.",
+                               min=0, max=1)
+    fidelity_min: float = key(0.98, "Alert when the cosine of the run's gradients against fp32 falls "
+                              "below this.", min=0, max=1)
+    stale_max: float = key(0.5, "Alert when this share of adapter weights stops changing (update lost "
+                           "to rounding).", min=0, max=1)
+    skip_rate_max: float = key(0.1, "fp16: alert when more than this share of steps is skipped after "
+                               "calibration.", min=0, max=1)
+    consecutive_skips_max: int = key(5, "fp16: alert after this many skipped steps in a row.", min=1)
+    calibration_steps: int = key(30, "fp16: skips in this many steps after a start or restart are "
+                                 "calibration, not alerts.", min=0)
+    spike_sigma: float = key(6.0, "Loss spike: above mean + this many standard deviations.",
+                             min=0, min_exclusive=True)
+    spike_window: int = key(50, "Loss spike: rolling window of finite losses.", min=5)
+    divergence_window: int = key(30, "Divergence: steps of sustained rising loss.", min=5)
+    autopilot: AutopilotSection = field(default_factory=AutopilotSection)
+
+
+@dataclass
+class LaunchSection:
+    num_processes: int = key(1, "Processes for `accelerate launch` when the dashboard starts the run.",
+                             min=1)
+    accelerate_args: list = key([], "Extra `accelerate launch` options, e.g. [\"--config_file\", "
+                                "\"fsdp.yaml\"].", kind="str_list")
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    amp: AmpSection = field(default_factory=AmpSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
+    launch: LaunchSection = field(default_factory=LaunchSection)
+
+
+def is_section(value_type: Any) -> bool:
+    return isinstance(value_type, type) and is_dataclass(value_type)
+
+
+def section_fields(section_type: type):
+    """(name, python type, rules) for each key of a section, nested sections included."""
+    hints = get_type_hints(section_type)
+    for f in fields(section_type):
+        yield f.name, hints[f.name], f.metadata
+
+
+def to_dict(obj: Any) -> dict:
+    """A plain nested dict of a config (or section), the shape TOML and JSON want."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = to_dict(value) if is_dataclass(value) else value
+    return out

@@ -1,0 +1,1 @@
+"""Training data: the bundled datasets, JSONL readers for three formats, batching."""

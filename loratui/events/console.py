@@ -1,0 +1,85 @@
+"""Headless console lines: one line per `monitor.log_every` steps, plus the events a person must see.
+
+Plain lines, no carriage returns or colours, so they read well in `nohup.out`,
+a batch scheduler's log and `tail -f` alike.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from loratui.events.encode import as_float
+
+
+def _num(value, spec: str = ".4g") -> str:
+    number = as_float(value)
+    return "-" if number is None else format(number, spec)
+
+
+class ConsoleSink:
+    def __init__(self, log_every: int, max_steps: int, stream: TextIO | None = None):
+        self.log_every = log_every
+        self.max_steps = max_steps
+        self.stream = stream or sys.stdout
+        self.skipped_total = 0
+        self._last_phase: tuple | None = None
+
+    def write(self, event: dict) -> None:
+        line = self.format(event)
+        if line:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+    def format(self, event: dict) -> str | None:
+        kind = event["type"]
+        if kind == "step":
+            self.skipped_total += bool(event.get("skipped"))
+            step = event["step"]
+            if step % self.log_every and step != self.max_steps:
+                return None
+            mem = event.get("mem_allocated_mib")
+            return (f"step {step}/{self.max_steps} loss {_num(event['loss'])} "
+                    f"grad_norm {_num(event['grad_norm'])} lr {_num(event['lr'], '.3e')} "
+                    f"precision {event['precision']} scale {_num(event.get('scale'), '.0f')} "
+                    f"skipped {self.skipped_total} tok/s {_num(event.get('tokens_per_s'), '.0f')} "
+                    f"mem {'-' if mem is None else f'{mem:.0f}MiB'}")
+        if kind == "phase":
+            return self._format_phase(event)
+        if kind == "run_started":
+            return (f"run started: precision {event['precision']} on {event['device']}, "
+                    f"world size {event['world_size']}, {event['trainable_params']:,} trainable parameters")
+        if kind == "alert":
+            return (f"ALERT [{event['severity']}] {event['kind']} at step {event.get('step')}: "
+                    f"{event['message']} (suggested fix: {event['suggestion']})")
+        if kind == "alert_resolved":
+            return f"resolved: {event['kind']} at step {event.get('step')}"
+        if kind == "checkpoint":
+            return f"checkpoint saved: {event['path']}"
+        if kind == "restart":
+            return (f"restart from step {event['from_step']}: precision {event['precision']}, "
+                    f"learning rate {event['learning_rate']:.3e} ({event['reason']})")
+        if kind == "control":
+            return f"control: {event['cmd']} {'accepted' if event.get('accepted') else 'ignored'}" + (
+                f" ({event['message']})" if event.get("message") else "")
+        if kind == "notice":
+            return f"note: {event['message']}"
+        if kind == "run_finished":
+            return f"run finished at step {event.get('step')}: {event.get('reason', 'done')}"
+        if kind == "run_failed":
+            return f"run failed at step {event.get('step')}: {event['error']}"
+        return None
+
+    def _format_phase(self, event: dict) -> str | None:
+        done, total = event.get("done"), event.get("total")
+        # One line at the start and one at the end of each phase: progress belongs on the dashboard.
+        key = (event["name"], done == total)
+        if key == self._last_phase:
+            return None
+        self._last_phase = key
+        if total and done == total:
+            return f"{event['name']}: done ({total})"
+        return f"{event['name']}..." if done in (0, None) else None

@@ -1,0 +1,92 @@
+"""events.jsonl: the sink that writes it and the tailer that reads it back.
+
+The writer appends one strict-JSON line per event and flushes it, so a reader
+(the dashboard, `loratui watch`, a test) sees each event as soon as it is
+published. The tailer only ever yields whole lines: a line is whole when its
+newline has been written, so a writer killed mid-line leaves a tail that is
+held back until (and unless) it is completed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+from loratui.events.encode import decode_event, encode_event
+
+PRIVATE_FILE = 0o600
+
+
+class JsonlSink:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self._at_line_start = _ends_with_newline(self.path)
+
+    def write(self, event: dict) -> None:
+        line = encode_event(event) + "\n"
+        if not self._at_line_start:
+            # A previous writer died mid-line: end its fragment so ours starts clean.
+            line = "\n" + line
+            self._at_line_start = True
+        self._file.write(line)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class EventTailer:
+    """Reads events.jsonl incrementally from a byte offset, whole lines only."""
+
+    def __init__(self, path: str | Path, offset: int = 0):
+        self.path = Path(path)
+        self.offset = offset  # bytes consumed: always just after a newline
+        self.bad_lines = 0
+        self._pending = b""
+
+    def read_new(self, max_bytes: int = 64 * 1024 * 1024) -> list[dict]:
+        return list(self.iter_new(max_bytes))
+
+    def iter_new(self, max_bytes: int = 64 * 1024 * 1024) -> Iterator[dict]:
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return
+        if size < self.offset:  # truncated or replaced: start over
+            self.offset, self._pending = 0, b""
+        if size == self.offset + len(self._pending):
+            return
+        with open(self.path, "rb") as file:
+            file.seek(self.offset + len(self._pending))
+            chunk = self._pending + file.read(max_bytes)
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            self._pending = chunk
+            return
+        whole, self._pending = chunk[: end + 1], chunk[end + 1:]
+        self.offset += len(whole)
+        for raw in whole.split(b"\n")[:-1]:
+            if not raw.strip():
+                continue
+            try:
+                yield decode_event(raw)
+            except ValueError:
+                self.bad_lines += 1  # a fragment ended by the next writer's newline
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """Every whole event in a log (for tests and `loratui watch` on a finished run)."""
+    return EventTailer(path).read_new(max_bytes=1 << 62)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        if file.tell() == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"

@@ -1,0 +1,122 @@
+"""What this machine can do for each precision, and what `precision = "auto"` resolves to.
+
+Facts this rests on (see DESIGN.md): `torch.cuda.is_bf16_supported()` says True
+for emulated bf16 on pre-Ampere GPUs, so native bf16 is decided by compute
+capability >= 8.0. On CPU, bf16 and fp16 both run under `torch.autocast("cpu")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+NATIVE, EMULATED, UNSUPPORTED = "native", "emulated", "unsupported"
+
+
+@dataclass
+class Capabilities:
+    device: str  # "cuda" or "cpu"
+    device_name: str
+    compute_capability: tuple[int, int] | None
+    support: dict = field(default_factory=dict)  # precision -> native | emulated | unsupported
+    notes: dict = field(default_factory=dict)  # precision -> why
+    nvml: str = "not checked"
+    torch_version: str = ""
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["compute_capability"] = list(self.compute_capability) if self.compute_capability else None
+        return out
+
+
+def detect(device: str = "auto") -> Capabilities:
+    """Probe torch (and NVML) for what `device` supports."""
+    import torch
+
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        caps = Capabilities("cuda", torch.cuda.get_device_name(0), (major, minor),
+                            torch_version=torch.__version__)
+        caps.support["fp32"] = NATIVE
+        if major >= 8:
+            caps.support["bf16"] = NATIVE
+            caps.notes["bf16"] = f"compute capability {major}.{minor} >= 8.0"
+        elif torch.cuda.is_bf16_supported(including_emulation=True):
+            caps.support["bf16"] = EMULATED
+            caps.notes["bf16"] = f"compute capability {major}.{minor} < 8.0: bf16 is emulated (slow)"
+        else:
+            caps.support["bf16"] = UNSUPPORTED
+            caps.notes["bf16"] = f"compute capability {major}.{minor}: no bf16"
+        caps.support["fp16"] = NATIVE if major >= 6 else EMULATED
+        caps.notes["fp16"] = "fp16 autocast with dynamic loss scaling (GradScaler)"
+    else:
+        caps = Capabilities("cpu", _cpu_name(), None, torch_version=torch.__version__)
+        caps.support["fp32"] = NATIVE
+        caps.support["bf16"] = NATIVE if _cpu_has_bf16() else EMULATED
+        caps.notes["bf16"] = ("CPU autocast; the CPU has bf16 instructions" if _cpu_has_bf16()
+                              else "CPU autocast; no bf16 instructions, computed via fp32")
+        caps.support["fp16"] = EMULATED
+        caps.notes["fp16"] = ("CPU autocast(float16) with loratui's own GradScaler "
+                              "(accelerate would silently train in fp32 here)")
+    caps.nvml = nvml_status()
+    return caps
+
+
+def resolve_precision(requested: str, caps: Capabilities) -> str:
+    """auto: bf16 where native (CUDA >= 8.0, or CPU), else fp16 on CUDA, else fp32."""
+    if requested != "auto":
+        return requested
+    if caps.device == "cpu":
+        return "bf16"
+    if caps.support.get("bf16") == NATIVE:
+        return "bf16"
+    return "fp16" if caps.device == "cuda" else "fp32"
+
+
+def machine_problems(config, caps: Capabilities) -> list[str]:
+    """Config settings this machine cannot honour (each a '<dotted key>: why' line)."""
+    problems = []
+    if config.train.device == "cuda" and caps.device != "cuda":
+        problems.append('train.device = "cuda" but no CUDA device is available (use "auto" or "cpu")')
+    precision = config.train.precision
+    if precision in ("bf16", "fp16") and caps.support.get(precision) == UNSUPPORTED:
+        problems.append(f'train.precision = "{precision}" is not supported here: {caps.notes.get(precision)}')
+    return problems
+
+
+def nvml_status() -> str:
+    """'available (N devices)' or why not. Never raises: NVML is optional."""
+    try:
+        import pynvml
+    except ImportError:
+        return "unavailable: nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return f"unavailable: {exc}"
+    try:
+        return f"available ({pynvml.nvmlDeviceGetCount()} device(s), driver {pynvml.nvmlSystemGetDriverVersion()})"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # the op is private and may be missing in some builds
+        return False
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"

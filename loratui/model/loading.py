@@ -1,0 +1,90 @@
+"""Load a base model and tokenizer (any local HF directory, or a built-in one) and add LoRA."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from loratui.errors import Problem, UserInputError
+
+
+def resolve_model_path(name_or_path: str, progress=None) -> str:
+    if name_or_path.startswith("builtin:"):
+        from loratui.model.builtin import builtin_model_dir
+
+        return str(builtin_model_dir(name_or_path, progress=progress))
+    return name_or_path
+
+
+def load_tokenizer(path: str, *, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(Problem("model.name_or_path", f"cannot load a tokenizer from {path}: "
+                                     f"{_first_line(exc)}")) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UserInputError(Problem("model.name_or_path", f"the tokenizer at {path} has no end-of-sequence "
+                                     "token"))
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identifies the vocabulary: a resumed run must tokenize exactly as before."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
+
+
+def load_base_model(path: str, dtype, *, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(Problem("model.name_or_path", f"cannot load a causal language model from "
+                                     f"{path}: {_first_line(exc)}")) from None
+
+
+def add_lora(model, lora_config, *, adapter_dtype):
+    """Wrap the model with LoRA adapters; only the adapters train, kept in `adapter_dtype`.
+
+    Under fp16 autocast the trainable weights must be fp32 (GradScaler refuses
+    to unscale fp16 gradients), which peft's autocast_adapter_dtype provides.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_config.r, lora_alpha=lora_config.alpha, lora_dropout=lora_config.dropout,
+                        target_modules=lora_config.target_modules, task_type="CAUSAL_LM")
+    try:
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    except ValueError as exc:
+        raise UserInputError(Problem("lora.target_modules", _first_line(exc))) from None
+    for param in peft_model.parameters():
+        if param.requires_grad and param.dtype != adapter_dtype:
+            param.data = param.data.to(adapter_dtype)
+    peft_model.config.use_cache = False
+    return peft_model
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def model_identity(config, tokenizer) -> dict:
+    """What a checkpoint must match to be resumed: base model, LoRA shape, tokenizer."""
+    return {"model": config.model.name_or_path, "lora_r": config.lora.r,
+            "lora_target_modules": config.lora.target_modules,
+            "tokenizer": tokenizer_fingerprint(tokenizer)}
+
+
+def trainable_parameters(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def describe_path(path: str) -> str:
+    return str(Path(path).name) if Path(path).is_dir() else path

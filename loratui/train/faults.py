@@ -1,0 +1,29 @@
+"""Test-only fault injection, switched on by environment variables the tests set.
+
+Reliability tests must kill the trainer *inside* a checkpoint save and crash it
+*inside* a training step; these two hooks make those moments reachable in the
+real program. Unset (always, outside tests) they cost one dict lookup at import.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_FAIL_AT_STEP = int(os.environ.get("LORATUI_TEST_FAIL_AT_STEP", "0") or 0)
+_SLOW_CHECKPOINT_S = float(os.environ.get("LORATUI_TEST_SLOW_CHECKPOINT", "0") or 0)
+
+
+class InjectedFault(RuntimeError):
+    """The exception a test asked for."""
+
+
+def maybe_fail(step: int) -> None:
+    if _FAIL_AT_STEP and step == _FAIL_AT_STEP:
+        raise InjectedFault(f"injected failure in training step {step} (LORATUI_TEST_FAIL_AT_STEP)")
+
+
+def slow_checkpoint_hook():
+    if not _SLOW_CHECKPOINT_S:
+        return None
+    return lambda: time.sleep(_SLOW_CHECKPOINT_S)
