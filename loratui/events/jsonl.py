@@ -60,9 +60,10 @@ class EventTailer:
             self.offset, self._pending = 0, b""
         if size == self.offset + len(self._pending):
             return
+        start = self.offset + len(self._pending)
         with open(self.path, "rb") as file:
-            file.seek(self.offset + len(self._pending))
-            chunk = self._pending + file.read(max_bytes)
+            file.seek(start)
+            chunk = self._pending + file.read(min(max_bytes, size - start))
         end = chunk.rfind(b"\n")
         if end < 0:
             self._pending = chunk
