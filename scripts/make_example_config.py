@@ -1,0 +1,60 @@
+"""Write config.example.toml from the schema: every key, its default and its documentation.
+
+Run after adding or changing a config key: `python scripts/make_example_config.py`.
+A test checks that the file is current.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loratui.config.load import _toml_value  # noqa: E402
+from loratui.config.schema import Config, is_section, section_fields  # noqa: E402
+
+HEADER = """\
+# loratui example config: runs offline as is (`loratui run config.example.toml`).
+# Every key is shown with its default. Relative paths are relative to this file.
+# Override any key on the command line: --set train.precision=fp16
+"""
+
+
+def render() -> str:
+    lines = [HEADER]
+
+    def section(prefix: str, section_type: type, instance) -> None:
+        nested = []
+        lines.append(f"[{prefix}]")
+        for name, value_type, rules in section_fields(section_type):
+            value = getattr(instance, name)
+            if is_section(value_type):
+                nested.append((f"{prefix}.{name}", value_type, value))
+                continue
+            doc = rules.get("doc", "")
+            if rules.get("choices") and rules.get("kind") != "str_list":
+                doc += f" One of: {', '.join(rules['choices'])}."
+            lines.append(f"# {doc}")
+            if isinstance(value, dict):
+                nested.append((f"{prefix}.{name}", None, value))
+                continue
+            lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+        for sub_prefix, sub_type, sub_value in nested:
+            if sub_type is None:
+                lines.append(f"[{sub_prefix}]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in sub_value.items())
+                lines.append("")
+            else:
+                section(sub_prefix, sub_type, sub_value)
+
+    config = Config()
+    for name, value_type, _rules in section_fields(Config):
+        section(name, value_type, getattr(config, name))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    (ROOT / "config.example.toml").write_text(render())
