@@ -138,8 +138,12 @@ class Trainer:
 
     def quiet_libraries(self) -> None:
         """transformers' own progress bars and chatter would interleave with our lines."""
+        import warnings
+
         import transformers
 
+        # peft still calls a transformers API deprecated in v5; the warning says nothing to users.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
