@@ -13,6 +13,8 @@ import sys
 from loratui.errors import EXIT_BAD_INPUT, UserInputError
 
 HEADLESS_NOTICE = "loratui: stdout is not a terminal; running headless (as with --headless)"
+MULTI_PROCESS_NOTICE = ("loratui: started by a multi-process launcher; running headless (watch it with "
+                        "`loratui watch RUN_DIR`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,8 +108,13 @@ def demo_command(scenario: str, overrides: list[str], *, headless: bool, resume:
 
 def start_run(config, *, headless: bool, resume: bool) -> int:
     from loratui.config import render_toml
-    from loratui.run_dir import prepare_run_dir, run_dir_for
+    from loratui.launcher import run_dir_for_this_rank
 
+    if not headless and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # One dashboard per rank would each start its own trainer: ranks always run headless.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(MULTI_PROCESS_NOTICE, flush=True)
+        headless = True
     if not headless and not sys.stdout.isatty():
         print(HEADLESS_NOTICE, flush=True)
         headless = True
@@ -116,10 +123,7 @@ def start_run(config, *, headless: bool, resume: bool) -> int:
 
         return run_dashboard(config, resume=resume)
     # Under `accelerate launch` every rank runs this; rank 0 alone prepares the run directory.
-    if int(os.environ.get("RANK", "0")) == 0:
-        run_dir = prepare_run_dir(config, resume=resume, config_text=render_toml(config))
-    else:
-        run_dir = run_dir_for(config)
+    run_dir = run_dir_for_this_rank(config, resume=resume, config_text=render_toml(config))
     from loratui.train.entry import train_in_run_dir
 
     return train_in_run_dir(run_dir, resume=resume)

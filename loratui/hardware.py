@@ -62,6 +62,16 @@ def detect(device: str = "auto") -> Capabilities:
     return caps
 
 
+def runs_on_cpu(device: str) -> bool:
+    """Whether `train.device` means CPU here: accelerate must be told so (`cpu=True`), or under
+    a multi-process launch on a machine without CUDA every rank quietly trains alone."""
+    if device != "auto":
+        return device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def resolve_precision(requested: str, caps: Capabilities) -> str:
     """auto: bf16 where native (CUDA >= 8.0, or CPU), else fp16 on CUDA, else fp32."""
     if requested != "auto":

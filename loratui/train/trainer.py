@@ -152,8 +152,10 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from loratui.hardware import runs_on_cpu
+
         # Mixed precision stays "no": loratui runs autocast and the scaler itself (see precision.py).
-        self.accelerator = Accelerator(cpu=self.config.train.device == "cpu", mixed_precision="no")
+        self.accelerator = Accelerator(cpu=runs_on_cpu(self.config.train.device), mixed_precision="no")
         self.device = self.accelerator.device
         self.device_type = self.device.type
         self.rank = self.accelerator.process_index
@@ -392,10 +394,23 @@ class Trainer:
 
     def check_interrupted(self) -> None:
         """A signal during loading: nothing to save yet, stop before the long work."""
-        if self.signals.received:
+        signum = self.signals.received
+        if self.world_size > 1:
+            # Every rank stops here or none does: a rank that went on alone would wait forever in
+            # the model's first collective.
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([signum or 0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag) or None
+        if signum:
+            import signal as signal_module
+
             from loratui.train.signals import EXIT_CODES
 
-            raise StopTraining(f"stopped by {self.signals.name} while loading", EXIT_CODES[self.signals.received])
+            name = signal_module.Signals(signum).name
+            raise StopTraining(f"stopped by {name} while loading", EXIT_CODES[signum])
 
     # -------------------------------------------------------------- restart
 
