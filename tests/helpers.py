@@ -77,3 +77,13 @@ def command_at(cmd: str, **args):
     from loratui.control import send_command
 
     return lambda trainer: send_command(trainer.run_dir.control, cmd, **args)
+
+
+def ready_trainer(config, monitor=None):
+    """A real Trainer, set up (model, data, optimizer, precision) but not yet trained."""
+    run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
+    bus = EventBus()
+    bus.add_sink(JsonlSink(run_dir.events))
+    trainer = Trainer(config, run_dir, bus, monitor=monitor)
+    trainer.setup()
+    return trainer

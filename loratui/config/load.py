@@ -249,10 +249,6 @@ def _check_cross_keys(config: Config, where: KeyLocator, problems: list[Problem]
         problems.append(Problem(where("train.adapter_dtype"),
                                 f'train.adapter_dtype = "bf16" needs train.precision = "bf16" '
                                 f'(it is "{train.precision}")'))
-    if train.warmup_steps >= train.max_steps and train.warmup_steps > 0:
-        problems.append(Problem(where("train.warmup_steps"),
-                                f"train.warmup_steps = {train.warmup_steps} must be less than "
-                                f"train.max_steps = {train.max_steps}"))
     data_path = config.data.path
     if not data_path.startswith("builtin:"):
         if not Path(data_path).is_file():

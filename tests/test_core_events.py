@@ -1,0 +1,84 @@
+"""The event bus and log: strict JSON lines, non-finite numbers as strings, whole lines, console lines."""
+
+import io
+import json
+import math
+import threading
+
+import pytest
+
+from loratui.events.bus import EventBus
+from loratui.events.console import ConsoleSink
+from loratui.events.encode import as_float, decode_event, encode_event
+from loratui.events.jsonl import EventTailer, JsonlSink, read_events
+
+
+def test_non_finite_numbers_become_strings_and_parse_back():
+    line = encode_event({"type": "step", "loss": math.nan, "grad_norm": math.inf, "nested": [-math.inf, 1.5]})
+    assert "NaN" not in line and "Infinity" not in line
+    event = decode_event(line)
+    assert event["loss"] == "nan" and event["grad_norm"] == "inf" and event["nested"] == ["-inf", 1.5]
+    assert math.isnan(as_float(event["loss"])) and as_float(event["nested"][0]) == -math.inf
+
+
+def test_strict_parser_rejects_nan_literals():
+    with pytest.raises(ValueError):
+        decode_event('{"type": "step", "loss": NaN}')
+
+
+def test_bus_stamps_and_fans_out_whole_lines_from_many_threads(tmp_path):
+    path = tmp_path / "events.jsonl"
+    bus = EventBus(attempt=3)
+    bus.add_sink(JsonlSink(path))
+
+    def publish(worker):
+        for i in range(500):
+            bus.publish("step", step=i, worker=worker, loss=0.5)
+
+    threads = [threading.Thread(target=publish, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bus.close()
+    events = read_events(path)
+    assert len(events) == 2000
+    assert all(e["attempt"] == 3 and e["type"] == "step" and "time" in e for e in events)
+    for line in path.read_text().splitlines():
+        json.loads(line)  # every line is whole
+
+
+def test_tailer_holds_back_a_partial_line_until_it_is_complete(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"type": "a"}\n{"type": "b"')
+    tailer = EventTailer(path)
+    assert [e["type"] for e in tailer.read_new()] == ["a"]
+    with open(path, "ab") as f:
+        f.write(b', "x": 1}\n')
+    assert tailer.read_new() == [{"type": "b", "x": 1}]
+    assert tailer.offset == path.stat().st_size
+
+
+def test_writer_after_a_torn_line_starts_on_a_fresh_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"type": "a"}\n{"type": "tor')
+    sink = JsonlSink(path)
+    sink.write({"type": "b"})
+    sink.close()
+    tailer = EventTailer(path)
+    assert [e["type"] for e in tailer.read_new()] == ["a", "b"]
+    assert tailer.bad_lines == 1
+
+
+def test_console_prints_one_line_per_log_every_steps():
+    out = io.StringIO()
+    console = ConsoleSink(log_every=5, max_steps=12, stream=out)
+    for step in range(1, 13):
+        console.write({"type": "step", "step": step, "loss": 1.0 / step, "grad_norm": 0.5, "lr": 1e-3,
+                       "precision": "fp16", "scale": 65536.0, "skipped": step == 3, "tokens_per_s": 1000.0,
+                       "mem_allocated_mib": None})
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["5/12", "10/12", "12/12"]
+    assert "\r" not in out.getvalue()
+    assert lines[0] == ("step 5/12 loss 0.2 grad_norm 0.5 lr 1.000e-03 precision fp16 scale 65536 "
+                        "skipped 1 tok/s 1000 mem -")
