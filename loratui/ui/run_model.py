@@ -1,0 +1,360 @@
+"""Everything the dashboard knows about a run, folded from its events; read through snapshots.
+
+The tailer thread applies parsed blocks under the lock and bumps `version`;
+the app's redraw timer takes a `RunView` snapshot (immutable, small) when the
+version moved. Memory stays bounded whatever the run length: charts are
+buckets (history.py), the event list keeps the newest entries only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from loratui.ui import format as fmt
+from loratui.ui.event_parser import ParsedBlock
+from loratui.ui.history import ChartData, RestartMark, RunHistory
+
+MAX_ENTRIES = 500
+FIX_KEYS = {"switch_precision": "p", "lower_lr": "l", "rollback": "r"}
+FIX_NAMES = {"switch_precision": "switch precision", "lower_lr": "lower the learning rate",
+             "rollback": "roll back"}
+
+# States shown in the header. "starting": the trainer process is importing torch.
+STARTING, WAITING, LOADING, RUNNING, PAUSED, RESTARTING, STOPPING, FINISHED, FAILED, DETACHED = (
+    "starting", "waiting", "loading", "running", "paused", "restarting", "stopping", "finished", "failed",
+    "detached")
+ENDED = (FINISHED, FAILED)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the alerts and events list."""
+
+    seq: int
+    time: float | None
+    step: int | None
+    kind: str  # the event type, or "ui" for the dashboard's own actions
+    severity: str  # critical | warning | info | good
+    text: str
+    fix_key: str | None = None
+    alert: dict | None = None  # the alert event, for its details
+
+
+@dataclass(frozen=True)
+class HeaderView:
+    run_name: str
+    state: str
+    state_detail: str
+    precision: str | None
+    loss_scaling: bool
+    step: int
+    max_steps: int | None
+    eta_s: float | None
+    elapsed_s: float | None
+    tokens_per_s: float | None
+    lr: float | None
+    attempt: int
+    phase: tuple[str, int, int] | None
+    reading: float | None  # share of a long history read so far, while catching up
+    active_alerts: int
+
+
+@dataclass(frozen=True)
+class RunView:
+    version: int
+    header: HeaderView
+    charts: ChartData
+    health: dict
+    health_step: int | None
+    gpu_devices: tuple
+    memory: dict  # the newest step's mem_* figures (None without CUDA)
+    device: str | None
+    device_name: str | None
+    nvml: str | None
+    entries: tuple[Entry, ...]
+    active_alerts: tuple[dict, ...]
+    failure: dict | None
+
+
+@dataclass
+class RunModel:
+    run_name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    version: int = 0
+    state: str = WAITING
+    state_detail: str = ""
+    run_started: dict | None = None
+    precision: str | None = None
+    loss_scaling: bool = False
+    step: int = 0
+    max_steps: int | None = None
+    attempt: int = 0
+    lr: float | None = None
+    peak_lr: float | None = None
+    lr_factor: float = 0.5
+    tokens_per_s: float | None = None
+    memory: dict = field(default_factory=dict)
+    phase: tuple[str, int, int] | None = None
+    health: dict = field(default_factory=dict)
+    health_step: int | None = None
+    gpu_devices: tuple = ()
+    active_alerts: dict = field(default_factory=dict)
+    entries: deque = field(default_factory=lambda: deque(maxlen=MAX_ENTRIES))
+    recent_steps: deque = field(default_factory=lambda: deque(maxlen=64))  # (time, step), this attempt
+    history: RunHistory = field(default_factory=RunHistory)
+    first_time: float | None = None
+    last_time: float | None = None
+    failure: dict | None = None
+    finish_reason: str | None = None
+    exit_code: int | None = None
+    bad_lines: int = 0
+    reading: float | None = None
+    _seq: int = 0
+
+    # ------------------------------------------------------------ apply
+
+    def apply(self, block: ParsedBlock) -> None:
+        """Fold one parsed block in (the caller holds the lock)."""
+        for event in block.others:
+            self._apply_event(event)
+        columns = block.steps
+        if columns is not None and len(columns):
+            self.history.add_steps(columns.attempt, columns.step, columns.loss, columns.grad_norm,
+                                   columns.scale, columns.skipped)
+            tail = len(columns.tail_time)
+            attempts, steps = columns.attempt[-tail:].tolist(), columns.step[-tail:].tolist()
+            if attempts[-1] != self.attempt:
+                self.recent_steps.clear()
+            for when, attempt, step in zip(columns.tail_time.tolist(), attempts, steps):
+                if attempt == attempts[-1]:
+                    self.recent_steps.append((when, step))
+            self._note_time(float(columns.tail_time[-1]))
+        if block.last_step is not None:
+            self._apply_last_step(block.last_step, resumes=block.steps_after_others)
+        self.bad_lines += block.bad_lines
+        self.version += 1
+
+    def _apply_last_step(self, event: dict, *, resumes: bool) -> None:
+        self.step = event.get("step", self.step)
+        self.attempt = event.get("attempt", self.attempt)
+        self.lr = _float(event.get("lr"))
+        self.precision = event.get("precision") or self.precision
+        self.loss_scaling = event.get("scale") is not None
+        self.tokens_per_s = _float(event.get("tokens_per_s"))
+        self.memory = {key: event.get(key) for key in ("mem_allocated_mib", "mem_reserved_mib", "mem_peak_mib")}
+        # Steps after a pause, restart or the loading phases mean training is under way again.
+        if resumes and self.state not in ENDED and self.state not in (STOPPING,):
+            self.state, self.state_detail = RUNNING, ""
+            self.phase = None
+
+    def _apply_event(self, event: dict) -> None:
+        kind = event.get("type")
+        self._note_time(event.get("time"))
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_phase(self, event: dict) -> None:
+        if self.state in (STARTING, WAITING, LOADING):
+            self.state = LOADING
+            self.phase = (str(event.get("name", "")), int(event.get("done", 0)), int(event.get("total", 0) or 0))
+            self.state_detail = event.get("name", "").replace("_", " ")
+
+    def _on_data(self, event: dict) -> None:
+        self._add(event, "info", f"data: {event.get('summary', '')}")
+
+    def _on_run_started(self, event: dict) -> None:
+        self.run_started = event
+        config = event.get("config") or {}
+        self.run_name = (config.get("run") or {}).get("name") or self.run_name
+        train = config.get("train") or {}
+        self.peak_lr = _float(train.get("learning_rate"))
+        self.lr_factor = _float(train.get("lr_factor")) or self.lr_factor
+        self.precision = event.get("precision")
+        self.loss_scaling = bool(event.get("loss_scaling"))
+        self.max_steps = event.get("max_steps") or train.get("max_steps")
+        self.step = event.get("step", 0)
+        self.attempt = event.get("attempt", 0)
+        self.recent_steps.clear()
+        self.state, self.state_detail, self.phase = RUNNING, "", None
+        self.failure = self.finish_reason = None
+        if self.max_steps:
+            self.history.expect_steps(int(self.max_steps))
+        self.history.start_attempt(self.attempt, self.step, self.precision)
+        resumed = event.get("resumed_from")
+        where = f"resumed at step {self.step}" if resumed else "started"
+        self._add(event, "info", f"run {where}: {self.precision} on {event.get('device')} "
+                                 f"({event.get('device_name')}), {event.get('world_size', 1)} process(es), "
+                                 f"{event.get('trainable_params', 0):,} trainable parameters")
+
+    def _on_step(self, event: dict) -> None:
+        """Only the line-by-line path of tests and tools feeds single step events here."""
+        self._apply_last_step(event, resumes=True)
+
+    def _on_health(self, event: dict) -> None:
+        self.health = dict(event.get("checks") or {})
+        self.health_step = event.get("step")
+
+    def _on_gpu(self, event: dict) -> None:
+        self.gpu_devices = tuple(event.get("devices") or ())
+
+    def _on_alert(self, event: dict) -> None:
+        self.active_alerts[event.get("kind", "alert")] = event
+        suggestion = event.get("suggestion") or "none"
+        key = FIX_KEYS.get(suggestion)
+        fix = f" · fix: {key} {FIX_NAMES[suggestion]}" if key else ""
+        severity = "critical" if event.get("severity") == "critical" else "warning"
+        self._add(event, severity, f"{event.get('kind')}: {event.get('message', '')}{fix}", fix_key=key,
+                  alert=event)
+
+    def _on_alert_resolved(self, event: dict) -> None:
+        kind = event.get("kind")
+        if self.active_alerts.pop(kind, None) is not None:
+            self._add(event, "good", f"{kind} resolved")
+
+    def _on_checkpoint(self, event: dict) -> None:
+        loss = event.get("loss")
+        self._add(event, "info", f"checkpoint at step {event.get('step')} ({event.get('reason')})"
+                                 + (f", loss {fmt.number(loss)}" if loss is not None else ""))
+
+    def _on_restart(self, event: dict) -> None:
+        from_step = int(event.get("from_step", 0))
+        at_step = self.step
+        self.attempt = event.get("attempt", self.attempt + 1)
+        self.precision = event.get("precision") or self.precision
+        self.loss_scaling = self.precision == "fp16" and self.loss_scaling_configured
+        self.peak_lr = _float(event.get("learning_rate")) or self.peak_lr
+        self.step = event.get("step", from_step)
+        self.recent_steps.clear()
+        self.active_alerts.clear()  # the alerts were about the abandoned branch
+        self.state, self.state_detail = RUNNING, ""
+        self.history.start_attempt(self.attempt, from_step, self.precision)
+        self.history.mark_restart(RestartMark(at_step, from_step, self.attempt, self.precision, self.peak_lr))
+        self._add(event, "info", f"restart from step {from_step}: {self.precision}, peak lr "
+                                 f"{fmt.number(self.peak_lr)} ({event.get('reason') or 'command'})")
+
+    def _on_control(self, event: dict) -> None:
+        cmd, accepted = event.get("cmd"), event.get("accepted")
+        message = event.get("message", "")
+        if accepted:
+            if cmd == "pause":
+                self.state, self.state_detail = PAUSED, ""
+            elif cmd == "resume" and self.state == PAUSED:
+                self.state, self.state_detail = RUNNING, ""
+            elif cmd == "restart":
+                self.state, self.state_detail = RESTARTING, message
+            elif cmd == "stop":
+                self.state, self.state_detail = STOPPING, "saving a checkpoint"
+        elif self.state in (RESTARTING, STOPPING):
+            self.state, self.state_detail = RUNNING, ""
+        verdict = "done" if accepted else "refused"
+        self._add(event, "info" if accepted else "warning", f"{cmd or 'command'} {verdict}: {message}")
+
+    def _on_notice(self, event: dict) -> None:
+        self._add(event, "info", str(event.get("message", "")))
+
+    def _on_run_finished(self, event: dict) -> None:
+        self.state, self.finish_reason = FINISHED, event.get("reason") or "completed"
+        self.state_detail = self.finish_reason
+        self.step = event.get("step", self.step)
+        self._add(event, "good", f"run finished at step {self.step}: {self.finish_reason}")
+
+    def _on_run_failed(self, event: dict) -> None:
+        self.state, self.state_detail = FAILED, _first_line(event.get("error"))
+        self.failure = {"error": event.get("error") or "unknown error", "traceback": event.get("traceback"),
+                        "step": event.get("step")}
+        self._add(event, "critical", f"run failed at step {event.get('step')}: {_first_line(event.get('error'))}")
+
+    # ---------------------------------------------------- the dashboard's side
+
+    def note_action(self, text: str, state: str | None = None, detail: str = "") -> None:
+        """Something the dashboard did (a command sent): shown in the list, maybe a pending state."""
+        if state is not None and self.state not in ENDED:
+            self.state, self.state_detail = state, detail
+        self._add({}, "info", text, kind="ui")
+        self.version += 1
+
+    def trainer_exited(self, code: int, log_tail: str, log_path: str) -> None:
+        self.exit_code = code
+        if self.state in ENDED and code in (0, None):
+            self.version += 1
+            return
+        if code == 0:
+            self.state, self.state_detail = FINISHED, self.finish_reason or "exited"
+        elif code in (129, 130, 143):
+            self.state, self.state_detail = FINISHED, f"stopped by a signal (exit {code})"
+        else:
+            self.state, self.state_detail = FAILED, f"trainer exited with code {code}"
+            failure = dict(self.failure or {"error": f"the trainer exited with code {code} before it "
+                                                     f"reported an error", "traceback": None})
+            failure.update(log_tail=log_tail, log_path=log_path, exit_code=code)
+            self.failure = failure
+        self._add({}, "critical" if self.state == FAILED else "info",
+                  f"trainer process exited with code {code}", kind="ui")
+        self.version += 1
+
+    def reset(self) -> None:
+        """Forget everything read (the log was replaced); the lock stays, the version moves on."""
+        keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code}
+        self.__dict__.update({**RunModel(self.run_name).__dict__, **keep})
+
+    # -------------------------------------------------------------- reads
+
+    @property
+    def loss_scaling_configured(self) -> bool:
+        config = (self.run_started or {}).get("config") or {}
+        return bool((config.get("amp") or {}).get("loss_scaling", True))
+
+    @property
+    def capabilities(self) -> dict:
+        return (self.run_started or {}).get("capabilities") or {}
+
+    def eta_seconds(self) -> float | None:
+        if not self.max_steps or len(self.recent_steps) < 2 or self.state in ENDED:
+            return None
+        (t0, s0), (t1, s1) = self.recent_steps[0], self.recent_steps[-1]
+        if s1 <= s0 or t1 <= t0:
+            return None
+        return (self.max_steps - self.step) * (t1 - t0) / (s1 - s0)
+
+    def snapshot(self) -> RunView:
+        started = self.run_started or {}
+        elapsed = (self.last_time - self.first_time) if self.first_time and self.last_time else None
+        header = HeaderView(self.run_name, self.state, self.state_detail, self.precision, self.loss_scaling,
+                            self.step, self.max_steps, self.eta_seconds(), elapsed, self.tokens_per_s, self.lr,
+                            self.attempt, self.phase, self.reading, len(self.active_alerts))
+        caps = self.capabilities
+        return RunView(self.version, header, self.history.chart_data(), dict(self.health), self.health_step,
+                       self.gpu_devices, dict(self.memory), started.get("device"),
+                       started.get("device_name"), caps.get("nvml"), tuple(reversed(self.entries)),
+                       tuple(self.active_alerts.values()), dict(self.failure) if self.failure else None)
+
+    # ------------------------------------------------------------ helpers
+
+    def _add(self, event: dict, severity: str, text: str, *, kind: str | None = None, fix_key: str | None = None,
+             alert: dict | None = None) -> None:
+        self._seq += 1
+        when = event.get("time") if kind != "ui" else time.time()
+        self.entries.append(Entry(self._seq, when, event.get("step"), kind or event.get("type", ""),
+                                  severity, text, fix_key, alert))
+
+    def _note_time(self, when) -> None:
+        if isinstance(when, (int, float)):
+            if self.first_time is None or when < self.first_time:
+                self.first_time = when
+            if self.last_time is None or when > self.last_time:
+                self.last_time = when
+
+
+def _float(value) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(text) -> str:
+    return str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""

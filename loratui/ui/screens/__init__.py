@@ -1,0 +1,1 @@
+"""The dashboard's dialogs and full-screen views, one per module."""

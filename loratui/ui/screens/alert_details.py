@@ -1,0 +1,107 @@
+"""An alert in full: the evidence, what it means in plain words, and the fix with its key.
+
+Pressing the fix's key here opens that fix's dialog, filled in from the alert.
+
+Keys:
+| key      | does                                  |
+|----------|---------------------------------------|
+| p, l, r  | the suggested fix (only its own key)  |
+| escape   | close                                 |
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Static
+
+from loratui.ui import format as fmt
+from loratui.ui.run_model import FIX_KEYS, FIX_NAMES
+from loratui.ui.screens.dialog_base import Dialog
+
+
+class AlertDetails(Dialog):
+    """Dismisses with the fix's key ("p", "l" or "r") to apply it, or None."""
+
+    DEFAULT_CSS = """
+    AlertDetails > #box {
+        width: 100;
+    }
+    AlertDetails VerticalScroll {
+        height: auto;
+        max-height: 30;
+    }
+    """
+
+    BINDINGS = [
+        Binding("p", "fix('p')", "Switch precision", id="details.switch_precision"),
+        Binding("l", "fix('l')", "Lower LR", id="details.lower_lr"),
+        Binding("r", "fix('r')", "Roll back", id="details.rollback"),
+    ]
+
+    def __init__(self, alert: dict):
+        super().__init__()
+        self.alert = alert
+        self.fix_key = FIX_KEYS.get(alert.get("suggestion") or "")
+
+    def compose(self) -> ComposeResult:
+        alert = self.alert
+        with Vertical(id="box"):
+            title = Text()
+            title.append(f"{alert.get('severity', 'alert').upper()} ", style="bold red")
+            title.append(f"{alert.get('kind')} at step {alert.get('step')}", style="bold")
+            title.append(f" · {fmt.clock(alert.get('time'))}", style="dim")
+            yield Static(title)
+            with VerticalScroll():
+                yield Static(Text(str(alert.get("message", "")), style="bold"))
+                if alert.get("explanation"):
+                    yield Static(Text.assemble(("What it means\n", "bold underline"), str(alert["explanation"])))
+                evidence = alert.get("evidence") or {}
+                if evidence:
+                    yield Static(Text("Evidence", style="bold underline"))
+                    yield Static(_evidence_table(evidence))
+                yield Static(self._fix_text())
+            yield Static("esc: close" + (f" · {self.fix_key}: apply the fix" if self.fix_key else ""),
+                         classes="hint")
+
+    def _fix_text(self) -> Text:
+        suggestion = self.alert.get("suggestion") or "none"
+        text = Text("Fix\n", style="bold underline")
+        if self.fix_key is None:
+            text.append("No automatic fix: read the evidence above.", style="")
+            return text
+        fix = self.alert.get("fix") or {}
+        details = ", ".join(f"{key.replace('_', ' ')} {fmt.number(v) if isinstance(v, float) else v}"
+                            for key, v in fix.items())
+        text.append(f"{FIX_NAMES[suggestion]}" + (f" ({details})" if details else ""), style="")
+        text.append(f" · press {self.fix_key}", style="bold")
+        text.append(" · applied as a restart from a checkpoint")
+        return text
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "fix":
+            return parameters[0] == self.fix_key
+        return True
+
+    def action_fix(self, key: str) -> None:
+        self.dismiss(key)
+
+
+def _evidence_table(evidence: dict) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for key, value in _flatten(evidence):
+        table.add_row(key, fmt.number(value) if isinstance(value, float) else str(value))
+    return table
+
+
+def _flatten(value, prefix: str = ""):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _flatten(inner, f"{prefix}{key}." if isinstance(inner, dict) else f"{prefix}{key}")
+    else:
+        yield prefix.rstrip("."), value
