@@ -127,7 +127,7 @@ class Trainer:
         if resume_from is not None:
             self.attempt = self.last_attempt_in_log() + 1
             self.bus.attempt = self.attempt
-            self.load_checkpoint(resume_from)
+            self.load_checkpoint(resume_from, learning_rate=self.resume_learning_rate(resume_from))
         self.publish_run_started(resume_from)
         if self.monitor is not None:
             self.monitor.attach(self)
@@ -149,6 +149,7 @@ class Trainer:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     def setup_accelerator(self) -> None:
+        import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -156,7 +157,8 @@ class Trainer:
 
         # Mixed precision stays "no": loratui runs autocast and the scaler itself (see precision.py).
         self.accelerator = Accelerator(cpu=runs_on_cpu(self.config.train.device), mixed_precision="no")
-        self.device = self.accelerator.device
+        # accelerate names a CPU rank's device "cpu:0", which safetensors and torch.load cannot map to.
+        self.device = torch.device("cpu") if self.accelerator.device.type == "cpu" else self.accelerator.device
         self.device_type = self.device.type
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
@@ -516,6 +518,7 @@ class Trainer:
 
         state = {"step": self.step, "attempt": self.attempt, "precision": self.precision_name,
                  "adapter_dtype": self.adapter_dtype_name, "learning_rate": self.learning_rate,
+                 "config_learning_rate": self.config.train.learning_rate,
                  "data_position": {"epoch": self.stream.position.epoch, "batch": self.stream.position.batch},
                  "world_size": self.world_size, "loss": _finite_or_none(self.last_loss),
                  "health": self.monitor.health_summary() if self.monitor is not None else None,
@@ -620,6 +623,19 @@ class Trainer:
             self.notice(f"resuming a {newest.state.get('world_size')}-process checkpoint with "
                         f"{self.world_size} process(es): the data order will differ")
         return newest
+
+    def resume_learning_rate(self, info: ckpt.CheckpointInfo) -> float:
+        """The config's learning rate if it was changed for this resume, else the checkpoint's.
+
+        The checkpoint's rate is the one in effect, which a restart (lower_lr) may have
+        changed since the config was written; only an edit of the config overrides it.
+        """
+        configured = self.config.train.learning_rate
+        if info.state.get("config_learning_rate", configured) == configured:
+            return float(info.state["learning_rate"])
+        self.notice(f"train.learning_rate changed to {configured:g} for this resume "
+                    f"(it was {float(info.state['learning_rate']):g})")
+        return configured
 
     def last_attempt_in_log(self) -> int:
         """The highest attempt the event log has seen (the last line holds it: attempts only grow)."""

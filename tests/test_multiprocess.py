@@ -1,0 +1,202 @@
+"""Two CPU ranks under `accelerate launch` (gloo): one event log, commands and signals on every rank.
+
+Each test starts real processes the way a user or the dashboard does: the
+dashboard's `trainer_command` with `[launch] num_processes = 2`, and
+`accelerate launch ... -m loratui run CONFIG --headless`. Rank 0 alone writes
+events.jsonl; the other rank's part shows in the checkpoints (one RNG file per
+rank, written in the same save) and, for the signal test, in its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import steps_of
+from loratui.config import load_config, render_toml
+from loratui.control import send_command
+from loratui.events.jsonl import read_events
+from loratui.launcher import trainer_command
+from loratui.run_dir import prepare_run_dir
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+# One thread per rank: two ranks share this machine's cores.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+STOP_WITHIN_S = 60
+
+# Records each rank's exit code, which `accelerate launch` itself does not pass on.
+EXIT_CODE_PROBE = """
+import os, sys
+from pathlib import Path
+from loratui.cli import main
+code = main(sys.argv[1:])
+Path(os.environ["EXIT_CODES_DIR"], "rank" + os.environ["RANK"]).write_text(str(code))
+sys.exit(code)
+"""
+
+
+def write_config(directory: Path, name: str) -> Path:
+    rows = "".join(f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(64))
+    (directory / "rows.jsonl").write_text(rows)
+    path = directory / f"{name}.toml"
+    path.write_text(f"""
+[run]
+name = "{name}"
+[data]
+path = "rows.jsonl"
+format = "text"
+[train]
+precision = "fp32"
+max_steps = 100000
+warmup_steps = 0
+batch_size = 4
+[checkpoint]
+every_steps = 100000
+[monitor]
+log_every = 1000
+[launch]
+num_processes = 2
+""")
+    return path
+
+
+def wait_for_step(events_path: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events_path.exists() and any(e["step"] >= step for e in steps_of(read_events(events_path))):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the launcher exited with {process.returncode} before step {step}")
+        time.sleep(0.2)
+    kill_launch(process)
+    pytest.fail(f"no step {step} within {timeout} s")
+
+
+def wait_for_exit(process: subprocess.Popen) -> tuple[int, float]:
+    """The launcher's exit code and how long it took; none of its ranks may outlive it."""
+    ranks = psutil.Process(process.pid).children(recursive=True)
+    started = time.monotonic()
+    try:
+        code = process.wait(timeout=STOP_WITHIN_S)
+    except subprocess.TimeoutExpired:
+        kill_launch(process, ranks)
+        pytest.fail(f"still running {STOP_WITHIN_S} s after being told to stop")
+    elapsed = time.monotonic() - started
+    _, alive = psutil.wait_procs(ranks, timeout=STOP_WITHIN_S - elapsed)
+    assert not alive, f"ranks left running: {alive}"
+    return code, elapsed
+
+
+def kill_launch(process: subprocess.Popen, ranks: list[psutil.Process] = ()) -> None:
+    for rank in ranks or psutil.Process(process.pid).children(recursive=True):
+        rank.kill()
+    process.kill()
+
+
+def launch(command: list[str], log: Path, env: dict = ENV) -> subprocess.Popen:
+    # Its own session, as the dashboard starts trainers: a signal meant for the test runner stays there.
+    with open(log, "ab") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def assert_one_consistent_log(events: list[dict], world_size: int = 2) -> None:
+    starts = [e for e in events if e["type"] == "run_started"]
+    assert [e["world_size"] for e in starts] == [world_size] * len(starts)
+    keys = [(e["attempt"], e["step"]) for e in steps_of(events)]
+    assert len(keys) == len(set(keys)), "a step was published twice"
+    for attempt in {a for a, _ in keys}:
+        steps = sorted(s for a, s in keys if a == attempt)
+        assert steps == list(range(steps[0], steps[0] + len(steps)))
+
+
+def assert_every_rank_saved(checkpoint: Path) -> None:
+    assert (checkpoint / "manifest.json").is_file()
+    assert sorted(p.name for p in checkpoint.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run started as the dashboard starts one, stopped through control.jsonl at step 3 or later."""
+    directory = tmp_path_factory.mktemp("multiprocess")
+    config_path = write_config(directory, "stopped")
+    config = load_config(config_path)
+    run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
+    command = trainer_command(config, run_dir, resume=False)
+    process = launch(command, run_dir.trainer_log)
+    wait_for_step(run_dir.events, 3, process)
+    send_command(run_dir.control, "stop")
+    code, elapsed = wait_for_exit(process)
+    return {"config_path": config_path, "run_dir": run_dir, "command": command, "code": code,
+            "elapsed": elapsed, "events": read_events(run_dir.events)}
+
+
+def test_dashboard_command_goes_through_accelerate_launch(stopped_run):
+    command = stopped_run["command"]
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    assert command[command.index("--num_processes") + 1] == "2"
+    assert command[-3:] == ["-m", "loratui.train.entry", str(stopped_run["run_dir"].root)]
+
+
+def test_stop_command_ends_both_ranks_at_the_same_step(stopped_run):
+    events, run_dir = stopped_run["events"], stopped_run["run_dir"]
+    assert stopped_run["code"] == 0, run_dir.trainer_log.read_text()[-3000:]
+    assert stopped_run["elapsed"] < STOP_WITHIN_S
+    assert_one_consistent_log(events)
+    last_step = steps_of(events)[-1]["step"]
+    ack = next(e for e in events if e["type"] == "control")
+    assert ack["cmd"] == "stop" and ack["accepted"] and ack["step"] == last_step
+    saved = [e for e in events if e["type"] == "checkpoint"]
+    assert saved[-1]["step"] == last_step and saved[-1]["reason"] == "stop"
+    assert_every_rank_saved(Path(saved[-1]["path"]))
+    finished = events[-1]
+    assert finished["type"] == "run_finished" and finished["step"] == last_step
+    assert (run_dir.adapter / "adapter_model.safetensors").is_file()
+
+
+def test_resumed_two_process_run_continues_from_the_checkpoint(stopped_run):
+    run_dir = stopped_run["run_dir"]
+    stopped_at = steps_of(stopped_run["events"])[-1]["step"]
+    command = LAUNCH + ["-m", "loratui", "run", str(stopped_run["config_path"]), "--headless", "--resume",
+                        "--set", f"train.max_steps={stopped_at + 3}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    events = read_events(run_dir.events)
+    assert_one_consistent_log(events)
+    resumed = [e for e in events if e["type"] == "run_started"][-1]
+    assert resumed["attempt"] == 1 and resumed["step"] == stopped_at
+    assert resumed["resumed_from"].endswith(f"step-{stopped_at:06d}")
+    assert [e["step"] for e in steps_of(events, attempt=1)] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+    assert_every_rank_saved(run_dir.checkpoints / f"step-{stopped_at + 3:06d}")
+    assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "completed"
+
+
+def test_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
+    """SIGTERM to `accelerate launch` (what a batch scheduler sends) reaches each rank through torchrun."""
+    config_path = write_config(tmp_path, "signalled")
+    probe = tmp_path / "exit_code_probe.py"
+    probe.write_text(EXIT_CODE_PROBE)
+    exit_codes = tmp_path / "exit-codes"
+    exit_codes.mkdir()
+    events_path = tmp_path / "runs" / "signalled" / "events.jsonl"
+    process = launch(LAUNCH + [str(probe), "run", str(config_path), "--headless"], tmp_path / "launcher.log",
+                     env={**ENV, "EXIT_CODES_DIR": str(exit_codes)})
+    wait_for_step(events_path, 3, process)
+    process.send_signal(signal.SIGTERM)
+    wait_for_exit(process)
+    codes = {p.name: p.read_text() for p in exit_codes.iterdir()}
+    assert codes == {"rank0": "143", "rank1": "143"}, (tmp_path / "launcher.log").read_text()[-3000:]
+    events = read_events(events_path)
+    assert_one_consistent_log(events)
+    last_step = steps_of(events)[-1]["step"]
+    saved = [e for e in events if e["type"] == "checkpoint"][-1]
+    assert saved["step"] == last_step and saved["reason"] == "signal"
+    assert_every_rank_saved(Path(saved["path"]))
+    assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "stopped by SIGTERM"
