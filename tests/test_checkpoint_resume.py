@@ -1,0 +1,192 @@
+"""Resuming a real run directory: damaged checkpoints are skipped with a reason, refusals are clear.
+
+One short fp32 run (checkpoints at steps 0, 3 and 6) is made once and copied
+for each test, which then damages it, changes the config or runs into it, and
+resumes through the real trainer or the real command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import steps_of, train_in_process
+from loratui import cli
+from loratui.config import load_config
+from loratui.train import checkpoint as ckpt
+from test_reliability_support import complete_steps, single_cpu_thread, write_run_config  # noqa: F401
+
+RUN = "runs/loratui-run"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A directory holding config.toml, its data and a run with complete checkpoints 0, 3 and 6."""
+    base = tmp_path_factory.mktemp("finished")
+    write_run_config(base, max_steps=6, every_steps=3, keep=5)
+    code, _, run_dir = train_in_process(load_config(base / "config.toml"))
+    assert code == 0
+    assert complete_steps(run_dir.checkpoints) == [6, 3, 0]
+    return base
+
+
+@pytest.fixture
+def workdir(finished_run, tmp_path) -> Path:
+    """A private copy of the finished run to damage."""
+    target = tmp_path / "work"
+    shutil.copytree(finished_run, target)
+    return target
+
+
+def checkpoint(workdir: Path, step: int) -> Path:
+    return workdir / RUN / "checkpoints" / ckpt.checkpoint_name(step)
+
+
+def resume(workdir: Path, *overrides: str):
+    return train_in_process(load_config(workdir / "config.toml", ["train.max_steps=7", *overrides]), resume=True)
+
+
+def truncate_adapter(path: Path) -> None:
+    file = path / "adapter_model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def remove_manifest(path: Path) -> None:
+    (path / ckpt.MANIFEST).unlink()
+
+
+def garble_manifest(path: Path) -> None:
+    (path / ckpt.MANIFEST).write_text('{"format": 1, "files": ')
+
+
+def flip_a_byte_in_the_optimizer(path: Path) -> None:
+    """Same size, different content: only the checksum can tell."""
+    file = path / "optimizer.pt"
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated safetensors": (truncate_adapter, "adapter_model.safetensors has"),
+    "missing manifest": (remove_manifest, "no manifest"),
+    "damaged manifest": (garble_manifest, "unreadable manifest"),
+    "checksum mismatch": (flip_a_byte_in_the_optimizer, "optimizer.pt does not match its checksum"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_skipped_with_its_reason(workdir, damage):
+    spoil, reason = DAMAGE[damage]
+    spoil(checkpoint(workdir, 6))
+    code, events, _ = resume(workdir)
+    assert code == 0
+    notices = [e["message"] for e in events if e["type"] == "notice" and "skipping checkpoint" in e["message"]]
+    assert len(notices) == 1 and "step-000006" in notices[0] and reason in notices[0], notices
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"].endswith("step-000003")
+    assert [e["step"] for e in steps_of(events, started["attempt"])] == [4, 5, 6, 7]
+
+
+def test_with_every_checkpoint_damaged_the_run_stops_with_one_line_and_exit_2(workdir, capsys):
+    for (spoil, _), step in zip(DAMAGE.values(), (0, 3, 6)):
+        spoil(checkpoint(workdir, step))
+    code = cli.main(["run", str(workdir / "config.toml"), "--headless", "--resume"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    errors = [line for line in (out + err).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "no complete checkpoint to resume from" in errors[0], out + err
+    assert "Traceback" not in out + err
+    # The reasons for each checkpoint are logged, and nothing was deleted or rewritten.
+    assert out.count("skipping checkpoint") == 3
+    assert sorted(p.name for p in (workdir / RUN / "checkpoints").iterdir()) == [
+        "step-000000", "step-000003", "step-000006"]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_existing_run_directory_without_resume_is_refused_and_left_untouched(workdir, capsys):
+    before = tree_digest(workdir / RUN)
+    code = cli.main(["run", str(workdir / "config.toml"), "--headless", "--set", "train.learning_rate=1e-4"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "already exists" in err and "--resume" in err and "run.name" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert tree_digest(workdir / RUN) == before
+
+
+def copy_of_builtin_model(directory: Path) -> Path:
+    from loratui.model.builtin import builtin_model_dir
+
+    target = directory / "model"
+    shutil.copytree(builtin_model_dir("builtin:tiny-llama"), target)
+    return target
+
+
+def add_a_token_to_the_tokenizer(model_dir: Path) -> None:
+    tokenizer_file = model_dir / "tokenizer.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["zzqq-new-token"] = max(vocab.values()) + 1
+    tokenizer_file.write_text(json.dumps(tokenizer))
+
+
+@pytest.mark.parametrize("change,what", [
+    ('model.name_or_path="builtin:tiny-llama-outliers"', "model:"),
+    ("lora.r=4", "lora_r: 8 -> 4"),
+    ('lora.target_modules=["q_proj", "v_proj"]', "lora_target_modules:"),
+])
+def test_resuming_with_a_different_model_or_lora_shape_is_refused(workdir, change, what):
+    before = tree_digest(workdir / RUN / "checkpoints")
+    code, events, _ = resume(workdir, change)
+    assert code == 2
+    failed = [e for e in events if e["type"] == "run_failed"][-1]
+    assert "cannot resume" in failed["error"] and what in failed["error"], failed["error"]
+    assert "Learning rate and precision may change" in failed["error"]
+    assert failed["traceback"] is None
+    assert tree_digest(workdir / RUN / "checkpoints") == before
+
+
+def test_resuming_with_a_changed_tokenizer_is_refused(tmp_path):
+    model_dir = copy_of_builtin_model(tmp_path)
+    write_run_config(tmp_path, max_steps=2, every_steps=1, extra=f'[model]\nname_or_path = "{model_dir}"\n')
+    config = load_config(tmp_path / "config.toml")
+    code, _, _ = train_in_process(config)
+    assert code == 0
+    add_a_token_to_the_tokenizer(model_dir)
+    code, events, _ = train_in_process(load_config(tmp_path / "config.toml", ["train.max_steps=3"]), resume=True)
+    assert code == 2
+    failed = [e for e in events if e["type"] == "run_failed"][-1]
+    assert "cannot resume" in failed["error"] and "tokenizer:" in failed["error"], failed["error"]
+
+
+def test_learning_rate_and_precision_may_change_on_resume(workdir):
+    code, events, _ = resume(workdir, "train.learning_rate=5e-4", 'train.precision="bf16"')
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"].endswith("step-000006") and started["precision"] == "bf16"
+    resumed_steps = steps_of(events, started["attempt"])
+    assert [e["step"] for e in resumed_steps] == [7]
+    assert resumed_steps[0]["precision"] == "bf16" and resumed_steps[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_verify_names_what_is_wrong(workdir):
+    newest = checkpoint(workdir, 6)
+    assert ckpt.verify(newest) is None
+    (newest / "scheduler.pt").unlink()
+    assert ckpt.verify(newest) == "scheduler.pt is missing"
+    manifest = json.loads((checkpoint(workdir, 3) / ckpt.MANIFEST).read_text())
+    manifest["format"] = 99
+    (checkpoint(workdir, 3) / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    assert "format 99" in ckpt.verify(checkpoint(workdir, 3))
+    skipped = []
+    assert [info.step for info in ckpt.list_complete(workdir / RUN / "checkpoints",
+                                                    on_skip=lambda p, r: skipped.append(p.name))] == [0]
+    assert sorted(skipped) == ["step-000003", "step-000006"]

@@ -1,0 +1,223 @@
+"""Shared tools for the reliability tests: small real runs, headless subprocesses, seeded chaos.
+
+Not a test module (nothing here starts with `test_`); it lives beside the tests
+that import it. Every run here is the real program: `python -m loratui run
+--headless` in its own process, or the real Trainer in this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from loratui.events.jsonl import EventTailer
+from loratui.train import checkpoint as ckpt
+
+# Torture counts: the default suite runs the short, still random, variant;
+# `make torture` (LORATUI_TORTURE=full) runs the full counts.
+FULL = os.environ.get("LORATUI_TORTURE") == "full"
+
+# How long a run may take to reach a point before the test calls it hung. Generous:
+# the machine is shared and a busy one is slow, and tests never assert on wall time.
+PATIENCE_S = 240
+
+
+# One intra-op thread for every run these tests start or compare. On a small shared
+# machine torch's default (a spinning thread per core) made a 6-step run 10x slower,
+# and runs whose losses are compared must use the same thread count anyway.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_cpu_thread():
+    """Autouse in every module that imports it: in-process runs use one thread, as subprocesses do."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def torture_count(default: int, full: int) -> int:
+    return full if FULL else default
+
+
+def seeded_random(label: str) -> random.Random:
+    """A Random whose seed is printed (pytest shows it on failure) and can be pinned to replay."""
+    seed = int(os.environ.get("LORATUI_TORTURE_SEED") or random.SystemRandom().randrange(2**31))
+    print(f"{label}: seed {seed} (replay with LORATUI_TORTURE_SEED={seed})")
+    return random.Random(seed)
+
+
+def write_small_data(directory: Path, rows: int = 24) -> Path:
+    """A text dataset small enough to tokenize at once; 24 rows at batch 4 make a 6-step epoch."""
+    path = directory / "small.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Question: what is {i} plus {i}? Answer: {2 * i}."}) + "\n"
+                            for i in range(rows)))
+    return path
+
+
+def write_run_config(directory: Path, *, max_steps: int = 400, every_steps: int = 3, keep: int = 2,
+                     extra: str = "", name: str = "config.toml") -> Path:
+    """A fast fp32 CPU config on the small dataset; runs land in directory/runs."""
+    write_small_data(directory)
+    path = directory / name
+    path.write_text(f"""
+[data]
+path = "small.jsonl"
+format = "text"
+
+[lora]
+dropout = 0.1
+
+[train]
+precision = "fp32"
+device = "cpu"
+max_steps = {max_steps}
+batch_size = 4
+warmup_steps = 2
+lr_scheduler = "constant"
+
+[checkpoint]
+every_steps = {every_steps}
+keep = {keep}
+
+[monitor]
+log_every = 1000
+{extra}
+""")
+    return path
+
+
+class HeadlessRun:
+    """`python -m loratui run CONFIG --headless` in its own session, output to files."""
+
+    def __init__(self, config: Path, *sets: str, resume: bool = False, env: dict | None = None,
+                 run_name: str = "loratui-run", args: list[str] | None = None):
+        self.config = config
+        self.run_dir = config.parent / "runs" / run_name
+        self.events = self.run_dir / "events.jsonl"
+        self.checkpoints = self.run_dir / "checkpoints"
+        command = args or [sys.executable, "-m", "loratui", "run", str(config), "--headless"]
+        command += [f"--set={s}" for s in (*sets, f'run.name="{run_name}"')]
+        if resume:
+            command.append("--resume")
+        self.stdout_path = config.parent / f"{run_name}.{time.monotonic_ns()}.out"
+        with open(self.stdout_path, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
+                                            env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
+        # Only this process's events: a resumed run appends to the log of the runs before it.
+        self.tailer = EventTailer(self.events, offset=self.events.stat().st_size if self.events.exists() else 0)
+        self.seen: list[dict] = []
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def new_events(self) -> list[dict]:
+        fresh = self.tailer.read_new()
+        self.seen.extend(fresh)
+        return fresh
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, poll_s: float = 0.01) -> None:
+        """Poll until predicate() holds; fail (with the run's output) if the run ends or hangs first."""
+        deadline = time.monotonic() + PATIENCE_S
+        while not predicate():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the run ended (exit {self.process.returncode}) before {what}:\n"
+                                     + self.output()[-3000:])
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"no {what} within {PATIENCE_S} s:\n" + self.output()[-3000:])
+            time.sleep(poll_s)
+
+    def wait_for_step(self, step: int) -> None:
+        def reached() -> bool:
+            self.new_events()
+            return any(e["type"] == "step" and e["step"] >= step for e in self.seen)
+
+        self.wait_for(reached, f"step {step}")
+
+    def wait_for_event(self, event_type: str) -> dict:
+        def found() -> bool:
+            self.new_events()
+            return any(e["type"] == event_type for e in self.seen)
+
+        self.wait_for(found, f"a {event_type} event")
+        return next(e for e in self.seen if e["type"] == event_type)
+
+    def send(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the whole session (the run and anything it started)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+
+    def finish(self, timeout: float = PATIENCE_S) -> int:
+        """The exit code; a run still alive after `timeout` is hung: killed, and the test fails."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the run did not exit within {timeout} s (hung):\n" + self.output()[-3000:])
+
+    def all_events(self) -> list[dict]:
+        self.new_events()
+        return self.seen
+
+
+def complete_steps(checkpoints: Path) -> list[int]:
+    """Steps of the checkpoints that verify, newest first (an independent reading of the disk)."""
+    return [info.step for info in ckpt.list_complete(checkpoints)]
+
+
+def partial_dirs(checkpoints: Path) -> list[Path]:
+    return [p for p in checkpoints.iterdir() if p.name.startswith(ckpt.PARTIAL_PREFIX)] \
+        if checkpoints.is_dir() else []
+
+
+def losses_by_attempt(events: list[dict]) -> dict[tuple[int, int], float]:
+    return {(e["attempt"], e["step"]): e["loss"] for e in events if e["type"] == "step"}
+
+
+def inet_sockets(pid: int) -> list[str]:
+    """The TCP/UDP sockets (IPv4 and IPv6) a process holds, as /proc/net lines; empty if none.
+
+    A socket fd links to `socket:[inode]`; /proc/<pid>/net/{tcp,tcp6,udp,udp6}
+    list every inet socket of the namespace by inode, so the intersection is
+    exactly this process's network sockets (listening or not).
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed while we looked
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found += [f"{table}: {line.strip()}" for line in lines if line.split()[9] in inodes]
+    return found
