@@ -10,8 +10,9 @@ the newest complete checkpoint as it was.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ from helpers import steps_of, train_in_process
 from loratui.config import load_config
 from loratui.train import checkpoint as ckpt
 from test_reliability_support import (
+    FULL,
     HeadlessRun,
     complete_steps,
     partial_dirs,
@@ -108,32 +110,54 @@ def test_second_sigint_exits_at_once_and_leaves_the_newest_checkpoint_intact(tmp
     assert not partial_dirs(run.checkpoints), "the half-written save is cleaned up on resume"
 
 
-TWO_PROCESS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no"]
+TWO_PROCESS_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                      "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                      "--main_process_port", "0"]
+# `accelerate launch` does not pass its ranks' exit codes on: each rank writes its own.
+RANK_EXIT_CODE = """
+import os, sys
+from pathlib import Path
+from loratui.cli import main
+code = main(sys.argv[1:])
+Path(os.environ["EXIT_CODES_DIR"], "rank" + os.environ["RANK"]).write_text(str(code))
+sys.exit(code)
+"""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM], ids=lambda s: s.name)
-def test_signal_on_a_two_process_run(tmp_path, signum):
-    """A scheduler or Ctrl-C signals every process of the job: both ranks stop at the same step."""
-    accelerate = shutil.which("accelerate")
-    assert accelerate, "accelerate's launcher is part of the dev environment"
-    rng = seeded_random(f"{signum.name} on two processes")
-    config = write_run_config(tmp_path)
-    command = [accelerate, "launch", *TWO_PROCESS, "-m", "loratui", "run", str(config), "--headless"]
-    run = HeadlessRun(config, args=command)
-    try:
-        run.wait_for_step(rng.randint(2, 8))
-        started = next(e for e in run.seen if e["type"] == "run_started")
-        assert started["world_size"] == 2
-        os.killpg(run.pid, signum)  # the whole job, as a terminal or a batch scheduler does
-        code = run.finish(timeout=HANG_LIMIT_S)
-    finally:
-        run.kill()
-    assert code != 0, run.output()[-2000:]
-    finished = [e for e in run.all_events() if e["type"] == "run_finished"]
-    assert finished and finished[-1]["reason"] == f"stopped by {signum.name}", run.output()[-2000:]
-    stopped_at = finished[-1]["step"]
-    assert complete_steps(run.checkpoints)[0] == stopped_at
-    newest = run.checkpoints / ckpt.checkpoint_name(stopped_at)
-    assert sorted(p.name for p in newest.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
+def test_a_signal_to_every_process_of_a_two_process_run(tmp_path):
+    """Ctrl-C in a terminal or a batch scheduler signals the whole job: launcher and both ranks.
+
+    Each rank gets the signal twice (directly, and the launcher's SIGTERM after it);
+    both must stop at the same step with one checkpoint, the first signal's code and no hang.
+    """
+    rng = seeded_random("signal to a two-process job")
+    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    for signum in signals if FULL else [rng.choice(signals)]:
+        directory = tmp_path / signum.name
+        directory.mkdir()
+        config = write_run_config(directory)
+        probe = directory / "rank_exit_code.py"
+        probe.write_text(RANK_EXIT_CODE)
+        (directory / "exit-codes").mkdir()
+        run = HeadlessRun(config, args=[*TWO_PROCESS_LAUNCH, str(probe), "run", str(config), "--headless"],
+                          env={"EXIT_CODES_DIR": str(directory / "exit-codes")})
+        try:
+            run.wait_for_step(rng.randint(2, 8))
+            os.killpg(run.pid, signum)
+            run.finish(timeout=HANG_LIMIT_S)
+            leftovers = subprocess.run(["pgrep", "-s", str(run.pid)], capture_output=True, text=True).stdout
+            assert not leftovers.split(), f"processes of the job still running: {leftovers}"
+        finally:
+            run.kill()
+        codes = {p.name: p.read_text() for p in (directory / "exit-codes").iterdir()}
+        expected = str(EXIT_CODES[signum])
+        assert codes == {"rank0": expected, "rank1": expected}, run.output()[-3000:]
+        events = run.all_events()
+        assert next(e for e in events if e["type"] == "run_started")["world_size"] == 2
+        finished = [e for e in events if e["type"] == "run_finished"]
+        assert finished and finished[-1]["reason"] == f"stopped by {signum.name}", run.output()[-3000:]
+        stopped_at = finished[-1]["step"]
+        assert complete_steps(run.checkpoints)[0] == stopped_at
+        newest = run.checkpoints / ckpt.checkpoint_name(stopped_at)
+        assert sorted(p.name for p in newest.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
