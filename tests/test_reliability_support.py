@@ -68,7 +68,7 @@ def write_small_data(directory: Path, rows: int = 24) -> Path:
 
 
 def write_run_config(directory: Path, *, max_steps: int = 400, every_steps: int = 3, keep: int = 2,
-                     extra: str = "", name: str = "config.toml") -> Path:
+                     lr_scheduler: str = "constant", extra: str = "", name: str = "config.toml") -> Path:
     """A fast fp32 CPU config on the small dataset; runs land in directory/runs."""
     write_small_data(directory)
     path = directory / name
@@ -86,7 +86,7 @@ device = "cpu"
 max_steps = {max_steps}
 batch_size = 4
 warmup_steps = 2
-lr_scheduler = "constant"
+lr_scheduler = "{lr_scheduler}"
 
 [checkpoint]
 every_steps = {every_steps}
@@ -190,8 +190,23 @@ def complete_steps(checkpoints: Path) -> list[int]:
 
 
 def partial_dirs(checkpoints: Path) -> list[Path]:
-    return [p for p in checkpoints.iterdir() if p.name.startswith(ckpt.PARTIAL_PREFIX)] \
-        if checkpoints.is_dir() else []
+    try:
+        return [p for p in checkpoints.iterdir() if p.name.startswith(ckpt.PARTIAL_PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+def saves_in_progress(checkpoints: Path) -> dict[int, Path]:
+    """Step -> hidden directory of each checkpoint being written and already into its commit.
+
+    trainer_state.json is the first file the commit writes, before the (slowed) checksums.
+    """
+    found = {}
+    for path in partial_dirs(checkpoints):
+        step = path.name.removeprefix(ckpt.PARTIAL_PREFIX).removeprefix("step-")
+        if step.isdigit() and (path / ckpt.STATE).exists():
+            found[int(step)] = path
+    return found
 
 
 def losses_by_attempt(events: list[dict]) -> dict[tuple[int, int], float]:

@@ -1,0 +1,122 @@
+"""SIGKILL torture: kill the real headless trainer at random moments and resume it each time.
+
+Kill moments, drawn from a printed seed, are of three kinds: during start-up
+(imports, model loading, tokenizing), at a random point of a random training
+step, and inside a checkpoint save (slowed with LORATUI_TEST_SLOW_CHECKPOINT so
+the kill can land anywhere in it: while checksumming, after the rename, during
+retention). After each kill the run is resumed with --resume. The promises:
+every resume starts from the newest checkpoint that verifies, never a partial
+one; every step's loss, in every attempt, equals an uninterrupted fp32 run's
+within 1e-6; the final adapter does too. The default suite kills 4 times;
+`make torture` 20 times.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import train_in_process
+from loratui.config import load_config
+from loratui.events.jsonl import EventTailer
+from loratui.train import checkpoint as ckpt
+from test_reliability_support import (
+    HeadlessRun,
+    complete_steps,
+    partial_dirs,
+    saves_in_progress,
+    seeded_random,
+    single_cpu_thread,  # noqa: F401 (an autouse fixture)
+    torture_count,
+    write_run_config,
+)
+
+TOLERANCE = 1e-6
+EVERY_STEPS = 3
+
+
+def kill_plan(rng, kills: int) -> list[str]:
+    """Kinds of kill moment: at least one of each; start-up never first (no checkpoint exists yet)."""
+    plan = ["step", "save", "startup"][:kills] + [rng.choice(["startup", "step", "save"]) for _ in range(kills - 3)]
+    rng.shuffle(plan)
+    if plan[0] == "startup":
+        plan.append(plan.pop(0))
+    return plan
+
+
+def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, max_steps: int) -> str:
+    """Wait for a moment of the given kind, SIGKILL the run there; returns where it landed."""
+    left_before = {p.stat().st_ino for p in partial_dirs(run.checkpoints)}  # by an earlier kill
+    if kind == "startup":
+        deadline = time.monotonic() + rng.uniform(0.2, 6.0)
+        while time.monotonic() < deadline and not any(e["type"] == "run_started" for e in run.new_events()):
+            time.sleep(0.01)
+    elif kind == "step":
+        run.wait_for_step(min(resumed_at + rng.randint(1, 2 * EVERY_STEPS), max_steps - 1))
+        time.sleep(rng.uniform(0, 0.1))  # anywhere within the next step or the save after it
+    else:
+        run.wait_for(lambda: any(step > resumed_at for step in saves_in_progress(run.checkpoints)),
+                     "a checkpoint save", poll_s=0.002)
+        time.sleep(rng.uniform(0, 1.0))  # the slowed commit takes about 0.7 s, then rename and retention
+    run.new_events()
+    steps = [e["step"] for e in run.seen if e["type"] == "step"]
+    run.kill()
+    assert run.process.returncode == -signal.SIGKILL, f"the run had already ended: {run.output()[-2000:]}"
+    # Read after the kill, when nothing moves: a save still hidden was cut before its rename.
+    cut = [p.name.removeprefix(ckpt.PARTIAL_PREFIX) for p in partial_dirs(run.checkpoints)
+           if p.stat().st_ino not in left_before]
+    return f"{kind}: " + (f"after step {steps[-1]}" if steps else "before the first step") \
+        + (f", inside the save of {', '.join(cut)}" if cut else "")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    rng = seeded_random("SIGKILL torture")
+    kills = torture_count(4, 20)
+    max_steps = 6 * kills + 10
+    config_path = write_run_config(tmp_path, max_steps=max_steps, every_steps=EVERY_STEPS, keep=2,
+                                   lr_scheduler="cosine")
+    code, baseline_events, baseline_dir = train_in_process(load_config(config_path, ['run.name="baseline"']))
+    assert code == 0
+    baseline = {e["step"]: e["loss"] for e in baseline_events if e["type"] == "step"}
+
+    checkpoints = tmp_path / "runs" / "loratui-run" / "checkpoints"
+    landings = []
+    for number, kind in enumerate(kill_plan(rng, kills)):
+        newest = complete_steps(checkpoints)[0] if number else None
+        env = {"LORATUI_TEST_SLOW_CHECKPOINT": "0.1"} if kind == "save" else {}
+        run = HeadlessRun(config_path, resume=number > 0, env=env)
+        try:
+            landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps))
+        finally:
+            run.kill()
+        started = [e for e in run.seen if e["type"] == "run_started"]
+        if number and started:
+            assert started[0]["resumed_from"] == str(checkpoints / ckpt.checkpoint_name(newest)), landings
+        assert complete_steps(checkpoints), f"no complete checkpoint left after kill {number + 1}: {landings}"
+    print(f"{kills} kills survived:", Counter(kind for kind in (landing.split(":")[0] for landing in landings)))
+    print("\n".join(landings))
+
+    newest = complete_steps(checkpoints)[0]
+    code, events, run_dir = train_in_process(load_config(config_path), resume=True)
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"] == str(checkpoints / ckpt.checkpoint_name(newest))
+
+    # Every step any attempt published, the replayed ones included, is the uninterrupted run's step.
+    tailer = EventTailer(run_dir.events)
+    every_step = [e for e in tailer.read_new() if e["type"] == "step"]
+    assert {e["step"] for e in every_step} == set(range(1, max_steps + 1))
+    for event in every_step:
+        assert abs(event["loss"] - baseline[event["step"]]) <= TOLERANCE, (event, baseline[event["step"]])
+    assert tailer.bad_lines <= kills, "only a line cut by a kill may be unreadable"
+
+    final, expected = load_file(str(run_dir.adapter / "adapter_model.safetensors")), \
+        load_file(str(baseline_dir.adapter / "adapter_model.safetensors"))
+    assert final.keys() == expected.keys()
+    for name in expected:
+        assert (final[name] - expected[name]).abs().max().item() <= TOLERANCE, name
