@@ -29,6 +29,7 @@ import signal
 import time
 from pathlib import Path
 
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
@@ -175,8 +176,8 @@ class DashboardApp(App[int]):
         except (NotImplementedError, RuntimeError):
             pass  # no signal handling here (not the main thread, or not Unix): nothing to detach from
 
-    def on_resize(self) -> None:
-        self.screen.set_class(self.size.width < COMPACT_WIDTH or self.size.height < COMPACT_HEIGHT, "compact")
+    def on_resize(self, event: events.Resize) -> None:
+        self.screen.set_class(event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT, "compact")
 
     def start_workers(self) -> None:
         """After the first frame: start the trainer (in `run`), then follow its events."""
@@ -310,26 +311,27 @@ class DashboardApp(App[int]):
     def action_resume(self) -> None:
         self.send("resume", "resume requested")
 
-    def action_switch_precision(self, fix: dict | None = None) -> None:
+    def action_switch_precision(self, alert: dict | None = None) -> None:
         started = self.model.run_started
         if started is None:
             self.notify("the trainer has not reported its device yet", timeout=4)
             return
         caps = self.model.capabilities
-        suggested, because = self.suggest_precision(fix)
+        fix = (alert or {}).get("fix")
+        suggested, because = self.suggest_precision(alert)
         self.push_screen(PrecisionDialog(current=self.model.precision, support=caps.get("support") or {},
                                          notes=caps.get("notes") or {}, suggested=suggested,
                                          suggested_because=because, advice=read_advice(self.run_dir.advice),
                                          restart_from=self.restart_point(fix), fix=fix),
                          self.restart_with)
 
-    def suggest_precision(self, fix: dict | None) -> tuple[str | None, str]:
+    def suggest_precision(self, alert: dict | None) -> tuple[str | None, str]:
         """The precision to offer first: an alert's fix, then `loratui advise`, then the safer neighbour."""
         alerts = sorted(self.model.active_alerts.values(), key=lambda a: a.get("step") or 0, reverse=True)
-        for alert in ([{"fix": fix, "kind": "this alert"}] if fix else []) + alerts:
-            precision = (alert.get("fix") or {}).get("precision")
+        for candidate in ([alert] if alert else []) + alerts:
+            precision = (candidate.get("fix") or {}).get("precision")
             if precision:
-                return precision, f"fixes the {alert.get('kind')}"
+                return precision, f"fixes the {candidate.get('kind')}"
         advice = read_advice(self.run_dir.advice)
         if advice and advice.get("recommendation") in ("fp32", "bf16", "fp16"):
             return advice["recommendation"], "measured by loratui advise"
@@ -349,7 +351,8 @@ class DashboardApp(App[int]):
         newest = list_checkpoints(self.run_dir.checkpoints)
         return f"the newest checkpoint (step {newest[0].step})" if newest else "the newest checkpoint"
 
-    def action_lower_lr(self, fix: dict | None = None) -> None:
+    def action_lower_lr(self, alert: dict | None = None) -> None:
+        fix = (alert or {}).get("fix")
         current = self.model.peak_lr
         if current is None:
             self.notify("the trainer has not reported its learning rate yet", timeout=4)
@@ -357,8 +360,8 @@ class DashboardApp(App[int]):
         self.push_screen(LearningRateDialog(current=current, factor=self.model.lr_factor,
                                             restart_from=self.restart_point(fix), fix=fix), self.restart_with)
 
-    def action_rollback(self, fix: dict | None = None) -> None:
-        preselect = (fix or {}).get("from_step")
+    def action_rollback(self, alert: dict | None = None) -> None:
+        preselect = ((alert or {}).get("fix") or {}).get("from_step")
         self.push_screen(RollbackDialog(list_checkpoints(self.run_dir.checkpoints), current_step=self.model.step,
                                         preselect=preselect), self.restart_with)
 
@@ -384,13 +387,12 @@ class DashboardApp(App[int]):
 
     def show_alert(self, alert: dict) -> None:
         def apply_fix(key: str | None) -> None:
-            fix = alert.get("fix") or {}
             if key == "p":
-                self.action_switch_precision(fix)
+                self.action_switch_precision(alert)
             elif key == "l":
-                self.action_lower_lr(fix)
+                self.action_lower_lr(alert)
             elif key == "r":
-                self.action_rollback(fix)
+                self.action_rollback(alert)
 
         self.push_screen(AlertDetails(alert), apply_fix)
 

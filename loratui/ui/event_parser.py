@@ -6,7 +6,7 @@ with a fixed key order, so a regular expression pulls the charted fields out
 of a whole block at C speed, and the numbers become numpy arrays. Any block
 whose step lines do not all match (another key order, a hand-edited line) is
 parsed line by line with the strict decoder instead: slower, never wrong.
-Every other event type is rare and is decoded in full, in order.
+Every other line is decoded in full, in order (other event types are rare).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ STEP_PREFIX = b'{"type":"step"'
 STEP_LINE = re.compile(
     rb'\{"type":"step","time":([^,]*),"attempt":(\d+),"step":(\d+),"loss":([^,]*),"grad_norm":([^,]*),'
     rb'"lr":[^,]*,"precision":[^,]*,"scale":([^,]*),"skipped":(.)')
-OTHER_LINE = re.compile(rb'\{"type":"(?!step")[^\n]*')
+# Every line that does not open like an encoder-written step line (searched in "\n" + block, so
+# the first line is found too; a leading newline is a fast literal to scan for).
+OTHER_LINE = re.compile(rb'\n(?!\{"type":"step")([^\n]+)')
 
 
 @dataclass
@@ -60,12 +62,19 @@ def parse_block(block: bytes) -> ParsedBlock:
         return _parse_line_by_line(block)
     others, bad = [], 0
     last_other_at = -1
-    for match in OTHER_LINE.finditer(block):
+    for match in OTHER_LINE.finditer(b"\n" + block):
+        raw = match.group(1)
+        if not raw.strip():
+            continue
         try:
-            others.append(decode_event(match.group()))
-            last_other_at = match.start()
+            event = decode_event(raw)
         except ValueError:
             bad += 1
+            continue
+        if event.get("type") == "step":  # a step line in another layout (hand-written, another writer)
+            return _parse_line_by_line(block)
+        others.append(event)
+        last_other_at = match.start()
     last_step_at = block.rfind(STEP_PREFIX)
     last_step = None
     if last_step_at >= 0:

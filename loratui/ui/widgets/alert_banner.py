@@ -38,11 +38,11 @@ class AlertBanner(Widget):
             return Text("")
         alert = max(self.alerts, key=lambda a: (a.get("severity") == "critical", a.get("step") or 0))
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f"✗ {alert.get('kind')} at step {alert.get('step')}: ", style="bold")
-        text.append(str(alert.get("message", "")))
+        text.append(f"✗ {alert.get('kind')} at step {alert.get('step')}", style="bold")
         key = FIX_KEYS.get(alert.get("suggestion") or "")
         if key:
             text.append(f" · press {key} to {FIX_NAMES[alert['suggestion']]}", style="bold")
         if len(self.alerts) > 1:
             text.append(f" (+{len(self.alerts) - 1} more)")
+        text.append(f" · {alert.get('message', '')} · enter: details")
         return text

@@ -1,0 +1,215 @@
+"""End to end in a real terminal: the real `loratui run` / `loratui watch` in tmux, keys pressed, screen read.
+
+Runs are short and on CPU (fp32 is the fast one here); every wait is bounded
+and says what it waited for. Each test uses its own tmux server (-L), so a
+developer's own tmux sessions are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from test_ui_support import recorded_run
+
+from loratui.events.jsonl import read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config.example.toml"
+LORATUI = [sys.executable, "-m", "loratui"]
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+class Terminal:
+    """One tmux window running one command; the screen is read with capture-pane."""
+
+    def __init__(self, cwd: Path, *, width: int = 120, height: int = 36, term: str = "xterm-256color"):
+        self.socket = f"loratui-test-{uuid.uuid4().hex[:8]}"
+        self.cwd = cwd
+        self.width, self.height, self.term = width, height, term
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
+                              timeout=20).stdout
+
+    def start(self, command: list[str], env: dict | None = None) -> None:
+        settings = " ".join(f"{k}={v}" for k, v in {"TERM": self.term, **(env or {})}.items())
+        shell = f"cd {self.cwd} && env {settings} {' '.join(map(str, command))}; echo EXIT=$?; sleep 600"
+        self.tmux("new-session", "-d", "-s", "main", "-x", str(self.width), "-y", str(self.height), shell)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def press(self, *keys: str) -> None:
+        for key in keys:
+            self.tmux("send-keys", "-t", "main", key)
+            time.sleep(0.3)
+
+    def wait_for(self, pattern: str, what: str, timeout: float = 90) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.screen())
+            if match:
+                return match
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} ({pattern!r}); the screen:\n"
+                             f"{self.screen()}")
+
+    def exit_code(self, timeout: float = 90) -> int:
+        return int(self.wait_for(r"EXIT=(\d+)", "the command to exit", timeout).group(1))
+
+    def hang_up(self) -> None:
+        """Close the terminal under the program, as a dropped SSH connection does."""
+        self.tmux("kill-server")
+
+    def close(self) -> None:
+        self.tmux("kill-server")
+
+
+@pytest.fixture
+def terminal(tmp_path):
+    terminals: list[Terminal] = []
+
+    def make(**kwargs) -> Terminal:
+        terminals.append(Terminal(tmp_path, **kwargs))
+        return terminals[-1]
+
+    yield make
+    for term in terminals:
+        term.close()
+
+
+def run_args(tmp_path: Path, name: str, *overrides: str) -> list[str]:
+    sets = [f"run.output_dir={tmp_path / 'runs'}", f"run.name={name}", "train.batch_size=4",
+            "train.warmup_steps=0", *overrides]
+    return [str(CONFIG), *[part for item in sets for part in ("--set", item)]]
+
+
+def wait_for_events(run_dir: Path, condition, what: str, timeout: float = 90) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    events: list[dict] = []
+    while time.monotonic() < deadline:
+        if (run_dir / "events.jsonl").exists():
+            events = read_events(run_dir / "events.jsonl")
+            if condition(events):
+                return events
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last events: "
+                         f"{[e['type'] for e in events[-8:]]}")
+
+
+def trainer_pid(run_dir: Path) -> int:
+    started = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "run_started"]
+    return started[0]["pid"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_switch_to_bf16_then_hang_up_then_reattach_and_stop(tmp_path, terminal):
+    """p → bf16 → confirm restarts in bf16; a dropped terminal leaves training running; watch re-attaches."""
+    run_dir = tmp_path / "runs" / "e2e-switch"
+    term = terminal(term="screen-256color")
+    term.start([*LORATUI, "run", *run_args(tmp_path, "e2e-switch", "train.precision=fp32", "train.max_steps=2000",
+                                            "checkpoint.every_steps=5")])
+    term.wait_for(r"step ([3-9]|\d\d+)/2000", "step lines on the dashboard")
+    term.press("p")
+    term.wait_for(r"Switch precision", "the precision dialog")
+    term.press("Enter")
+    term.wait_for(r"Restart in bf16", "bf16 highlighted and chosen (confirmation shown)", timeout=10)
+    term.press("Enter")
+    events = wait_for_events(run_dir, lambda ev: any(e["type"] == "restart" and e["precision"] == "bf16"
+                                                     for e in ev), "a restart event in bf16")
+    restart = next(e for e in events if e["type"] == "restart")
+    wait_for_events(run_dir, lambda ev: any(e["type"] == "step" and e["precision"] == "bf16"
+                                            and e["attempt"] == restart["attempt"] for e in ev),
+                    "step events in bf16 after the restart")
+    term.wait_for(r"RUNNING\s+bf16", "the bf16 badge on the dashboard")
+
+    pid = trainer_pid(run_dir)
+    term.hang_up()
+    steps_before = sum(e["type"] == "step" for e in read_events(run_dir / "events.jsonl"))
+    wait_for_events(run_dir, lambda ev: sum(e["type"] == "step" for e in ev) > steps_before + 1,
+                    "training to go on after the terminal hung up")
+    assert alive(pid)
+
+    watch = terminal(term="xterm-256color")
+    watch.start([*LORATUI, "watch", str(run_dir)])
+    watch.wait_for(r"RUNNING\s+bf16", "loratui watch to show the live bf16 run")
+    watch.press("q")
+    watch.wait_for(r"Quit the dashboard", "the quit dialog")
+    watch.press("s")
+    assert watch.exit_code() == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert events[-1]["type"] == "run_finished"
+    assert any(e["type"] == "checkpoint" and e["reason"] == "stop" for e in events)
+
+
+def test_quit_with_stop_saves_a_final_checkpoint_and_exits_0(tmp_path, terminal):
+    run_dir = tmp_path / "runs" / "e2e-stop"
+    term = terminal()
+    term.start([*LORATUI, "run", *run_args(tmp_path, "e2e-stop", "train.precision=fp32", "train.max_steps=2000",
+                                            "checkpoint.every_steps=1000")])
+    term.wait_for(r"step ([2-9]|\d\d+)/2000", "step lines on the dashboard")
+    term.press("q")
+    term.wait_for(r"Quit the dashboard", "the quit dialog")
+    term.press("s")
+    assert term.exit_code() == 0
+    final = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "checkpoint" and e["reason"] == "stop"]
+    assert final, "no checkpoint saved on stop"
+    assert (Path(final[0]["path"]) / "manifest.json").is_file()
+
+
+def test_watch_shows_a_finished_runs_whole_history(tmp_path, terminal):
+    run_dir = recorded_run("restart_bf16", tmp_path)
+    term = terminal(width=80, height=24)
+    term.start([*LORATUI, "watch", str(run_dir)], env={"NO_COLOR": "1"})
+    term.wait_for(r"FINISHED", "the finished state")
+    screen = term.wait_for(r"step 60/60", "the last step of the history").string
+    assert "restart from step 20" in screen  # the event list holds the restart, newest first
+    term.press("q")
+    assert term.exit_code(timeout=20) == 0
+
+
+def test_watch_follows_a_live_headless_run_and_its_keys_control_it(tmp_path, terminal):
+    run_dir = tmp_path / "runs" / "e2e-watch"
+    headless = subprocess.Popen([*LORATUI, "run", *run_args(tmp_path, "e2e-watch", "train.precision=fp32",
+                                                             "train.max_steps=2000", "checkpoint.every_steps=1000"),
+                                 "--headless"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_for_events(run_dir, lambda ev: any(e["type"] == "step" for e in ev), "the headless run's first step")
+        term = terminal()
+        term.start([*LORATUI, "watch", str(run_dir)])
+        first = int(term.wait_for(r"step (\d+)/2000", "the live step on screen").group(1))
+        term.wait_for(rf"step (?!{first}/)\d+/2000", "the step to move on (following the live log)")
+        term.press("s")
+        wait_for_events(run_dir, lambda ev: any(e["type"] == "checkpoint" and e["reason"] == "command" for e in ev),
+                        "the checkpoint asked for with s")
+        term.press("Space")
+        term.wait_for(r"PAUSED", "the paused state")
+        term.press("Space")
+        term.wait_for(r"RUNNING", "the running state after resume")
+        term.press("q")
+        term.wait_for(r"Quit the dashboard", "the quit dialog")
+        term.press("s")
+        assert term.exit_code() == 0
+        assert headless.wait(timeout=60) == 0
+    finally:
+        if headless.poll() is None:
+            headless.kill()
+    commands = [json.loads(line)["cmd"] for line in (run_dir / "control.jsonl").read_text().splitlines()]
+    assert commands == ["save", "pause", "resume", "stop"]
