@@ -158,6 +158,10 @@ def check_command(config_path: str, overrides: list[str]) -> int:
         note = caps.notes.get(precision)
         print(f"  {precision}: {caps.support[precision]}" + (f" ({note})" if note else ""))
     print(f"NVML: {caps.nvml}")
+    for gpu in caps.gpus:
+        capability = gpu["compute_capability"]
+        print(f"  GPU {gpu['index']}: {gpu['name']}, {gpu['mem_total_mib']:.0f} MiB"
+              + (f", compute capability {capability[0]}.{capability[1]}" if capability else ""))
     resolved = resolve_precision(config.train.precision, caps)
     print(f"train.precision = {config.train.precision!r} -> {resolved}")
     problems = machine_problems(config, caps)

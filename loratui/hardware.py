@@ -20,6 +20,7 @@ class Capabilities:
     support: dict = field(default_factory=dict)  # precision -> native | emulated | unsupported
     notes: dict = field(default_factory=dict)  # precision -> why
     nvml: str = "not checked"
+    gpus: list = field(default_factory=list)  # NVML's view of each device: index, name, memory, capability
     torch_version: str = ""
 
     def as_dict(self) -> dict:
@@ -58,7 +59,7 @@ def detect(device: str = "auto") -> Capabilities:
         caps.support["fp16"] = EMULATED
         caps.notes["fp16"] = ("CPU autocast(float16) with loratui's own GradScaler "
                               "(accelerate would silently train in fp32 here)")
-    caps.nvml = nvml_status()
+    caps.nvml, caps.gpus = nvml_report()
     return caps
 
 
@@ -91,23 +92,28 @@ def machine_problems(config, caps: Capabilities) -> list[str]:
     precision = config.train.precision
     if precision in ("bf16", "fp16") and caps.support.get(precision) == UNSUPPORTED:
         problems.append(f'train.precision = "{precision}" is not supported here: {caps.notes.get(precision)}')
+    from loratui.trackers import unavailable_trackers
+
+    for name in unavailable_trackers(config.run.report_to):
+        problems.append(f'run.report_to includes "{name}", which is not installed here (pip install {name})')
     return problems
 
 
-def nvml_status() -> str:
-    """'available (N devices)' or why not. Never raises: NVML is optional."""
+def nvml_report() -> tuple[str, list[dict]]:
+    """'available (N device(s), driver V)' or why not, and each device's details. Never raises:
+    NVML is optional."""
+    from loratui.gpu import NvmlReader, NvmlUnavailable
+
+    reader = NvmlReader()
     try:
-        import pynvml
-    except ImportError:
-        return "unavailable: nvidia-ml-py is not installed"
+        reader.open()
+    except NvmlUnavailable as exc:
+        return f"unavailable: {exc}", []
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return f"unavailable: {exc}"
-    try:
-        return f"available ({pynvml.nvmlDeviceGetCount()} device(s), driver {pynvml.nvmlSystemGetDriverVersion()})"
+        devices = reader.describe()
+        return f"available ({len(devices)} device(s), driver {reader.driver_version()})", devices
     finally:
-        pynvml.nvmlShutdown()
+        reader.close()
 
 
 def _cpu_has_bf16() -> bool:

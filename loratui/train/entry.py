@@ -16,6 +16,7 @@ from loratui.errors import EXIT_BAD_INPUT, UserInputError
 from loratui.events.bus import EventBus
 from loratui.events.console import ConsoleSink
 from loratui.events.jsonl import JsonlSink
+from loratui.gpu import GpuSampler
 from loratui.run_dir import RunDir
 
 
@@ -26,6 +27,11 @@ def train_in_run_dir(run_dir: RunDir, *, resume: bool = False, console: bool = T
     bus.add_sink(JsonlSink(run_dir.events))
     if console:
         bus.add_sink(ConsoleSink(config.monitor.log_every, config.train.max_steps))
+    bus.add_sink(GpuSampler(bus.publish))
+    if config.run.report_to:
+        from loratui.trackers import TrackerSink
+
+        bus.add_sink(TrackerSink(config.run.report_to, run_dir.root, config.run.name))
     from loratui.monitor import build_monitor
     from loratui.train.trainer import Trainer
 

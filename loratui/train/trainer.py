@@ -111,6 +111,13 @@ class Trainer:
         ckpt.clean_partials(self.run_dir.checkpoints) if self.is_main else None
         self.capabilities = detect(self.config.train.device)
         problems = machine_problems(self.config, self.capabilities)
+        engine = self.accelerator.distributed_type.value
+        if engine in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            # This loop runs backward and the optimizer itself and saves the adapter from rank 0's
+            # module: right for data parallelism, wrong for sharded or engine-driven training.
+            problems.append(f"accelerate launch: {engine} is not supported by loratui's trainer (it trains data "
+                            f"parallel); to watch FSDP or DeepSpeed training, add LoraTuiCallback to a Hugging "
+                            f"Face Trainer script")
         if problems:
             raise UserInputError([Problem("config", p) for p in problems])
         self.precision_name = resolve_precision(self.config.train.precision, self.capabilities)

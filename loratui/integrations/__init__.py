@@ -1,0 +1,1 @@
+"""loratui watching trainers it did not start: `loratui.integrations.transformers.LoraTuiCallback`."""
