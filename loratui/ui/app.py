@@ -177,7 +177,9 @@ class DashboardApp(App[int]):
             pass  # no signal handling here (not the main thread, or not Unix): nothing to detach from
 
     def on_resize(self, event: events.Resize) -> None:
-        self.screen.set_class(event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT, "compact")
+        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
+        self.screen.set_class(compact, "compact")
+        self.query_one(Footer).compact = compact
 
     def start_workers(self) -> None:
         """After the first frame: start the trainer (in `run`), then follow its events."""

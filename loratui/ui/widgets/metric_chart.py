@@ -21,6 +21,8 @@ from textual_plotext import PlotextPlot
 
 from loratui.ui.history import ChartData, ChartSeries
 
+SHORT_TITLES = {"loss": "loss", "grad_norm": "grad norm (log)", "scale": "scale (log2) x=skip"}
+NARROW = 40  # below this width a chart gets its short title
 METRICS = {
     # name: (title, min field, max field, marks field, transform, colour of the current attempt)
     "loss": ("loss", "loss_min", "loss_max", "nonfinite_loss", None, (0, 175, 255)),
@@ -66,10 +68,12 @@ class MetricChart(PlotextPlot):
 
     def _plot_into(self, plt, data: ChartData | None) -> None:
         title, low_field, high_field, marks_field, transform, colour = METRICS[self.metric]
+        if self.size.width < NARROW:
+            title = SHORT_TITLES[self.metric]
         plt.clear_data()
         plt.clear_figure()
         if not data or not data.series or not self.size.width:
-            plt.title(f"{title} · waiting for the first step")
+            plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
             return
         plt.title(title)
         points = max(8, (self.size.width - AXIS_ALLOWANCE) * 2)
