@@ -45,6 +45,7 @@ from loratui.events.encode import decode_event
 from loratui.events.jsonl import JsonlSink
 from loratui.gpu import GpuSampler
 from loratui.run_dir import RunDir
+from loratui.train.precision import scale_tensor
 
 RESTART_UNSUPPORTED = ("restart is not supported under a Hugging Face Trainer, which runs its own loop: stop, then "
                        "run the script again with trainer.train(resume_from_checkpoint=...) and the new settings")
@@ -164,8 +165,8 @@ class LoraTuiCallback(TrainerCallback):
 
         self.lr = optimizer.param_groups[0]["lr"]
         scaler = self.trainer.accelerator.scaler
-        # The scale this step ran with; get_scale() is a host sync, one per step.
-        self.scale = scaler.get_scale() if scaler is not None else None
+        # The scale this step runs with, as a device tensor: read with the step's other figures.
+        self.scale = scale_tensor(scaler).clone() if scaler is not None else None
         grads = [p.grad for p in self.params if p.grad is not None]
         self.nonfinite = sum((~torch.isfinite(g)).sum() for g in grads) if grads else None
         if (state.global_step + 1) % self.probe_every == 0:
@@ -192,9 +193,15 @@ class LoraTuiCallback(TrainerCallback):
             import torch.distributed as dist
 
             dist.all_reduce(figures)  # the global loss, tokens and non-finite count
-        loss_sum, tokens, nonfinite = figures.tolist()
+        scaler = self.trainer.accelerator.scaler
+        # A skipped step is one whose scale the GradScaler backed off. accelerate's own flag
+        # (optimizer_step_was_skipped) misses skips of fused optimizers, the Trainer's default.
+        scales = torch.stack([self.scale, scale_tensor(scaler)]) if self.scale is not None else zero.reshape(0)
+        # The step's one host sync: every figure crosses to the CPU in a single transfer.
+        loss_sum, tokens, nonfinite, *scale_figures = torch.cat([figures, scales.to(device)]).tolist()
         loss = loss_sum / self.world_size
-        skipped = bool(self.trainer.accelerator.optimizer_step_was_skipped)
+        scale = scale_figures[0] if scale_figures else None
+        skipped = bool(scale_figures) and scale_figures[1] < scale_figures[0]
         self.skipped_steps += skipped
         self.last_loss = loss
         seconds = time.perf_counter() - self.started
@@ -202,15 +209,15 @@ class LoraTuiCallback(TrainerCallback):
         self.bus.publish(
             "step", step=step, loss=loss, grad_norm=float(self.grad_norm) if self.grad_norm is not None else None,
             lr=self.lr, precision=effective_precision(self.trainer.accelerator, self.trainer.model),
-            scale=self.scale, skipped=skipped, nonfinite_grads=int(nonfinite), tokens=int(tokens),
+            scale=scale, skipped=skipped, nonfinite_grads=int(nonfinite), tokens=int(tokens),
             step_time_s=round(seconds, 6), tokens_per_s=round(tokens / seconds, 1) if seconds > 0 else None,
             epoch=state.epoch, **memory_figures(device))
         if self.stale is not None:
-            self._publish_health(step, int(nonfinite))
+            self._publish_health(step, int(nonfinite), scale)
         self._follow_commands(control)
         return control
 
-    def _publish_health(self, step: int, nonfinite: int) -> None:
+    def _publish_health(self, step: int, nonfinite: int, scale: float | None) -> None:
         unmoved, moving = (int(v) for v in self.stale)
         stale_share = unmoved / moving if moving else 0.0
         skip_rate = self.skipped_steps / step if step else 0.0
@@ -222,10 +229,9 @@ class LoraTuiCallback(TrainerCallback):
                              "summary": f"{unmoved} of {moving} adapter values with a gradient did not move"},
             "skip_rate": {"status": "warn" if skip_rate > self.thresholds.skip_rate_max else "ok",
                           "value": skip_rate, "summary": f"{self.skipped_steps} of {step} steps skipped"},
-            "loss_scale": ({"status": "alert" if self.scale < 1 else "ok", "value": self.scale,
-                            "summary": "below 1: values overflow even unscaled" if self.scale < 1 else "fp16 scale"}
-                           if self.scale is not None else {"status": "n/a", "value": None,
-                                                           "summary": "no loss scaling"}),
+            "loss_scale": ({"status": "alert" if scale < 1 else "ok", "value": scale,
+                            "summary": "below 1: values overflow even unscaled" if scale < 1 else "fp16 scale"}
+                           if scale is not None else {"status": "n/a", "value": None, "summary": "no loss scaling"}),
         }
         self.bus.publish("health", step=step, checks=checks, source="transformers callback")
 
