@@ -1,0 +1,91 @@
+"""Render the README's screenshots (screenshots/*.svg, and .png where a converter exists).
+
+The real dashboard app is fed recorded real runs (tests/data/ui_*, made by
+scripts/record_event_logs.py), driven with Textual's pilot and exported as
+SVG. PNG copies are made with rsvg-convert, cairosvg or inkscape, whichever
+is installed; without one there are only SVGs.
+
+    python scripts/render_screenshots.py      (or: make screenshots)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+OUT = ROOT / "screenshots"
+SIZE = (160, 48)
+
+
+async def render(name: str, recording: str, *, until_step: int | None = None, keys: tuple[str, ...] = (),
+                 open_alert: bool = False) -> Path | None:
+    from test_ui_support import DATA, caught_up, recorded_run
+
+    from loratui.ui.app import DashboardApp
+
+    if not (DATA / f"ui_{recording}").is_dir():
+        print(f"{name}: skipped, no recording tests/data/ui_{recording} (see scripts/record_event_logs.py)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        app = DashboardApp(recorded_run(recording, Path(tmp), until_step=until_step))
+        async with app.run_test(size=SIZE) as pilot:
+            await caught_up(app, pilot)
+            await pilot.pause(0.3)
+            if open_alert:
+                alerts = [entry.alert for entry in app.view.entries if entry.alert]
+                if not alerts:
+                    print(f"{name}: skipped, the recording holds no alert")
+                    return None
+                app.show_alert(alerts[0])
+            for key in keys:
+                await pilot.press(key)
+            await pilot.pause(0.3)
+            svg = app.export_screenshot(title=f"loratui · {name.replace('-', ' ')}")
+    path = OUT / f"{name}.svg"
+    path.write_text(svg)
+    print(f"{path.relative_to(ROOT)}")
+    return path
+
+
+def to_png(svg: Path) -> Path | None:
+    png = svg.with_suffix(".png")
+    if shutil.which("rsvg-convert"):
+        subprocess.run(["rsvg-convert", str(svg), "-o", str(png)], check=True)
+    elif shutil.which("inkscape"):
+        subprocess.run(["inkscape", str(svg), "--export-filename", str(png)], check=True, capture_output=True)
+    else:
+        try:
+            import cairosvg
+        except ImportError:
+            return None
+        cairosvg.svg2png(url=str(svg), write_to=str(png))
+    return png
+
+
+async def main() -> int:
+    os.environ["TZ"] = "UTC"  # event times show as UTC clock times: the same picture anywhere
+    time.tzset()
+    OUT.mkdir(exist_ok=True)
+    rendered = [
+        await render("healthy-fp16", "healthy_fp16", until_step=45),
+        await render("overflow-alert", "fp16_overflow", open_alert=True),
+        await render("precision-dialog", "healthy_fp16", until_step=45, keys=("p",)),
+        await render("after-switch-to-bf16", "restart_bf16", until_step=50),
+    ]
+    pngs = [to_png(svg) for svg in rendered if svg is not None]
+    if pngs and pngs[0] is None:
+        print("no SVG converter (rsvg-convert, inkscape or cairosvg): SVG only")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
