@@ -48,9 +48,12 @@ def kill_plan(rng, kills: int) -> list[str]:
     return plan
 
 
-def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, max_steps: int) -> str:
-    """Wait for a moment of the given kind, SIGKILL the run there; returns where it landed."""
-    left_before = {p.stat().st_ino for p in partial_dirs(run.checkpoints)}  # by an earlier kill
+def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, max_steps: int,
+                            left_before: set[int]) -> str:
+    """Wait for a moment of the given kind, SIGKILL the run there; returns where it landed.
+
+    left_before: inodes of the half-written saves an earlier kill left (not this run's).
+    """
     if kind == "startup":
         deadline = time.monotonic() + rng.uniform(0.2, 6.0)
         while time.monotonic() < deadline and not any(e["type"] == "run_started" for e in run.new_events()):
@@ -89,9 +92,10 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     for number, kind in enumerate(kill_plan(rng, kills)):
         newest = complete_steps(checkpoints)[0] if number else None
         env = {"LORATUI_TEST_SLOW_CHECKPOINT": "0.1"} if kind == "save" else {}
+        left_before = {p.stat().st_ino for p in partial_dirs(checkpoints)}
         run = HeadlessRun(config_path, resume=number > 0, env=env)
         try:
-            landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps))
+            landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps, left_before))
         finally:
             run.kill()
         started = [e for e in run.seen if e["type"] == "run_started"]

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -76,6 +77,32 @@ def commit(staging: Path, state: dict, *, slow_hook: Callable[[], None] | None =
         os.rename(staging, final)
     _fsync_dir(staging.parent)
     return final
+
+
+def write_torch(obj, path: Path) -> None:
+    """torch.save into a private file of ours, so that a full disk raises the OSError it is.
+
+    torch.save reports a failed write as a vague RuntimeError ("unexpected pos ..."),
+    which would end the run as a crash instead of a checkpoint the disk refused.
+    """
+    import torch
+
+    with _private_file(path) as file:
+        writer = _WriteErrorRecorder(file)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+
+def write_tensors(tensors: dict, path: Path) -> None:
+    """A safetensors file written by us: safetensors' own writer folds the OSError into its message."""
+    from safetensors.torch import save
+
+    with _private_file(path) as file:
+        file.write(save(tensors))
 
 
 def verify(path: Path) -> str | None:
@@ -170,6 +197,36 @@ def clean_partials(checkpoints: Path) -> None:
         for path in checkpoints.iterdir():
             if path.name.startswith(PARTIAL_PREFIX):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+class _WriteErrorRecorder:
+    """A file wrapper that remembers the OSError of a failed write before torch hides it."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+@contextmanager
+def _private_file(path: Path):
+    """A new file private to the user; a failed write names the file, which file.write's OSError does not."""
+    try:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as file:
+            yield file
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
 
 
 def _write_json(path: Path, value: dict) -> None:

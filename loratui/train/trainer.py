@@ -487,14 +487,12 @@ class Trainer:
         """Write a complete checkpoint of everything needed to continue exactly from here."""
         if self.last_saved_step == self.step:
             return None  # this exact state is already saved
-        import torch
-
         checkpoints = self.run_dir.checkpoints
         staging = ckpt.partial_dir(checkpoints, self.step)
         # Each stage runs on the ranks it concerns, then every rank learns whether any of
         # them failed, so a full disk on one rank can never leave the others waiting.
         stages = (lambda: ckpt.begin(checkpoints, self.step) if self.is_main else None,
-                  lambda: torch.save(self.rng_state(), staging / f"rng-rank{self.rank}.pt"),
+                  lambda: ckpt.write_torch(self.rng_state(), staging / f"rng-rank{self.rank}.pt"),
                   lambda: self.write_checkpoint_files(staging) if self.is_main else None)
         for stage in stages:
             error = self.first_error_on_any_rank(_attempt(stage))
@@ -510,17 +508,15 @@ class Trainer:
         return path
 
     def write_checkpoint_files(self, staging: Path) -> None:
-        import torch
         from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
         adapter = get_peft_model_state_dict(self.unwrapped_model)
-        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()},
-                  str(staging / "adapter_model.safetensors"))
-        torch.save(self.optimizer.optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+        ckpt.write_tensors({k: v.detach().cpu().contiguous() for k, v in adapter.items()},
+                           staging / "adapter_model.safetensors")
+        ckpt.write_torch(self.optimizer.optimizer.state_dict(), staging / "optimizer.pt")
+        ckpt.write_torch(self.scheduler.state_dict(), staging / "scheduler.pt")
         if self.precision.scaler is not None:
-            torch.save(self.precision.scaler.state_dict(), staging / "scaler.pt")
+            ckpt.write_torch(self.precision.scaler.state_dict(), staging / "scaler.pt")
         from loratui.model.loading import model_identity
 
         state = {"step": self.step, "attempt": self.attempt, "precision": self.precision_name,
