@@ -132,23 +132,33 @@ class AutopilotSection:
 class MonitorSection:
     log_every: int = key(10, "Headless: print one line every this many steps.", min=1)
     probe_every: int = key(50, "Run the health probes every this many steps.", min=1)
+    probe_first_steps: int = key(3, "Also probe the first this many steps of every attempt, so a fault that "
+                                 "a config or a restart brings shows at once.", min=0)
     fp16_headroom_min: float = key(4.0, "Alert when fp16's max (65504) is less than this many times the "
                                    "largest activation.", min=1)
     underflow_max: float = key(0.05, "Alert when this share of gradient values underflows in fp16.",
                                min=0, max=1)
     fidelity_min: float = key(0.98, "Alert when the cosine of the run's gradients against fp32 falls "
                               "below this.", min=0, max=1)
-    stale_max: float = key(0.5, "Alert when this share of adapter weights stops changing (update lost "
+    stale_max: float = key(0.25, "Alert when this share of adapter weights stops changing (update lost "
                            "to rounding).", min=0, max=1)
     skip_rate_max: float = key(0.1, "fp16: alert when more than this share of steps is skipped after "
                                "calibration.", min=0, max=1)
     consecutive_skips_max: int = key(5, "fp16: alert after this many skipped steps in a row.", min=1)
+    skip_window: int = key(50, "fp16: the skip rate is measured over this many steps.", min=5)
     calibration_steps: int = key(30, "fp16: skips in this many steps after a start or restart are "
                                  "calibration, not alerts.", min=0)
     spike_sigma: float = key(6.0, "Loss spike: above mean + this many standard deviations.",
                              min=0, min_exclusive=True)
     spike_window: int = key(50, "Loss spike: rolling window of finite losses.", min=5)
-    divergence_window: int = key(30, "Divergence: steps of sustained rising loss.", min=5)
+    divergence_window: int = key(5, "Divergence: the mean loss of this many steps is compared with the "
+                                 "lowest such mean of the attempt.", min=2)
+    divergence_rise: float = key(0.25, "Divergence: alert when that mean stays this much (relative) above "
+                                 "the lowest.", min=0, min_exclusive=True)
+    divergence_lr_factor: float = key(0.1, "Divergence: the suggested learning rate is the current one "
+                                      "times this.", min=0, max=1, min_exclusive=True)
+    resolve_after: int = key(10, "An alert from the per-step figures is resolved after this many healthy "
+                             "steps in a row (a probe's, at the next healthy probe).", min=1)
     autopilot: AutopilotSection = field(default_factory=AutopilotSection)
 
 

@@ -9,8 +9,19 @@ The trainer calls a monitor through these methods:
   after_step(trainer, figures)          every step: detectors over the step's figures
   on_restart(trainer)                   after a restart (calibration starts again)
   health_summary() -> dict              stored in each checkpoint
+
+Modules: health.py (the monitor itself), detectors.py (per-step signals),
+activations.py, gradients.py, staleness.py, fp32_math.py (the probes),
+diagnosis.py (why a loss was not finite), explain.py (alerts in words),
+fixes.py (which fix), alerts.py (episodes), autopilot.py.
 """
 
 
 def build_monitor(config, bus):
-    return None
+    """The health monitor for a run; it also listens on the bus for the trainer's acknowledgements."""
+    from loratui.events.bus import CallbackSink
+    from loratui.monitor.health import HealthMonitor
+
+    monitor = HealthMonitor(config.monitor, bus, lr_factor=config.train.lr_factor)
+    bus.add_sink(CallbackSink(monitor.on_event))
+    return monitor

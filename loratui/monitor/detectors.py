@@ -1,0 +1,173 @@
+"""Detectors over the per-step figures (loss, grad norm, loss scale, skipped): pure Python, no device work.
+
+Each detector is fed one step at a time and answers with a Reading: its
+signal is bad (with the numbers that show it) or healthy, or it has nothing
+to say yet. Each also keeps a `check` for the `health` event. They start
+over at every attempt: a restart brings a new loss scale, a new learning
+rate, and a loss level that earlier steps say nothing about.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reading:
+    kind: str  # the alert kind this signal stands for
+    source: str  # which signal: an episode is closed only by the signal that opened it
+    bad: bool
+    details: dict = field(default_factory=dict)
+
+
+def check(status: str, value, summary: str, **extra) -> dict:
+    """One entry of a health event's `checks`."""
+    return {"status": status, "value": value, "summary": summary, **extra}
+
+
+NOT_YET = check("n/a", None, "no data yet")
+
+
+class SkipWatch:
+    """fp16 with a loss scaler: steps skipped because the *gradients* overflowed (the loss was finite).
+
+    While the scaler calibrates after a start or restart it halves its scale on
+    every overflow until the gradients fit; those skips are expected. After
+    `calibration_steps`, a skip rate above `skip_rate_max` over the last
+    `skip_window` steps, or `consecutive_skips_max` skips in a row, is overflow.
+    """
+
+    def __init__(self, *, calibration_steps: int, window: int, rate_max: float, consecutive_max: int):
+        self.calibration_steps = calibration_steps
+        self.window = window
+        self.rate_max = rate_max
+        self.consecutive_max = consecutive_max
+        self.reset(applies=False)
+
+    def reset(self, *, applies: bool) -> None:
+        self.applies = applies
+        self.recent: deque[bool] = deque(maxlen=self.window)
+        self.consecutive = 0
+        self.steps = 0
+        self.calibration_skips = 0
+        self.check = NOT_YET if applies else check("n/a", None, "no loss scaler in this precision")
+
+    def observe(self, step: int, loss: float, skipped: bool, scale: float | None, nonfinite_grads: int
+                ) -> Reading | None:
+        if not self.applies:
+            return None
+        self.steps += 1
+        gradient_overflow = skipped and math.isfinite(loss)  # a NaN loss is the forward's fault, not the scaler's
+        if self.steps <= self.calibration_steps:
+            self.calibration_skips += gradient_overflow
+            self.check = check("ok", None, f"calibrating the loss scale (step {self.steps} of "
+                               f"{self.calibration_steps}); {self.calibration_skips} skip(s) so far are expected",
+                               calibrating=True)
+            return None
+        self.recent.append(gradient_overflow)
+        self.consecutive = self.consecutive + 1 if gradient_overflow else 0
+        skips = sum(self.recent)
+        rate = skips / len(self.recent)
+        judged = len(self.recent) >= min(self.window, 20)  # a rate over a handful of steps says little
+        bad = self.consecutive >= self.consecutive_max or (judged and rate > self.rate_max)
+        status = "alert" if bad else ("warn" if skips else "ok")
+        self.check = check(status, round(rate, 4), f"{skips} of the last {len(self.recent)} steps skipped "
+                           f"(gradient overflow), {self.consecutive} in a row", threshold=self.rate_max)
+        return Reading("overflow", "skips", bad, {
+            "skipped_steps": skips, "window_steps": len(self.recent), "skip_rate": round(rate, 4),
+            "consecutive_skips": self.consecutive, "scale": scale, "nonfinite_grads": nonfinite_grads,
+            "skip_rate_max": self.rate_max, "consecutive_skips_max": self.consecutive_max})
+
+
+class ScaleWatch:
+    """A loss scale below 1 shrinks the loss: the unscaled values themselves overflow fp16."""
+
+    def __init__(self):
+        self.reset(applies=False)
+
+    def reset(self, *, applies: bool) -> None:
+        self.applies = applies
+        self.highest: float | None = None
+        self.check = NOT_YET if applies else check("n/a", None, "no loss scaling in this precision")
+
+    def observe(self, step: int, scale: float | None) -> Reading | None:
+        if not self.applies or scale is None:
+            return None
+        self.highest = scale if self.highest is None else max(self.highest, scale)
+        bad = scale < 1.0
+        self.check = check("alert" if bad else "ok", scale,
+                           f"loss scale {scale:g}" + (" (below 1: the values overflow even unscaled)" if bad else ""),
+                           threshold=1.0)
+        return Reading("scale_collapse", "scale", bad, {"scale": scale, "highest_scale": self.highest})
+
+
+class LossSpikes:
+    """A finite loss above mean + sigma * std of the previous `window` finite losses."""
+
+    def __init__(self, *, sigma: float, window: int):
+        self.sigma = sigma
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        self.recent: deque[float] = deque(maxlen=self.window)
+
+    def observe(self, step: int, loss: float) -> Reading | None:
+        if not math.isfinite(loss):
+            return None  # non-finite losses are their own alert and would poison the statistics
+        reading = None
+        if len(self.recent) >= max(10, self.window // 2):
+            mean = sum(self.recent) / len(self.recent)
+            std = math.sqrt(sum((x - mean) ** 2 for x in self.recent) / (len(self.recent) - 1))
+            limit = mean + self.sigma * std
+            reading = Reading("loss_spike", "loss", loss > limit, {
+                "loss": loss, "window_mean": round(mean, 4), "window_std": round(std, 4), "limit": round(limit, 4),
+                "sigma": self.sigma, "window_steps": len(self.recent)})
+        self.recent.append(loss)
+        return reading
+
+
+class LossTrend:
+    """Divergence: the loss, averaged over a few steps, sustained well above the lowest such average.
+
+    Training loss is noisy step to step but its short averages only drift
+    down (or flatten) in a healthy run. When the average over the last
+    `window` finite losses stays `rise` (relative) above the lowest average
+    seen in this attempt for `patience` steps, the run has turned around.
+    """
+
+    def __init__(self, *, window: int, rise: float, patience: int = 2):
+        self.window = window
+        self.rise = rise
+        self.patience = patience
+        self.reset()
+
+    def reset(self) -> None:
+        self.recent: deque[float] = deque(maxlen=self.window)
+        self.best: float = math.inf
+        self.best_step: int | None = None
+        self.best_lr: float | None = None
+        self.rising = 0
+        self.check = NOT_YET
+
+    def observe(self, step: int, loss: float, lr: float) -> Reading | None:
+        if not math.isfinite(loss):
+            return None
+        self.recent.append(loss)
+        if len(self.recent) < self.window:
+            return None
+        mean = sum(self.recent) / len(self.recent)
+        ratio = mean / self.best if self.best < math.inf and self.best > 0 else 1.0
+        self.rising = self.rising + 1 if ratio > 1 + self.rise else 0
+        bad = self.rising >= self.patience
+        if mean < self.best:
+            self.best, self.best_step, self.best_lr = mean, step, lr
+        status = "alert" if bad else ("warn" if ratio > 1 + self.rise / 2 else "ok")
+        self.check = check(status, round(ratio, 4), f"mean loss of the last {self.window} steps {mean:.4g}, "
+                           f"lowest {self.best:.4g} (step {self.best_step})", threshold=round(1 + self.rise, 4))
+        return Reading("divergence", "trend", bad, {
+            "recent_mean_loss": round(mean, 4), "lowest_mean_loss": round(self.best, 4),
+            "lowest_at_step": self.best_step, "lr_at_lowest": self.best_lr, "lr": lr, "window_steps": self.window,
+            "rise": round(ratio - 1, 4), "rise_max": self.rise, "rising_steps": self.rising})

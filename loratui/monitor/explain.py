@@ -1,0 +1,193 @@
+"""Alerts in words: for each fault, the one-line message, the plain explanation and the fix.
+
+Every function takes the numbers a detector or probe measured and returns an
+Alert whose explanation says what was measured, why it is a problem, and why
+the suggested fix addresses it. Precision is blamed only with evidence for it.
+"""
+
+from __future__ import annotations
+
+from loratui.monitor import fixes
+from loratui.monitor.activations import FP16_MAX
+from loratui.monitor.alerts import Alert
+from loratui.monitor.diagnosis import Diagnosis
+
+BF16_RANGE = "bf16 has fp32's range (up to 3.4e38), so it needs no loss scaling"
+SIGNIFICANT_BITS = {"bfloat16": 8, "float16": 11, "float32": 24}
+
+
+def _switch_fix(trainer, **kwargs) -> tuple[str, dict]:
+    target = fixes.safer_precision(trainer, **kwargs)
+    return ("switch_precision", {"precision": target}) if target else ("none", {})
+
+
+def _target_words(fix: dict) -> str:
+    precision = fix.get("precision")
+    if precision == "bf16":
+        return f"Restarting in bf16 fixes it: {BF16_RANGE}."
+    if precision == "fp32":
+        return "Restarting in fp32 fixes it (bf16 is not native on this device)."
+    return "There is no wider precision to move to."
+
+
+def overflow_in_activations(trainer, step: int, peak, rows_over: int, rows: int, headroom_min: float,
+                            loss_finite: bool) -> Alert:
+    beyond = peak.value >= FP16_MAX
+    verb = "received" if peak.where == "input" else "produced"
+    suggestion, fix = _switch_fix(trainer)
+    if beyond:
+        message = f"fp16 overflows: {peak.module} {verb} {peak.value:.3g}, beyond fp16's maximum of 65504"
+        consequence = ("so the forward pass produces inf/NaN and every such step is skipped"
+                       if not loss_finite else "so those values become inf in fp16")
+    else:
+        message = (f"fp16 is close to overflowing: {peak.module} {verb} {peak.value:.3g}, "
+                   f"only {FP16_MAX / peak.value:.2g}x below fp16's maximum of 65504")
+        consequence = f"less than the {headroom_min:g}x margin a slightly larger batch or update needs"
+    explanation = (f"fp16 tops out at 65504 and {peak.module} {verb} {peak.value:.3g} "
+                   f"(measured in an fp32 recomputation of step {step}'s batch; {rows_over} of {rows} rows), "
+                   f"{consequence}. Loss scaling cannot help: it scales gradients, not activations. "
+                   + _target_words(fix))
+    return Alert("overflow", "critical" if beyond else "warning", message, suggestion, fix, explanation,
+                 {"module": peak.module, "where": peak.where, "value": peak.value, "fp16_max": FP16_MAX,
+                  "headroom": FP16_MAX / peak.value if peak.value else None, "headroom_min": headroom_min,
+                  "rows_over": rows_over, "rows": rows, "measured_in": "fp32 recomputation"}, step)
+
+
+def overflow_in_gradients(trainer, step: int, details: dict, calibration_steps: int) -> Alert:
+    suggestion, fix = _switch_fix(trainer)
+    if details["consecutive_skips"] >= details["consecutive_skips_max"]:
+        what = f"{details['consecutive_skips']} steps in a row were skipped"
+    else:
+        what = f"{details['skipped_steps']} of the last {details['window_steps']} steps were skipped"
+    message = f"fp16 gradients overflow: {what} after the loss scale settled"
+    explanation = (f"The GradScaler skips a step whenever a gradient is inf or NaN and halves its scale; in the "
+                   f"first {calibration_steps} steps that is calibration, afterwards skips should be rare. Here "
+                   f"{what} with finite losses at scale {details['scale']:g}: the gradients exceed fp16's range "
+                   f"and every skipped step is a lost update. " + _target_words(fix))
+    return Alert("overflow", "critical", message, suggestion, fix, explanation, details, step)
+
+
+def scale_collapse(trainer, step: int, details: dict) -> Alert:
+    suggestion, fix = _switch_fix(trainer)
+    message = f"fp16 loss scale collapsed to {details['scale']:g}: the values overflow even unscaled"
+    explanation = (f"The GradScaler halves its scale after every overflow; it started at "
+                   f"{details['highest_scale']:g} and is now {details['scale']:g}. Below 1 the loss is scaled "
+                   f"down, not up, so this is a real overflow, not calibration, and small gradients now also "
+                   f"underflow. " + _target_words(fix))
+    return Alert("scale_collapse", "critical", message, suggestion, fix, explanation, details, step)
+
+
+def nonfinite_loss(trainer, step: int, loss: float, diagnosis: Diagnosis) -> Alert:
+    """The loss of a step is NaN/inf; what the replay of its batch found decides the fix."""
+    failing = diagnosis.failing
+    evidence = {"loss": loss, "rows": diagnosis.rows, "failing_rows": len(failing), "precision": trainer.precision_name,
+                "rows_detail": [vars(row) for row in failing[:5]], "largest_fp32_activation": diagnosis.largest}
+    if diagnosis.peak_module is not None:
+        evidence.update(module=diagnosis.peak_module.module, where=diagnosis.peak_module.where)
+    precision_rows = diagnosis.failing_only_in_run_precision
+    fp32_rows = diagnosis.failing_in_fp32
+    where = f"{len(failing)} of {diagnosis.rows} rows"
+    if not failing:
+        return Alert("nonfinite_loss", "warning", f"the loss was {loss} at step {step}, but a replay of its batch "
+                     f"is finite", "none", {},
+                     f"Step {step}'s loss was {loss}; replaying the same batch without dropout gives a finite loss "
+                     f"in {trainer.precision_name} and in fp32, so the cause is not in the data or the precision's "
+                     f"range. The step was skipped, so the adapter is intact; if it recurs, look at the model code "
+                     f"(e.g. attention kernels).", evidence, step)
+    if precision_rows and not fp32_rows:
+        suggestion, fix = _switch_fix(trainer)
+        row = precision_rows[0]
+        module = diagnosis.peak_module
+        module_words = (f"{module.module} {'receives' if module.where == 'input' else 'produces'} "
+                        f"{diagnosis.largest:.3g}" if module else f"activations reach {diagnosis.largest:.3g}")
+        limit = "fp16's maximum of 65504" if trainer.precision_name == "fp16" else f"{trainer.precision_name}'s range"
+        message = (f"the loss is {loss} at step {step}: {where} overflow {trainer.precision_name} "
+                   f"({module_words}, beyond {limit})")
+        explanation = (f"In fp32 the same rows give a finite loss ({row.fp32_loss:.4g} for {row.position}: "
+                       f"\"{row.text}\"), so it is {trainer.precision_name}'s range, triggered by these rows: "
+                       f"{module_words}. The step was skipped, so the adapter is intact, but every batch with "
+                       f"such rows will fail the same way. " + _target_words(fix))
+        return Alert("nonfinite_loss", "critical", message, suggestion, fix, explanation, evidence, step)
+    if len(fp32_rows) == diagnosis.rows:
+        last_good = fixes.checkpoint_at_or_before(trainer, step - 1)
+        fix = {"from_step": last_good} if last_good is not None else {}
+        message = f"the loss is {loss} at step {step} for every row, in fp32 too: the weights are damaged"
+        explanation = (f"Every row of step {step}'s batch gives a non-finite loss even in fp32 arithmetic, so "
+                       f"neither the data nor the precision's range explains it: the model's weights hold "
+                       f"non-finite or huge values. Going back to the checkpoint at step {last_good} restores "
+                       f"weights that trained normally.")
+        return Alert("nonfinite_loss", "critical", message, "rollback" if fix else "none", fix, explanation,
+                     evidence, step)
+    row = fp32_rows[0]
+    message = f"the loss is {loss} at step {step}: {len(fp32_rows)} row(s) give a non-finite loss even in fp32"
+    explanation = (f"The rows, not the precision: {row.position} (\"{row.text}\") gives {row.fp32_loss} in fp32 "
+                   f"arithmetic too. The step was skipped, so the adapter is intact; remove or repair these rows "
+                   f"(every epoch will meet them again).")
+    return Alert("nonfinite_loss", "warning", message, "none", {}, explanation, evidence, step)
+
+
+def underflow(trainer, step: int, figures, underflow_max: float, fidelity_min: float, scale) -> Alert:
+    suggestion, fix = _switch_fix(trainer)
+    scale_words = "loss scaling is off" if scale is None else f"the loss scale is {scale:g}"
+    share = figures.underflow_share or 0.0
+    message = (f"fp16 gradients underflow: {share:.0%} of LoRA gradient values are zero or subnormal in fp16 "
+               f"(nonzero in fp32)")
+    explanation = (f"fp16's smallest normal number is 6.1e-5; below it values lose precision and then flush to "
+                   f"zero. With {scale_words}, {figures.underflowed} of {figures.compared} gradient values fall "
+                   f"there (most in {figures.worst_module}); against an fp32 recomputation of the same batch the "
+                   f"gradients have cosine {_fmt(figures.cosine)} and relative error {_fmt(figures.relative_error)}. "
+                   f"Dynamic loss scaling (amp.loss_scaling = true) lifts gradients into fp16's range. "
+                   + _target_words(fix))
+    evidence = {"underflow_share": share, "underflow_max": underflow_max, "underflowed": figures.underflowed,
+                "compared": figures.compared, "module": figures.worst_module,
+                "module_underflow_share": figures.worst_module_share, "fidelity_cosine": figures.cosine,
+                "fidelity_min": fidelity_min, "relative_error": figures.relative_error, "loss_scale": scale}
+    return Alert("underflow", "critical" if share > 2 * underflow_max else "warning", message, suggestion, fix,
+                 explanation, evidence, step)
+
+
+def stale_update(trainer, step: int, stale, stale_max: float, lr: float) -> Alert:
+    suggestion, fix = _switch_fix(trainer, keep_adapter_fp32=True)
+    bits = SIGNIFICANT_BITS.get(stale.dtype, 24)
+    resolution = stale.mean_abs_weight * 2.0 ** -(bits + 1)
+    message = (f"{stale.share:.0%} of adapter updates are lost to {stale.dtype} rounding: the weights did not "
+               f"change")
+    explanation = (f"{stale.dtype} keeps {bits} significant bits, so an update smaller than about "
+                   f"|w|*2^-{bits + 1} rounds away. The adapter's mean |w| is {stale.mean_abs_weight:.2g} (resolution about "
+                   f"{resolution:.2g}) but AdamW's mean update at lr {lr:.3g} is {stale.mean_abs_update:.2g}: "
+                   f"{stale.stale} of {stale.intended} weights the optimizer meant to move stayed where they were "
+                   f"(most in {stale.worst_module}). Keep the adapter in fp32 (train.adapter_dtype = \"fp32\"): "
+                   f"restarting in fp32 does that for this run.")
+    evidence = {"stale_share": stale.share, "stale_max": stale_max, "stale": stale.stale, "intended": stale.intended,
+                "mean_abs_weight": stale.mean_abs_weight, "mean_abs_update": stale.mean_abs_update,
+                "resolution": resolution, "adapter_dtype": stale.dtype, "learning_rate": lr,
+                "module": stale.worst_module, "module_stale_share": stale.worst_module_share}
+    return Alert("stale_update", "warning", message, suggestion, fix, explanation, evidence, step)
+
+
+def loss_spike(trainer, step: int, details: dict) -> Alert:
+    message = (f"loss spiked to {details['loss']:.4g} at step {step} (mean {details['window_mean']:.4g} "
+               f"± {details['window_std']:.2g} over the last {details['window_steps']} steps)")
+    explanation = (f"The loss is more than {details['sigma']:g} standard deviations above its recent mean. A "
+                   f"single spike is often absorbed (gradients are clipped); if the loss does not come back "
+                   f"down, the divergence alert follows with a fix.")
+    return Alert("loss_spike", "warning", message, "none", {}, explanation, details, step)
+
+
+def divergence(trainer, step: int, details: dict, lr_factor: float) -> Alert:
+    lowest_at = details["lowest_at_step"]
+    start = fixes.checkpoint_at_or_before(trainer, lowest_at)
+    new_lr = fixes.lowered_learning_rate(trainer, lr_factor)
+    fix = {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}
+    message = (f"the loss is diverging: mean {details['recent_mean_loss']:.4g} over the last "
+               f"{details['window_steps']} steps, up {details['rise']:.0%} from {details['lowest_mean_loss']:.4g} "
+               f"at step {lowest_at}")
+    explanation = (f"The loss fell until step {lowest_at} (lr {details['lr_at_lowest']:.3g}) and has climbed since: "
+                   f"the learning rate (peak {trainer.learning_rate:.3g}) is too high for this model. Restart "
+                   + (f"from step {start}, the last checkpoint before the climb, " if start is not None else "")
+                   + f"with a {1 / lr_factor:g}x lower peak learning rate, {new_lr:.3g}.")
+    return Alert("divergence", "critical", message, "lower_lr", fix, explanation, details, step)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

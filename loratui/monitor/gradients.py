@@ -1,0 +1,141 @@
+"""Gradient fidelity and fp16 underflow: the run's LoRA gradients against an fp32 recomputation.
+
+On a probe step the last micro-batch's own gradients are caught as autograd
+delivers them (a hook per LoRA parameter; `.grad` would hold the sum over all
+micro-batches), together with the RNG state its forward started from. The
+fp32 reference then recomputes that micro-batch with the same RNG state, so
+dropout draws the same masks and the only difference left is the arithmetic.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+FP16_MIN_NORMAL = 2.0 ** -14  # 6.1e-5: below it fp16 loses precision (subnormal) and then flushes to zero
+
+
+class GradientCapture:
+    """Between `start` and `finish`: each parameter's latest gradient and the RNG state of the latest forward."""
+
+    def __init__(self):
+        self.grads: list = []
+        self.rng_state: dict | None = None
+        self._handles: list = []
+
+    def start(self, model, params) -> None:
+        self.grads = [None] * len(params)
+        self.rng_state = None
+        self._handles = [param.register_hook(self._keeper(index)) for index, param in enumerate(params)]
+        self._handles.append(model.register_forward_pre_hook(self._note_rng_state))
+
+    def _keeper(self, index: int):
+        def keep(grad):
+            self.grads[index] = grad
+        return keep
+
+    def _note_rng_state(self, module, args) -> None:
+        self.rng_state = rng_state()
+
+    def finish(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+
+def rng_state() -> dict:
+    import torch
+
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+@contextmanager
+def rng_replayed(state: dict | None):
+    """Run with `state` as the RNG state, leaving the training run's own RNG stream untouched."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if state is not None:
+            torch.set_rng_state(state["cpu"])
+            if state["cuda"]:
+                torch.cuda.set_rng_state_all(state["cuda"])
+        yield
+
+
+def reference_gradients(model, batch: dict, params, rng: dict | None, recorder=None):
+    """Loss and LoRA gradients of `batch` in fp32 arithmetic; `.grad` is left as it was."""
+    import torch
+
+    from loratui.monitor.fp32_math import fp32_math
+
+    recording = recorder.record(batch["input_ids"].shape[0]) if recorder is not None else nullcontext()
+    with rng_replayed(rng):
+        with fp32_math(), recording:
+            loss = model(**batch).loss
+        # Outside fp32_math: it would upcast `params` too and ask for gradients of copies.
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.detach(), grads
+
+
+@dataclass
+class GradientComparison:
+    cosine: float | None  # None when the run's gradients are not finite (an overflowed step)
+    relative_error: float | None
+    underflow_share: float | None  # fp16 only: zero or subnormal in fp16 where fp32 is nonzero
+    underflowed: int
+    compared: int  # elements whose fp32 gradient is nonzero
+    worst_module: str | None  # the module whose gradients underflow the most
+    worst_module_share: float | None
+
+
+def compare_gradients(run_grads, reference, names: list[str], *, scale, accum: int,
+                      count_underflow: bool) -> GradientComparison:
+    """Compare one micro-batch's run gradients (still loss-scaled) with the fp32 reference.
+
+    `scale` is the loss scale the run's backward used (a tensor, or 1.0): the
+    trainer backpropagates scale * loss / accum, so run / scale * accum is the
+    gradient of the micro-batch loss, the quantity the reference computed.
+    """
+    import torch
+
+    rows, row_names = [], []
+    for run, ref, name in zip(run_grads, reference, names):
+        if run is None or ref is None:
+            continue
+        row_names.append(name)
+        run32, ref32 = run.detach().float(), ref.detach().float()
+        unscaled = run32 * (accum / scale)
+        nonzero = ref32 != 0
+        underflowed = (run32.abs() < FP16_MIN_NORMAL) & nonzero if count_underflow else torch.zeros_like(nonzero)
+        rows.append(torch.stack([(unscaled * ref32).sum(), (unscaled * unscaled).sum(), (ref32 * ref32).sum(),
+                                 ((unscaled - ref32) ** 2).sum(), underflowed.sum().float(),
+                                 nonzero.sum().float()]))
+    if not rows:
+        return GradientComparison(None, None, None, 0, 0, None, None)
+    table = torch.stack(rows).double().tolist()  # one transfer for every parameter's figures
+    dot, run_sq, ref_sq, diff_sq, under, nonzero = (sum(column) for column in zip(*table))
+    finite = all(map(_finite, (dot, run_sq, diff_sq)))
+    cosine = dot / ((run_sq * ref_sq) ** 0.5) if finite and run_sq > 0 and ref_sq > 0 else None
+    relative = (diff_sq / ref_sq) ** 0.5 if finite and ref_sq > 0 else None
+    share = under / nonzero if count_underflow and nonzero else None
+    worst_name, worst_share = None, None
+    if count_underflow:
+        by_module: dict[str, list[float]] = {}
+        for name, row in zip(row_names, table):
+            totals = by_module.setdefault(name, [0.0, 0.0])
+            totals[0] += row[4]
+            totals[1] += row[5]
+        ranked = [(u / n, name) for name, (u, n) in by_module.items() if n]
+        if ranked:
+            worst_share, worst_name = max(ranked)
+    return GradientComparison(cosine, relative, share, int(under), int(nonzero), worst_name, worst_share)
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
