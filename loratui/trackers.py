@@ -13,8 +13,8 @@ starts any) with the resolved config as hyperparameters, then logs:
 
 Where each one writes: TensorBoard to RUN_DIR/tensorboard; wandb to RUN_DIR/wandb
 (project $WANDB_PROJECT or "loratui"; WANDB_MODE=offline keeps it local); MLflow
-to $MLFLOW_TRACKING_URI, else RUN_DIR/mlruns (experiment $MLFLOW_EXPERIMENT_NAME
-or "loratui"); trackio to its own local store (project "loratui"). A tracker
+to $MLFLOW_TRACKING_URI, else the SQLite store RUN_DIR/mlflow.db (experiment
+$MLFLOW_EXPERIMENT_NAME or "loratui"); trackio to its own local store (project "loratui"). A tracker
 that fails is switched off with a line on stderr: training never stops for it.
 """
 
@@ -70,6 +70,9 @@ class TrackerSink:
         self.trackers = []
 
     def _start(self, event: dict) -> None:
+        from accelerate import PartialState
+
+        PartialState()  # accelerate's trackers log through its logger, which needs the (shared) state
         for name in self.names:
             tracker = self._build(name)
             if self._guarded(tracker, tracker.start):
@@ -91,7 +94,8 @@ class TrackerSink:
             if not os.environ.get("MLFLOW_TRACKING_URI"):
                 import mlflow
 
-                mlflow.set_tracking_uri((self.run_dir / "mlruns").resolve().as_uri())
+                # MLflow 3 refuses its old ./mlruns file store; a local SQLite store is its default.
+                mlflow.set_tracking_uri(f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
             return MLflowTracker(experiment_name=PROJECT, run_name=self.run_name)
         if name == "trackio":
             return TrackioTracker(PROJECT, name=self.run_name)
@@ -128,7 +132,7 @@ def figures_of(event: dict) -> tuple[dict, dict]:
         return {f"train/{k}": _number(event[k]) for k in STEP_FIGURES if _is_number(event.get(k))}, {}
     if kind == "health":
         fields = {k: v for k, v in event.items() if k not in ("type", "time", "attempt", "step")}
-        return {f"health/{k}": _number(v) for k, v in flatten(fields).items() if _is_number(v)}, {}
+        return {f"health/{k}": _number(v) for k, v in flatten(fields, "/").items() if _is_number(v)}, {}
     if kind == "gpu":
         return {f"gpu{device['index']}/{k}": _number(v) for device in event["devices"]
                 for k, v in device.items() if k != "index" and _is_number(v)}, {}
@@ -148,12 +152,12 @@ def figures_of(event: dict) -> tuple[dict, dict]:
     return {}, {}
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict:
+def flatten(mapping: dict, separator: str = ".", prefix: str = "") -> dict:
     """{"train": {"lr": 1}} -> {"train.lr": 1}."""
     out = {}
     for key, value in mapping.items():
         if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, separator, f"{prefix}{key}{separator}"))
         else:
             out[f"{prefix}{key}"] = value
     return out
