@@ -112,6 +112,12 @@ def trainer_pid(run_dir: Path) -> int:
     return started[0]["pid"]
 
 
+def dashboard_pids(marker: str) -> list[str]:
+    """The dashboard processes whose command line holds `marker` (the trainer's does not)."""
+    found = subprocess.run(["pgrep", "-f", f"loratui run .*{marker}"], capture_output=True, text=True).stdout
+    return found.split()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -142,6 +148,10 @@ def test_switch_to_bf16_then_hang_up_then_reattach_and_stop(tmp_path, terminal):
 
     pid = trainer_pid(run_dir)
     term.hang_up()
+    ui_gone = time.monotonic() + 15
+    while dashboard_pids("run.name=e2e-switch") and time.monotonic() < ui_gone:
+        time.sleep(0.2)
+    assert not dashboard_pids("run.name=e2e-switch"), "the dashboard did not exit on hang-up"
     steps_before = sum(e["type"] == "step" for e in read_events(run_dir / "events.jsonl"))
     wait_for_events(run_dir, lambda ev: sum(e["type"] == "step" for e in ev) > steps_before + 1,
                     "training to go on after the terminal hung up")

@@ -131,3 +131,19 @@ def test_memory_stays_bounded_on_a_long_log(tmp_path):
     assert len(model.entries) == MAX_ENTRIES
     series = model.history.chart_data().series[0]
     assert len(series.steps) <= CAPACITY and series.loss_max.max() == 2.6
+
+
+def test_reading_a_large_log_coarse_to_fine_ends_as_reading_it_in_order(monkeypatch):
+    from loratui.ui import event_follower
+
+    in_order = model_of(RECORDED)
+    monkeypatch.setattr(event_follower, "BLOCK_BYTES", 2000)  # this small log read as a "large" one
+    monkeypatch.setattr(event_follower, "LARGE_LOG", 10_000)
+    coarse = model_of(RECORDED)
+    assert (coarse.state, coarse.step, coarse.attempt, coarse.precision) == ("finished", 60, 1, "bf16")
+    assert [e.text for e in coarse.entries] == [e.text for e in in_order.entries]
+    expected, got = in_order.history.chart_data(), coarse.history.chart_data()
+    assert got.restarts == expected.restarts
+    for a, b in zip(expected.series, got.series):
+        np.testing.assert_array_equal(a.loss_max, b.loss_max)
+        np.testing.assert_array_equal(a.skipped, b.skipped)

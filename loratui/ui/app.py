@@ -25,7 +25,9 @@ Keys:
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -59,9 +61,12 @@ from loratui.ui.widgets.metric_chart import MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
 REDRAW_SECONDS = 0.25  # 4 redraws a second at most, whatever the event rate
+READING_CHART_SECONDS = 1.0  # chart redraws while a long history is being read
 POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 EXIT_DETACHED = 0
+EXIT_HANGUP = 129
+HANGUP_EXIT_SECONDS = 2.0
 CONTROL_ACTIONS = ("switch_precision", "lower_lr", "rollback", "save", "pause", "resume")
 
 
@@ -147,6 +152,7 @@ class DashboardApp(App[int]):
         self.exit_when_run_ends = False
         self._drawn_version = -1
         self._drawn_state: str | None = None
+        self._charts_drawn_at = 0.0
 
     # ------------------------------------------------------------ layout
 
@@ -251,9 +257,14 @@ class DashboardApp(App[int]):
         self.query_one(RunHeader).view = view.header
         self.query_one(AlertBanner).alerts = view.active_alerts
         self.query_one(FailurePanel).failure = view.failure
-        for chart in self.query(MetricChart):
-            chart.data = view.charts
-        self.query_one("#chart-scale").display = view.charts.fp16_seen
+        # While a long history is read, the charts sharpen once a second: plotting is
+        # the costliest part of a redraw and the reading needs the CPU more.
+        now = time.monotonic()
+        if view.header.reading is None or now - self._charts_drawn_at >= READING_CHART_SECONDS:
+            self._charts_drawn_at = now
+            for chart in self.query(MetricChart):
+                chart.data = view.charts
+            self.query_one("#chart-scale").display = view.charts.fp16_seen
         health = self.query_one(HealthPanel)
         health.step = view.health_step
         health.checks = view.health
@@ -426,7 +437,15 @@ class DashboardApp(App[int]):
         self.push_screen(QuitDialog(str(self.run_dir.root)), chosen)
 
     def hang_up(self) -> None:
-        """The terminal went away (SSH dropped): detach, never stop the training."""
+        """The terminal went away (SSH dropped): detach, never stop the training.
+
+        Restoring a terminal that no longer exists can block, so if the orderly exit
+        has not finished shortly, the process ends at once: the trainer is another
+        process and the dashboard has nothing left to write.
+        """
         self.hung_up = True
         self.detached = True
+        fallback = threading.Timer(HANGUP_EXIT_SECONDS, os._exit, args=(EXIT_HANGUP,))
+        fallback.daemon = True
+        fallback.start()
         self.exit(EXIT_DETACHED)

@@ -117,13 +117,22 @@ class RunModel:
     # ------------------------------------------------------------ apply
 
     def apply(self, block: ParsedBlock) -> None:
-        """Fold one parsed block in (the caller holds the lock)."""
-        for event in block.others:
+        """Fold one parsed block in, in file order (the caller holds the lock)."""
+        self.apply_events(block.others)
+        if block.steps is not None and len(block.steps):
+            self.history.add_steps(block.steps.attempt, block.steps.step, block.steps.loss, block.steps.grad_norm,
+                                   block.steps.scale, block.steps.skipped)
+        self.apply_newest_steps(block)
+
+    def apply_events(self, events: list[dict]) -> None:
+        for event in events:
             self._apply_event(event)
+        self.version += 1
+
+    def apply_newest_steps(self, block: ParsedBlock) -> None:
+        """The header's figures and the ETA's recent pace, from the newest steps of a block."""
         columns = block.steps
         if columns is not None and len(columns):
-            self.history.add_steps(columns.attempt, columns.step, columns.loss, columns.grad_norm,
-                                   columns.scale, columns.skipped)
             tail = len(columns.tail_time)
             attempts, steps = columns.attempt[-tail:].tolist(), columns.step[-tail:].tolist()
             if attempts[-1] != self.attempt:
@@ -296,9 +305,16 @@ class RunModel:
                   f"trainer process exited with code {code}", kind="ui")
         self.version += 1
 
-    def reset(self) -> None:
-        """Forget everything read (the log was replaced); the lock stays, the version moves on."""
-        keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code}
+    def reset(self, *, keep_history: bool = False) -> None:
+        """Forget what was read (the log was replaced, or is read again in order); the lock stays.
+
+        With keep_history the step buckets stay (they do not depend on reading order) and
+        only the restart marks go, as the restart events that made them are read again.
+        """
+        keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code, "_seq": self._seq}
+        if keep_history:
+            keep["history"] = self.history
+            self.history.restarts.clear()
         self.__dict__.update({**RunModel(self.run_name).__dict__, **keep})
 
     # -------------------------------------------------------------- reads
