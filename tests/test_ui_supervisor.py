@@ -1,0 +1,54 @@
+"""The dashboard as the trainer's supervisor: a child process in its own session, its output in trainer.log.
+
+A stand-in trainer (a few lines of Python) keeps these tests fast; the real
+trainer is supervised in the tmux end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from test_ui_support import caught_up, recorded_run, run_async, screen_text, wait_for
+
+from loratui.ui.app import DashboardApp
+from loratui.ui.supervisor import TrainerProcess
+
+CRASHING_TRAINER = """
+import os, sys
+print("loading the model")
+print("Traceback (most recent call last):\\nRuntimeError: CUDA error: an illegal memory access", flush=True)
+print("session", os.getsid(0), flush=True)
+sys.exit(1)
+"""
+
+
+@run_async
+async def test_a_crashing_trainer_shows_its_log_and_quitting_returns_1(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=5)
+    trainer = TrainerProcess([sys.executable, "-c", CRASHING_TRAINER], run_dir / "trainer.log")
+    app = DashboardApp(run_dir, trainer=trainer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await wait_for(pilot, lambda: app.view.header.state == "failed", "the failed state", timeout=30)
+        shown = screen_text(app)
+        assert "exit code 1" in shown and "illegal memory access" in shown and "trainer.log" in shown
+        await pilot.press("p")  # nothing left to control; the app stays up
+        assert app.is_running
+        await pilot.press("q")
+    assert app.return_value == 1
+    log = (run_dir / "trainer.log").read_text()
+    assert int(log.split("session ")[1].split()[0]) != os.getsid(0)  # its own session: no terminal signals
+
+
+@run_async
+async def test_a_trainer_that_finishes_leaves_its_exit_code(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    trainer = TrainerProcess([sys.executable, "-c", "print('done')"], run_dir / "trainer.log")
+    app = DashboardApp(run_dir, trainer=trainer)
+    async with app.run_test() as pilot:
+        await caught_up(app, pilot)
+        await wait_for(pilot, lambda: app.model.exit_code == 0, "the trainer's exit")
+        assert app.view.header.state == "finished"
+        await pilot.press("q")
+    assert app.return_value == 0
