@@ -131,6 +131,8 @@ class KeyLocator:
     def __call__(self, dotted: str) -> str:
         if dotted in self.overridden:
             return "--set"
+        if dotted not in self.lines and any(key.startswith(dotted + ".") for key in self.overridden):
+            return "--set"  # a table that only a --set key implies
         probe = dotted
         while probe:
             if probe in self.lines:
@@ -295,6 +297,8 @@ def _parse_toml(text: str, source: str) -> dict:
         found = re.search(r"\(at line (\d+), column (\d+)\)", message)
         detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
         place = f"{source}:{found.group(1)}:{found.group(2)}" if found else source
+        if "(at end of document)" in message:  # an unclosed array or table: point at the last line
+            place = f"{source}:{max(1, len(text.splitlines()))}"
         raise UserInputError(Problem(place, f"TOML syntax error: {detail}")) from None
 
 
