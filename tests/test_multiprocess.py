@@ -24,7 +24,7 @@ from loratui.config import load_config, render_toml
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
 from loratui.launcher import trainer_command
-from loratui.run_dir import prepare_run_dir
+from loratui.run_dir import RunDir, prepare_run_dir
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
@@ -41,6 +41,43 @@ code = main(sys.argv[1:])
 Path(os.environ["EXIT_CODES_DIR"], "rank" + os.environ["RANK"]).write_text(str(code))
 sys.exit(code)
 """
+
+
+def launch_config(tmp_path: Path, launch: str, name: str = "unit"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f"[run]\nname = \"{name}\"\n[launch]\n{launch}\n")
+    config = load_config(path)
+    return config, RunDir(Path(config.run.output_dir) / name)
+
+
+def test_one_process_runs_the_trainer_directly(tmp_path):
+    config, run_dir = launch_config(tmp_path, "num_processes = 1")
+    assert trainer_command(config, run_dir, resume=True) == [
+        sys.executable, "-m", "loratui.train.entry", str(run_dir.root), "--resume"]
+
+
+def test_several_processes_go_through_accelerate_launch_with_everything_said(tmp_path):
+    config, run_dir = launch_config(tmp_path, "num_processes = 4")
+    assert trainer_command(config, run_dir, resume=False) == [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "--multi_gpu",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "-m", "loratui.train.entry", str(run_dir.root)]
+
+
+def test_an_accelerate_config_file_decides_the_rest(tmp_path):
+    config, run_dir = launch_config(tmp_path, 'num_processes = 2\naccelerate_args = ["--config_file", "ddp.yaml"]')
+    command = trainer_command(config, run_dir, resume=False)
+    assert command[3:7] == ["--config_file", "ddp.yaml", "--num_processes", "2"]
+    assert command[7:] == ["-m", "loratui.train.entry", str(run_dir.root)]
+
+
+def test_the_users_options_win(tmp_path):
+    config, run_dir = launch_config(
+        tmp_path, 'num_processes = 2\naccelerate_args = ["--num_machines=2", "--mixed_precision", "no", "--use_fsdp"]')
+    command = trainer_command(config, run_dir, resume=False)
+    options = command[3:command.index("-m", 3)]
+    assert options == ["--num_machines=2", "--mixed_precision", "no", "--use_fsdp", "--num_processes", "2",
+                       "--dynamo_backend", "no"]
 
 
 def write_config(directory: Path, name: str) -> Path:
@@ -161,42 +198,38 @@ def test_stop_command_ends_both_ranks_at_the_same_step(stopped_run):
     assert (run_dir.adapter / "adapter_model.safetensors").is_file()
 
 
-def test_resumed_two_process_run_continues_from_the_checkpoint(stopped_run):
+def test_rank_zero_refuses_an_existing_run_dir_and_no_rank_waits(stopped_run):
+    command = LAUNCH + ["-m", "loratui", "run", str(stopped_run["config_path"]), "--headless"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=STOP_WITHIN_S)
+    assert result.returncode != 0
+    assert result.stderr.count("run directory already exists") == 1, result.stderr[-3000:]
+
+
+def test_a_resumed_run_continues_and_a_signal_stops_every_rank(stopped_run):
+    """Resume through `accelerate launch -m loratui run --resume`, then SIGTERM the launcher, as a batch
+    scheduler does: torchrun passes it to each rank, and every rank stops at the same step."""
     run_dir = stopped_run["run_dir"]
     stopped_at = steps_of(stopped_run["events"])[-1]["step"]
-    command = LAUNCH + ["-m", "loratui", "run", str(stopped_run["config_path"]), "--headless", "--resume",
-                        "--set", f"train.max_steps={stopped_at + 3}"]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    events = read_events(run_dir.events)
-    assert_one_consistent_log(events)
-    resumed = [e for e in events if e["type"] == "run_started"][-1]
-    assert resumed["attempt"] == 1 and resumed["step"] == stopped_at
-    assert resumed["resumed_from"].endswith(f"step-{stopped_at:06d}")
-    assert [e["step"] for e in steps_of(events, attempt=1)] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
-    assert_every_rank_saved(run_dir.checkpoints / f"step-{stopped_at + 3:06d}")
-    assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "completed"
-
-
-def test_signal_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
-    """SIGTERM to `accelerate launch` (what a batch scheduler sends) reaches each rank through torchrun."""
-    config_path = write_config(tmp_path, "signalled")
-    probe = tmp_path / "exit_code_probe.py"
+    directory = stopped_run["config_path"].parent
+    probe = directory / "exit_code_probe.py"
     probe.write_text(EXIT_CODE_PROBE)
-    exit_codes = tmp_path / "exit-codes"
+    exit_codes = directory / "exit-codes"
     exit_codes.mkdir()
-    events_path = tmp_path / "runs" / "signalled" / "events.jsonl"
-    process = launch(LAUNCH + [str(probe), "run", str(config_path), "--headless"], tmp_path / "launcher.log",
-                     env={**ENV, "EXIT_CODES_DIR": str(exit_codes)})
-    wait_for_step(events_path, 3, process)
+    process = launch(LAUNCH + [str(probe), "run", str(stopped_run["config_path"]), "--headless", "--resume"],
+                     directory / "resumed.log", env={**ENV, "EXIT_CODES_DIR": str(exit_codes)})
+    wait_for_step(run_dir.events, stopped_at + 2, process)
     process.send_signal(signal.SIGTERM)
     wait_for_exit(process)
     codes = {p.name: p.read_text() for p in exit_codes.iterdir()}
-    assert codes == {"rank0": "143", "rank1": "143"}, (tmp_path / "launcher.log").read_text()[-3000:]
-    events = read_events(events_path)
+    assert codes == {"rank0": "143", "rank1": "143"}, (directory / "resumed.log").read_text()[-3000:]
+    events = read_events(run_dir.events)
     assert_one_consistent_log(events)
-    last_step = steps_of(events)[-1]["step"]
+    resumed = [e for e in events if e["type"] == "run_started"][-1]
+    assert resumed["attempt"] == 1 and resumed["step"] == stopped_at and resumed["world_size"] == 2
+    assert resumed["resumed_from"].endswith(f"step-{stopped_at:06d}")
+    continued = [e["step"] for e in steps_of(events, attempt=1)]
+    assert continued[0] == stopped_at + 1 and len(continued) >= 2
     saved = [e for e in events if e["type"] == "checkpoint"][-1]
-    assert saved["step"] == last_step and saved["reason"] == "signal"
+    assert saved["step"] == continued[-1] and saved["reason"] == "signal" and saved["attempt"] == 1
     assert_every_rank_saved(Path(saved["path"]))
     assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "stopped by SIGTERM"

@@ -19,7 +19,7 @@ import os
 import random
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +177,11 @@ class Trainer:
         from loratui.model.loading import load_tokenizer, resolve_model_path
 
         self.phase("loading_model", 0, 2)
-        self.model_path = resolve_model_path(self.config.model.name_or_path,
-                                             progress=lambda name, done, total: self.phase(name, done, total))
+        # One process per machine builds or fetches the model first and the others then find it
+        # cached: side by side they would race to move it into the cache.
+        with self.local_main_first():
+            self.model_path = resolve_model_path(self.config.model.name_or_path,
+                                                 progress=lambda name, done, total: self.phase(name, done, total))
         if self.config.model.trust_remote_code:
             self.notice("model.trust_remote_code is on: code shipped with the model will run")
         self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=self.config.model.trust_remote_code)
@@ -705,6 +708,22 @@ class Trainer:
             accelerator.end_training()  # without it, ranks of a multi-process run may abort at exit
 
     # -------------------------------------------------------------- helpers
+
+    @contextmanager
+    def local_main_first(self):
+        """Run the block on each machine's first process, then on the others.
+
+        Unlike accelerate's main_process_first, the first process reaches the barrier even
+        when the block fails, so the others never wait for it forever.
+        """
+        first = self.accelerator.is_local_main_process
+        if not first:
+            self.accelerator.wait_for_everyone()
+        try:
+            yield
+        finally:
+            if first:
+                self.accelerator.wait_for_everyone()
 
     def share_from_main(self, value):
         """Rank 0's value on every rank (the value itself in a single-process run)."""
