@@ -19,6 +19,7 @@ from loratui.errors import Problem, UserInputError
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+PRIVATE_UMASK = 0o077  # what the trainer writes gets the same modes
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class RunDir:
 
     def create(self) -> None:
         """Make the directories, private to the user (0700), and the files that readers open."""
-        old_umask = os.umask(0o077)
+        old_umask = os.umask(PRIVATE_UMASK)
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
             self.checkpoints.mkdir(exist_ok=True, mode=PRIVATE_DIR)

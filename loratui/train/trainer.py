@@ -27,7 +27,7 @@ from loratui.config.schema import Config, to_dict
 from loratui.control import Command, ControlReader, Rejected
 from loratui.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRAINING_FAILED, Problem, UserInputError
 from loratui.events.bus import EventBus
-from loratui.run_dir import RunDir
+from loratui.run_dir import PRIVATE_UMASK, RunDir
 from loratui.train import checkpoint as ckpt
 from loratui.train import faults
 from loratui.train.precision import PrecisionSetup, scale_tensor, setup_precision
@@ -82,6 +82,8 @@ class Trainer:
     def run(self) -> int:
         """Train to the end; returns the exit code (0 done, 1 failed, 2 bad input, 128+N signal)."""
         self.signals.install()
+        # Everything the run writes (checkpoints, the adapter, tracker logs) is private to the user.
+        previous_umask = os.umask(PRIVATE_UMASK)
         try:
             self.setup()
             reason, code = self.fit()
@@ -99,6 +101,7 @@ class Trainer:
             return EXIT_TRAINING_FAILED
         finally:
             self.cleanup()
+            os.umask(previous_umask)
 
     # ---------------------------------------------------------------- setup
 
