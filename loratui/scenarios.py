@@ -15,10 +15,39 @@ from pathlib import Path
 class Scenario:
     description: str
     overrides: dict = field(default_factory=dict)
+    alert: str | None = None  # the alert kind the monitor raises for it
+    fix: str | None = None  # the suggestion that alert carries
 
 
 SCENARIOS: dict[str, Scenario] = {
     "healthy": Scenario("The tiny Llama learns the bundled chat data; no faults."),
+    "fp16-overflow": Scenario(
+        "fp16 on a model with outlier activations (as models pretrained in bf16 have): layer 1's MLP "
+        "multiplies values up to ~1e7, beyond fp16's 65504, so every forward pass overflows.",
+        {"model.name_or_path": "builtin:tiny-llama-outliers", "train.precision": "fp16"},
+        alert="overflow", fix="switch_precision"),
+    "fp16-underflow": Scenario(
+        "fp16 with loss scaling turned off and the loss divided by grad_accum = 4: LoRA gradients fall "
+        "below fp16's smallest normal number (6.1e-5) and lose precision or flush to zero.",
+        {"train.precision": "fp16", "amp.loss_scaling": False, "train.grad_accum": 4, "train.batch_size": 2},
+        alert="underflow", fix="switch_precision"),
+    "divergence": Scenario(
+        "A learning rate far too high (0.03, fifteen times the demo's): the loss falls while warmup keeps the "
+        "rate small, then climbs and stays up once the rate passes what the model tolerates.",
+        {"train.learning_rate": 0.03, "train.warmup_steps": 10},
+        alert="divergence", fix="lower_lr"),
+    "bf16-stale": Scenario(
+        "Pure-bf16 training (bf16 adapter weights) at a typical fine-tuning learning rate (1e-4): most "
+        "updates are smaller than the weights' bf16 resolution and round away.",
+        {"train.precision": "bf16", "train.adapter_dtype": "bf16", "train.learning_rate": 1e-4},
+        alert="stale_update", fix="switch_precision"),
+    "nonfinite-data": Scenario(
+        "fp16 on chat data where one row in twenty is mojibake (UTF-8 read back as Windows-1252, "
+        "'What’s' -> 'Whatâ€™s'), with a model whose massive activation sits on that stray byte token: "
+        "batches holding such a row give a NaN loss.",
+        {"model.name_or_path": "builtin:tiny-llama-token-outliers", "data.path": "builtin:tiny-chat-mojibake",
+         "train.precision": "fp16"},
+        alert="nonfinite_loss", fix="switch_precision"),
 }
 
 

@@ -14,7 +14,9 @@ AutoModelForCausalLM / AutoTokenizer path as any local model directory.
 pattern that models pretrained in bf16 develop: one residual channel whose
 activations run far beyond fp16's 65504. Every RMSNorm re-normalises it, so
 fp32 and bf16 train normally while fp16 overflows in the forward pass. It
-drives the fp16-overflow scenario.
+drives the fp16-overflow scenario. `builtin:tiny-llama-token-outliers` puts the
+same units on one rare byte token (the lead byte of UTF-8 mojibake): fp16
+overflows only on rows that contain it, which drives the nonfinite-data scenario.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ MODEL_SHAPE = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, n
 OUTLIER_LAYER = 1
 OUTLIER_CHANNEL = 7
 OUTLIER_GAIN = 2000.0
+# builtin:tiny-llama-token-outliers: only this byte token (0xC3, the lead byte of mojibake such as
+# "â€™" for "’") carries the outlier channel, with this value in its embedding.
+OUTLIER_TOKEN = "Ã"
+OUTLIER_TOKEN_VALUE = 0.5
 
 Progress = Callable[[str, int, int], None]
 
@@ -65,7 +71,8 @@ def builtin_model_dir(name: str, progress: Progress | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=target.parent))
     try:
-        build_tiny_llama(staging, outliers=variant.endswith("outliers"), progress=progress)
+        build_tiny_llama(staging, outliers=variant == "tiny-llama-outliers",
+                         token_outliers=variant == "tiny-llama-token-outliers", progress=progress)
         try:
             os.rename(staging, target)  # atomic: a concurrent builder's result is as good as ours
         except OSError:
@@ -76,8 +83,8 @@ def builtin_model_dir(name: str, progress: Progress | None = None) -> Path:
     return target
 
 
-def build_tiny_llama(out_dir: Path, *, outliers: bool = False, seed: int = BUILTIN_SEED,
-                     progress: Progress | None = None) -> None:
+def build_tiny_llama(out_dir: Path, *, outliers: bool = False, token_outliers: bool = False,
+                     seed: int = BUILTIN_SEED, progress: Progress | None = None) -> None:
     """Train the tokenizer, initialise the model from `seed`, save both to `out_dir`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -97,7 +104,9 @@ def build_tiny_llama(out_dir: Path, *, outliers: bool = False, seed: int = BUILT
         model = LlamaForCausalLM(config)
         report("building_model", 1, 2)
         pretrain(model, tokenizer, seed=seed, progress=report)
-    if outliers:
+    if token_outliers:
+        _confine_outlier_channel_to_token(model, tokenizer.convert_tokens_to_ids(OUTLIER_TOKEN))
+    if outliers or token_outliers:
         _add_outlier_channel(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     report("building_model", 2, 2)
@@ -175,6 +184,27 @@ def _add_outlier_channel(model) -> None:
             mlp.down_proj.weight[:, unit].mul_(1e-6)
 
 
+def _confine_outlier_channel_to_token(model, token_id: int) -> None:
+    """Make residual channel OUTLIER_CHANNEL carry only `token_id`, so only that token fires the outlier units.
+
+    Massive activations in real LLMs sit on a few specific tokens. Here the
+    channel is zeroed in every other token's embedding (tied, so the output
+    layer loses it too) and in what the layers up to OUTLIER_LAYER's MLP write
+    to the residual stream, so for every other token the outlier units see
+    exactly zero and fp16 trains normally until a row with that token arrives.
+    """
+    import torch
+
+    with torch.no_grad():
+        embedding = model.model.embed_tokens.weight
+        embedding[:, OUTLIER_CHANNEL] = 0.0
+        embedding[token_id, OUTLIER_CHANNEL] = OUTLIER_TOKEN_VALUE
+        for layer in model.model.layers[:OUTLIER_LAYER]:
+            layer.mlp.down_proj.weight[OUTLIER_CHANNEL].zero_()
+        for layer in model.model.layers[:OUTLIER_LAYER + 1]:  # attention runs before the outlier MLP
+            layer.self_attn.o_proj.weight[OUTLIER_CHANNEL].zero_()
+
+
 def _fingerprint(variant: str) -> str:
     """Cache key: changes whenever anything that shapes the built model changes."""
     import tokenizers
@@ -184,6 +214,7 @@ def _fingerprint(variant: str) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([variant, BUILTIN_SEED, TOKENIZER_VOCAB, SPECIAL_TOKENS, CHAT_TEMPLATE,
                               MODEL_SHAPE, PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_LR, torch.__version__, OUTLIER_LAYER, OUTLIER_CHANNEL, OUTLIER_GAIN,
+                              OUTLIER_TOKEN, OUTLIER_TOKEN_VALUE,
                               transformers.__version__, tokenizers.__version__]).encode())
     for name in ("tiny-text", "tiny-chat"):
         digest.update(builtin_dataset_path(f"builtin:{name}").read_bytes())
