@@ -175,6 +175,7 @@ class DashboardApp(App[int]):
     def on_mount(self) -> None:
         self.query_one("#chart-scale").display = False
         self.query_one(EventList).focus()
+        self.redraw()  # the first frame already says what is happening (starting, waiting)
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.call_after_refresh(self.start_workers)
         try:

@@ -259,7 +259,7 @@ class RunModel:
                 self.state, self.state_detail = STOPPING, "saving a checkpoint"
         elif self.state in (RESTARTING, STOPPING):
             self.state, self.state_detail = RUNNING, ""
-        verdict = "done" if accepted else "refused"
+        verdict = "accepted" if accepted else "refused"
         self._add(event, "info" if accepted else "warning", f"{cmd or 'command'} {verdict}: {message}")
 
     def _on_notice(self, event: dict) -> None:

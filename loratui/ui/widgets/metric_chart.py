@@ -50,21 +50,18 @@ class MetricChart(PlotextPlot):
         self.metric = metric
         self._drawn: tuple | None = None
 
-    def watch_data(self) -> None:
-        self.replot()
+    def watch_data(self, data: ChartData | None) -> None:
+        if (data.revision if data else None) != (self._drawn[0] if self._drawn else None):
+            self.refresh()
 
-    def on_resize(self) -> None:
-        self.replot()
-
-    def replot(self) -> None:
-        """Rebuild the plot, unless neither the history nor the size changed since the last time."""
+    def render(self):
+        """Rebuild the plot for the size it is drawn at, unless neither data nor size changed."""
         data = self.data
         key = (data.revision if data else None, self.size)
-        if key == self._drawn:
-            return
-        self._drawn = key
-        self._plot_into(self.plt, data)
-        self.refresh()
+        if key != self._drawn:
+            self._drawn = key
+            self._plot_into(self.plt, data)
+        return super().render()
 
     def _plot_into(self, plt, data: ChartData | None) -> None:
         title, low_field, high_field, marks_field, transform, colour = METRICS[self.metric]
@@ -109,7 +106,7 @@ class MetricChart(PlotextPlot):
         plt.xlim(first, end)
         plt.ylim(bottom, top)
         plt.xticks(*_step_ticks(first, end))
-        plt.yticks(*_value_ticks(bottom, top, transform))
+        plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
 
 def _merged(series: ChartSeries, low_field: str, high_field: str, marks_field: str, transform: str | None,
@@ -156,10 +153,31 @@ def _value_ticks(bottom: float, top: float, transform: str | None, count: int = 
             stride = max(1, math.ceil((top - bottom) / count))
             ticks = [float(p) for p in range(math.ceil(bottom), math.floor(top) + 1, stride)]
             return ticks, [_label(10 ** p) for p in ticks]
-        values = _linear(low, high, count)
+        values = [v for v in _one_two_five(low, high)] or _linear(low, high, count)
         return [math.log10(v) for v in values], [_label(v) for v in values]
     values = _linear(bottom, top, count)
     return values, [_label(v) for v in values]
+
+
+def _one_two_five(low: float, high: float) -> list[float]:
+    """1, 2, 5, 10, 20, ... inside [low, high]: about evenly spaced on a log axis."""
+    values = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0 ** exponent
+            if low <= value <= high:
+                values.append(value)
+    return values
+
+
+def _apart(ticks: list[float], labels: list[str], bottom: float, top: float, rows: int):
+    """Drop ticks that would share a text row (plotext would show one of their labels at random)."""
+    gap = (top - bottom) / max(rows, 1) * 2
+    kept: list[tuple[float, str]] = []
+    for tick, label in zip(ticks, labels):
+        if not kept or tick - kept[-1][0] >= gap:
+            kept.append((tick, label))
+    return [t for t, _ in kept], [label for _, label in kept]
 
 
 def _linear(low: float, high: float, count: int) -> list[float]:
