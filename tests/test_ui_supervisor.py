@@ -52,3 +52,15 @@ async def test_a_trainer_that_finishes_leaves_its_exit_code(tmp_path):
         assert app.view.header.state == "finished"
         await pilot.press("q")
     assert app.return_value == 0
+
+
+@run_async
+async def test_a_trainer_that_cannot_start_is_a_failed_run(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=0)
+    trainer = TrainerProcess([str(tmp_path / "no-such-program")], run_dir / "trainer.log")
+    app = DashboardApp(run_dir, trainer=trainer)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.view.header.state == "failed", "the failed state")
+        assert "could not start the trainer" in screen_text(app)
+        await pilot.press("q")
+    assert app.return_value == 1

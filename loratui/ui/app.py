@@ -65,6 +65,7 @@ READING_CHART_SECONDS = 1.0  # chart redraws while a long history is being read
 POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 EXIT_DETACHED = 0
+EXIT_TRAINING_FAILED = 1
 EXIT_HANGUP = 129
 HANGUP_EXIT_SECONDS = 2.0
 CONTROL_ACTIONS = ("switch_precision", "lower_lr", "rollback", "save", "pause", "resume")
@@ -198,7 +199,13 @@ class DashboardApp(App[int]):
 
     def supervise_trainer(self) -> None:
         assert self.trainer is not None
-        self.trainer.start()
+        try:
+            self.trainer.start()
+        except OSError as exc:  # the command itself could not start: say so, as a failed run
+            with self.trainer.log_path.open("a") as log:
+                log.write(f"loratui: could not start the trainer: {exc}\n")
+            self.post_message(TrainerExited(EXIT_TRAINING_FAILED))
+            return
         self.model.note_action(f"trainer started (pid {self.trainer.pid}), output in trainer.log",
                                states.STARTING, "importing torch")
         self.post_message(EventsRead(self.model.version))
@@ -286,7 +293,7 @@ class DashboardApp(App[int]):
 
     def trainer_alive(self) -> bool:
         if self.trainer is not None:
-            return self.trainer.process is not None and self.trainer.exit_code is None
+            return self.model.exit_code is None and (self.trainer.process is None or self.trainer.exit_code is None)
         return self.state not in states.ENDED
 
     def outcome_code(self) -> int:
