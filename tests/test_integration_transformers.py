@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from helpers import steps_of
+from test_integration_support import readme_snippet
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
 from loratui.run_dir import RunDir
 
-ROOT = Path(__file__).resolve().parent.parent
 NAN_STEP, SAVE_STEP, RESTART_STEP, PAUSE_STEP, STOP_STEP = 3, 2, 3, 4, 5
 PAUSE_S = 1.0
 # The fields a `step` event of loratui's own trainer has, and their JSON types.
@@ -34,13 +34,6 @@ STEP_FIELDS = {"step": int, "loss": (float, str), "grad_norm": (float, str), "lr
                "scale": (float, type(None)), "skipped": bool, "nonfinite_grads": int, "tokens": int,
                "tokens_per_s": float, "step_time_s": float, "epoch": float, "mem_allocated_mib": type(None),
                "mem_reserved_mib": type(None), "mem_peak_mib": type(None), "attempt": int, "time": float}
-
-
-def readme_snippet(name: str) -> str:
-    """The code block between <!-- snippet:NAME --> and <!-- /snippet:NAME --> in README.md."""
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index(f"<!-- snippet:{name} -->"):text.index(f"<!-- /snippet:{name} -->")]
-    return block.split("\n", 2)[2].rsplit("```", 1)[0]
 
 
 def tiny_dataset(tokenizer, rows: int = 64, length: int = 32):

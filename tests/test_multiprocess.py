@@ -10,6 +10,7 @@ rank, written in the same save) and, for the signal test, in its exit code.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,14 +21,23 @@ import psutil
 import pytest
 
 from helpers import steps_of
+from test_integration_support import readme_snippet
 from loratui.config import load_config, render_toml
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
 from loratui.launcher import trainer_command
 from loratui.run_dir import RunDir, prepare_run_dir
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+
+def readme_launch_options() -> list[str]:
+    """The accelerate launch options of the README's command line."""
+    words = shlex.split(readme_snippet("launch"))
+    assert words[:2] == ["accelerate", "launch"]
+    assert words[-5:] == ["-m", "loratui", "run", "config.toml", "--headless"]
+    return words[2:-5]
+
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", *readme_launch_options()]
 # One thread per rank: two ranks share this machine's cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 STOP_WITHIN_S = 60

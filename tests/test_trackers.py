@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import steps_of
+from test_integration_support import readme_snippet
 from loratui.cli import main as loratui_main
 from loratui.config import load_config, render_toml
 from loratui.events.jsonl import read_events
@@ -20,13 +21,6 @@ from loratui.run_dir import prepare_run_dir
 from loratui.trackers import TRACKERS, TrackerSink, unavailable_trackers
 from loratui.train.entry import train_in_run_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def readme_snippet(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index(f"<!-- snippet:{name} -->"):text.index(f"<!-- /snippet:{name} -->")]
-    return block.split("\n", 2)[2].rsplit("```", 1)[0]
 
 
 def accumulator(directory: Path):
