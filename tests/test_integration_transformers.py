@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import stat
+import subprocess
 import threading
 from dataclasses import replace
 from importlib.resources import files
@@ -36,7 +37,17 @@ STEP_FIELDS = {"step": int, "loss": (float, str), "grad_norm": (float, str), "lr
                "mem_reserved_mib": type(None), "mem_peak_mib": type(None), "attempt": int, "time": float}
 
 
-def tiny_dataset(tokenizer, rows: int = 64, length: int = 32):
+def tiny_lora_model_and_data(rows: int = 64, length: int = 32):
+    """The built-in tiny Llama with peft LoRA adapters, and tokenized rows of the bundled text data."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loratui.model.builtin import builtin_model_dir
+
+    model_path = builtin_model_dir("builtin:tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     texts = [json.loads(line)["text"] for line in
              files("loratui.data").joinpath("builtin/tiny-text.jsonl").read_text().splitlines()[:rows]]
     examples = []
@@ -45,17 +56,15 @@ def tiny_dataset(tokenizer, rows: int = 64, length: int = 32):
         labels = [t if m else -100 for t, m in zip(encoded["input_ids"], encoded["attention_mask"])]
         examples.append({"input_ids": torch.tensor(encoded["input_ids"]),
                          "attention_mask": torch.tensor(encoded["attention_mask"]), "labels": torch.tensor(labels)})
-    return examples
+    return model, examples
 
 
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     import loratui.integrations.transformers as integration
     from loratui.config.schema import MonitorSection
-    from loratui.model.builtin import builtin_model_dir
 
     directory = tmp_path_factory.mktemp("hf")
     run_dir = RunDir(directory / "runs" / "my-finetune")
@@ -81,15 +90,11 @@ def hf_run(tmp_path_factory):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             return loss * float("nan") if self.state.global_step + 1 == NAN_STEP else loss
 
-    model_path = builtin_model_dir("builtin:tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model, dataset = tiny_lora_model_and_data()
     args = TrainingArguments(output_dir=str(directory / "out"), max_steps=8, per_device_train_batch_size=4,
                              learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none",
                              use_cpu=True, disable_tqdm=True, seed=0)
-    namespace = {"Trainer": ScriptTrainer, "model": model, "args": args,
-                 "train_dataset": tiny_dataset(tokenizer)}
+    namespace = {"Trainer": ScriptTrainer, "model": model, "args": args, "train_dataset": dataset}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(directory)
         # Probes every 2 steps instead of 50, so that a short run has some.
@@ -182,3 +187,53 @@ def test_loratui_watch_shows_the_run(hf_run):
 
     header = watch()
     assert (header.state, header.step, header.precision) == ("finished", STOP_STEP, "fp32")
+
+
+# A plain Trainer script under `accelerate launch`: no GradScaler, two ranks, a stop at step 3.
+TWO_RANK_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from loratui.control import send_command
+from loratui.integrations.transformers import LoraTuiCallback
+from test_integration_transformers import tiny_lora_model_and_data
+
+run_dir, output_dir = sys.argv[1:3]
+
+class StopAtStep3(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step + 1 == 3:
+            send_command(os.path.join(run_dir, "control.jsonl"), "stop")
+
+model, dataset = tiny_lora_model_and_data()
+args = TrainingArguments(output_dir=output_dir, max_steps=20, per_device_train_batch_size=4, learning_rate=1e-3,
+                         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True)
+trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                  callbacks=[LoraTuiCallback(run_dir), StopAtStep3()])
+trainer.train()
+logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+print("rank", os.environ["RANK"], "stopped at", trainer.state.global_step, "logged", json.dumps(logged))
+"""
+
+
+def test_two_ranks_one_log_and_the_stop_reaches_both(tmp_path):
+    from test_multiprocess import ENV, LAUNCH
+
+    script = tmp_path / "train.py"
+    script.write_text(TWO_RANK_SCRIPT.format(tests=str(Path(__file__).resolve().parent)))
+    run_dir = RunDir(tmp_path / "runs" / "two-ranks")
+    result = subprocess.run(LAUNCH + [str(script), str(run_dir.root), str(tmp_path / "out")], capture_output=True,
+                            text=True, env=ENV, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(" logged ")[0] for line in lines] == ["rank 0 stopped at 3", "rank 1 stopped at 3"]
+    logged = json.loads(lines[0].split(" logged ")[1])
+    events = read_events(run_dir.events)
+    assert [e["type"] for e in events if e["type"] == "run_started"] == ["run_started"]
+    assert events[0]["world_size"] == 2
+    steps = steps_of(events)
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    assert [e["loss"] for e in steps] == pytest.approx(logged, rel=1e-6)  # the mean over both ranks
+    assert all(e["scale"] is None and e["skipped"] is False for e in steps)
+    saved = [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"]
+    assert saved == [(3, "stop")] and events[-1]["type"] == "run_finished"

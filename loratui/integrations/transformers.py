@@ -74,7 +74,8 @@ class LoraTuiCallback(TrainerCallback):
         self.trainer = trainer_calling(self)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.world_size = args.world_size
-        if state.is_world_process_zero:
+        # RANK too: launched on CPU without use_cpu=True, every rank trains alone as its own "rank 0".
+        if state.is_world_process_zero and int(os.environ.get("RANK", "0")) == 0:
             self.run_dir.create()
             self.bus = EventBus(attempt=next_attempt(self.run_dir.events))
             self.bus.add_sink(JsonlSink(self.run_dir.events))
@@ -196,7 +197,7 @@ class LoraTuiCallback(TrainerCallback):
         scaler = self.trainer.accelerator.scaler
         # A skipped step is one whose scale the GradScaler backed off. accelerate's own flag
         # (optimizer_step_was_skipped) misses skips of fused optimizers, the Trainer's default.
-        scales = torch.stack([self.scale, scale_tensor(scaler)]) if self.scale is not None else zero.reshape(0)
+        scales = torch.stack([self.scale, scale_tensor(scaler)]) if self.scale is not None else zero.new_zeros(0)
         # The step's one host sync: every figure crosses to the CPU in a single transfer.
         loss_sum, tokens, nonfinite, *scale_figures = torch.cat([figures, scales.to(device)]).tolist()
         loss = loss_sum / self.world_size
