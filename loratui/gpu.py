@@ -138,6 +138,8 @@ class GpuSampler:
         if event["type"] == "run_started" and self._thread is None:
             self._thread = threading.Thread(target=self._sample, name="loratui-gpu-sampler", daemon=True)
             self._thread.start()
+        elif event["type"] in ("run_finished", "run_failed"):
+            self._stopped.set()  # the run's last word stays last in the log
 
     def close(self) -> None:
         # No join: the bus holds its lock while closing sinks, and the thread may be waiting for

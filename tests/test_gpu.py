@@ -131,7 +131,7 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_sampler_publishes_gpu_events_from_the_run_start_until_the_bus_closes():
+def test_sampler_publishes_gpu_events_from_the_run_start_to_its_end():
     nvml = FakeNvml()
     bus, events = sampled_bus(nvml)
     time.sleep(0.2)
@@ -139,14 +139,23 @@ def test_sampler_publishes_gpu_events_from_the_run_start_until_the_bus_closes():
     bus.publish("run_started", step=0)
     bus.publish("step", step=3)
     wait_for(lambda: sum(e["type"] == "gpu" for e in events) >= 3)
-    bus.close()
+    bus.publish("run_finished", step=3)
     wait_for(lambda: nvml.open_sessions == 0)
+    time.sleep(0.2)
+    bus.close()
     samples = [e for e in events if e["type"] == "gpu"]
     assert all(set(device) == DEVICE_FIELDS for sample in samples for device in sample["devices"])
     assert samples[-1]["step"] == 3 and [d["index"] for d in samples[-1]["devices"]] == [0, 1]
-    count = len(events)
-    time.sleep(0.2)
-    assert len(events) == count  # stopped
+    assert events[-1]["type"] == "run_finished"  # sampling ends with the run
+
+
+def test_closing_the_bus_stops_the_sampler():
+    nvml = FakeNvml()
+    bus, events = sampled_bus(nvml)
+    bus.publish("run_started", step=0)
+    wait_for(lambda: any(e["type"] == "gpu" for e in events))
+    bus.close()
+    wait_for(lambda: nvml.open_sessions == 0)
 
 
 def test_without_nvml_one_notice_and_no_gpu_events():
