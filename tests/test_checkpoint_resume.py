@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import steps_of, train_in_process
+from helpers import StepHook, command_at, steps_of, train_in_process
 from loratui import cli
 from loratui.config import load_config
 from loratui.train import checkpoint as ckpt
@@ -190,3 +190,22 @@ def test_verify_names_what_is_wrong(workdir):
     assert [info.step for info in ckpt.list_complete(workdir / RUN / "checkpoints",
                                                     on_skip=lambda p, r: skipped.append(p.name))] == [0]
     assert sorted(skipped) == ["step-000003", "step-000006"]
+
+
+def test_a_precision_switched_by_a_restart_carries_over_a_resume_and_attempts_stay_distinct(tmp_path):
+    """fp16 -> bf16 by a restart command, then a stop: resuming the same config must not bring fp16 back."""
+    write_run_config(tmp_path, max_steps=8, every_steps=2)
+    config = load_config(tmp_path / "config.toml", ['train.precision="fp16"'])
+    hook = StepHook({(0, 3): command_at("restart", precision="bf16"), (1, 5): command_at("stop")})
+    code, events, _ = train_in_process(config, monitor=hook)
+    assert code == 0 and [e["precision"] for e in steps_of(events, 1)] == ["bf16"] * 3
+
+    code, events, _ = train_in_process(config, resume=True)
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["attempt"] == 2 and started["precision"] == "bf16"
+    assert any("continuing in bf16" in e["message"] for e in events if e["type"] == "notice" and e["attempt"] == 2)
+    assert [(e["step"], e["precision"]) for e in steps_of(events, 2)] == [(6, "bf16"), (7, "bf16"), (8, "bf16")]
+    # Every event of the resumed process, its start-up included, carries its own attempt.
+    first_of_resume = next(i for i, e in enumerate(events) if e["type"] == "run_finished") + 1
+    assert {e["attempt"] for e in events[first_of_resume:]} == {2}

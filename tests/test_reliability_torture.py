@@ -113,7 +113,10 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
 
     # Every step any attempt published, the replayed ones included, is the uninterrupted run's step.
     tailer = EventTailer(run_dir.events)
-    every_step = [e for e in tailer.read_new() if e["type"] == "step"]
+    every_event = tailer.read_new()
+    every_step = [e for e in every_event if e["type"] == "step"]
+    attempts = [e["attempt"] for e in every_event if e["type"] == "run_started"]
+    assert attempts == sorted(set(attempts)), f"each process must run as a new attempt: {attempts}"
     assert {e["step"] for e in every_step} == set(range(1, max_steps + 1))
     for event in every_step:
         assert abs(event["loss"] - baseline[event["step"]]) <= TOLERANCE, (event, baseline[event["step"]])

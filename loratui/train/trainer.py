@@ -123,6 +123,11 @@ class Trainer:
                             f"Face Trainer script")
         if problems:
             raise UserInputError([Problem("config", p) for p in problems])
+        if self.resume:
+            # Numbered before this process publishes anything, so that all of its events carry
+            # the new attempt (read later, the log's last line would be this process's own).
+            self.attempt = self.last_attempt_in_log() + 1
+            self.bus.attempt = self.attempt
         self.precision_name = resolve_precision(self.config.train.precision, self.capabilities)
         if self.precision_name == "advise":
             from loratui.advise.run import choose_precision_for_run
@@ -130,13 +135,13 @@ class Trainer:
             self.precision_name = choose_precision_for_run(self.config, self.run_dir, self.bus)
         self.setup_tokenizer_and_data()
         self.check_interrupted()
+        resume_from = self.pick_resume_checkpoint() if self.resume else None
+        if resume_from is not None:
+            self.carry_over_precision(resume_from)
         self.setup_model(self.precision_name)
         self.setup_optimizer()
         self.precision = setup_precision(self.precision_name, self.device_type, self.config.amp)
-        resume_from = self.pick_resume_checkpoint() if self.resume else None
         if resume_from is not None:
-            self.attempt = self.last_attempt_in_log() + 1
-            self.bus.attempt = self.attempt
             self.load_checkpoint(resume_from, learning_rate=self.resume_learning_rate(resume_from))
         self.publish_run_started(resume_from)
         if self.monitor is not None:
@@ -528,6 +533,7 @@ class Trainer:
         state = {"step": self.step, "attempt": self.attempt, "precision": self.precision_name,
                  "adapter_dtype": self.adapter_dtype_name, "learning_rate": self.learning_rate,
                  "config_learning_rate": self.config.train.learning_rate,
+                 "config_precision": self.config.train.precision,
                  "data_position": {"epoch": self.stream.position.epoch, "batch": self.stream.position.batch},
                  "world_size": self.world_size, "loss": _finite_or_none(self.last_loss),
                  "health": self.monitor.health_summary() if self.monitor is not None else None,
@@ -632,6 +638,25 @@ class Trainer:
             self.notice(f"resuming a {newest.state.get('world_size')}-process checkpoint with "
                         f"{self.world_size} process(es): the data order will differ")
         return newest
+
+    def carry_over_precision(self, info: ckpt.CheckpointInfo) -> None:
+        """Keep the precision a restart switched to, unless train.precision was changed for this resume.
+
+        A restart from the dashboard or the autopilot (fp16 -> bf16 after overflows, say) is
+        recorded in the checkpoint: resuming with the same config must not bring back the
+        precision that failed.
+        """
+        from loratui.hardware import UNSUPPORTED
+
+        carried = info.state.get("precision")
+        if info.state.get("config_precision") != self.config.train.precision or carried == self.precision_name \
+                or self.capabilities.support.get(carried) == UNSUPPORTED:
+            return
+        self.notice(f"continuing in {carried}, the precision this run was restarted with "
+                    f"(train.precision = {self.config.train.precision!r} would start in {self.precision_name})")
+        self.precision_name = carried
+        if carried != "bf16" and self.adapter_dtype_name == "bf16":
+            self.adapter_dtype_name = "fp32"  # pure-bf16 adapters only make sense under bf16, as in restart
 
     def resume_learning_rate(self, info: ckpt.CheckpointInfo) -> float:
         """The config's learning rate if it was changed for this resume, else the checkpoint's.
