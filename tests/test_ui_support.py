@@ -57,10 +57,20 @@ def append_event(run_dir: Path, event: dict) -> None:
 def screen_text(app) -> str:
     """The terminal's text as the user sees it, line by line (read from the app's SVG screenshot)."""
     svg = app.export_screenshot()
-    lines: dict[int, list[str]] = {}
-    for line, text in re.findall(r'clip-path="url\(#terminal-\d+-line-(\d+)\)">([^<]*)</text>', svg):
-        lines.setdefault(int(line), []).append(html.unescape(text).replace("\xa0", " "))
-    return "\n".join("".join(lines[n]) for n in sorted(lines))
+    lines: dict[int, dict[int, str]] = {}
+    for x, length, line, text in re.findall(
+            r'<text [^>]*x="([\d.]+)" y="[\d.]+" textLength="([\d.]+)" '
+            r'clip-path="url\(#terminal-\d+-line-(\d+)\)">([^<]*)</text>', svg):
+        text = html.unescape(text).replace("\xa0", " ")
+        cell = float(length) / max(len(text), 1)
+        lines.setdefault(int(line), {})[round(float(x) / cell)] = text
+    out = []
+    for number in sorted(lines):
+        row = ""
+        for column, text in sorted(lines[number].items()):
+            row = row.ljust(column) + text
+        out.append(row.rstrip())
+    return "\n".join(out)
 
 
 def commands(run_dir: Path) -> list[dict]:

@@ -113,6 +113,9 @@ class DashboardApp(App[int]):
         width: 1fr;
         height: 12;
     }
+    .compact GpuPanel {
+        border: none;
+    }
     .compact EventList {
         width: 1fr;
         height: 12;

@@ -22,7 +22,7 @@ class FailurePanel(Widget):
     }
     """
 
-    failure: reactive[dict | None] = reactive(None)
+    failure: reactive[dict | None] = reactive(None, layout=True)
 
     def on_mount(self) -> None:
         self.border_title = "Training failed"

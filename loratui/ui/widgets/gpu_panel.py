@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.table import Table
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -30,12 +29,12 @@ class GpuPanel(Widget):
     }
     """
 
-    view: reactive[GpuView | None] = reactive(None)
+    view: reactive[GpuView | None] = reactive(None, layout=True)
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
 
-    def render(self) -> Table | Text:
+    def render(self) -> Text:
         view = self.view
         if view is None or view.device is None:
             return Text("waiting for the trainer to report its device", style="dim")
@@ -53,31 +52,20 @@ class GpuPanel(Widget):
             else:
                 text.append("No GPU: training on CPU", style="bold")
                 text.append(f"\n{view.device_name or 'CPU'}", style="dim")
-                text.append("\nmemory, utilisation and power need CUDA and NVML", style="dim")
             if torch_line:
                 text.append("\n" + torch_line)
             return text
-        table = Table.grid(padding=(0, 1), expand=True)
-        for _ in range(5):
-            table.add_column(no_wrap=True)
+        text = Text()
         for gpu in view.devices:
             used, total = gpu.get("mem_used_mib"), gpu.get("mem_total_mib")
             share = f" {used / total:.0%}" if used is not None and total else ""
-            table.add_row(Text(f"{gpu.get('index', '?')} {gpu.get('name', '')}", style="bold"),
-                          f"{_value(gpu.get('util_pct'), '%')} util",
-                          f"{fmt.mib(used)}/{fmt.mib(total)}{share}",
-                          _value(gpu.get("temperature_c"), "°C"), _value(gpu.get("power_w"), " W"))
+            text.append(f"{gpu.get('index', '?')} {gpu.get('name', '')}\n", style="bold")
+            text.append(f"  {_value(gpu.get('util_pct'), '%')} util · {fmt.mib(used)}/{fmt.mib(total)}{share} · "
+                        f"{_value(gpu.get('temperature_c'), '°C')} · {_value(gpu.get('power_w'), ' W')}\n")
         if torch_line:
-            return _stack(table, Text(torch_line, style="dim"))
-        return table
-
-
-def _stack(*renderables) -> Table:
-    grid = Table.grid(expand=True)
-    grid.add_column()
-    for renderable in renderables:
-        grid.add_row(renderable)
-    return grid
+            text.append(torch_line, style="dim")
+        text.rstrip()
+        return text
 
 
 def _value(value, unit: str) -> str:

@@ -35,7 +35,7 @@ class HealthPanel(Widget):
     }
     """
 
-    checks: reactive[dict] = reactive(dict, always_update=True)
+    checks: reactive[dict] = reactive(dict, always_update=True, layout=True)
     step: reactive[int | None] = reactive(None)
 
     def on_mount(self) -> None:
