@@ -1,0 +1,58 @@
+"""Measure, then recommend: trials, their figures and verdicts, advice.json. Shared by `loratui advise` and runs.
+
+The run directory <output_dir>/<name>/ receives advice.json, and advise/events.jsonl
+holds the trials' own event log (their evidence; a new advice replaces both).
+The advisor never creates the run directory's events.jsonl or checkpoints/:
+a later `loratui run` of the same config must start there as a new run, not
+be taken for an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from loratui.advise.decide import judge, recommend
+from loratui.advise.figures import trial_figures
+from loratui.advise.report import build_advice, write_advice
+from loratui.advise.trials import Progress, run_trials
+from loratui.hardware import Capabilities, resolve_precision
+from loratui.run_dir import PRIVATE_DIR, RunDir
+
+DEFAULT_STEPS = 30
+ADVICE = "advice.json"
+WORKSPACE = "advise"
+
+
+def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progress: Progress) -> dict:
+    """Run the trials, decide, write advice.json into `run_root`; returns the advice."""
+    ensure_private_dir(run_root)
+    workspace = RunDir(run_root / WORKSPACE)
+    shutil.rmtree(workspace.root, ignore_errors=True)  # the previous advice's evidence goes with it
+    workspace.create()
+    try:
+        records = run_trials(config, workspace, capabilities, steps, progress)
+    finally:
+        # The trials' checkpoints and control file served only to run them; their events stay as evidence.
+        shutil.rmtree(workspace.checkpoints, ignore_errors=True)
+        workspace.control.unlink(missing_ok=True)
+    figures = {r.plan.name: trial_figures(r.events) for r in records}
+    verdicts = {r.plan.name: judge(r, figures[r.plan.name], config.monitor) for r in records}
+    prior = resolve_precision("auto", capabilities)
+    prior_why = capabilities.notes.get(prior) or f"{prior} is {capabilities.support.get(prior)} here"
+    choice = recommend(records, figures, verdicts, prior, prior_why)
+    advice = build_advice(config, records, figures, verdicts, choice, capabilities, prior, prior_why, steps)
+    write_advice(run_root / ADVICE, advice)
+    return advice
+
+
+def ensure_private_dir(path: Path) -> None:
+    """The run directory as the trainer would make it (0700), if it does not exist yet."""
+    if path.is_dir():
+        return
+    old_umask = os.umask(0o077)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    finally:
+        os.umask(old_umask)

@@ -1,0 +1,70 @@
+"""`loratui advise CONFIG [--steps N] [--json] [--set K=V]`: measure, then print the table or the JSON.
+
+Progress goes to stderr (one line per trial step on a terminal, rewritten in
+place; a line every ten steps otherwise), so `--json` keeps stdout to the JSON.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from loratui.advise.trials import TrialPlan
+from loratui.errors import Problem, UserInputError
+
+LINE_EVERY = 10  # steps between progress lines when stderr is not a terminal
+
+
+class ConsoleProgress:
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.in_place = stream.isatty()
+        self._open_line = False
+
+    def trial_step(self, plan: TrialPlan, index: int, count: int, step: int, steps: int) -> None:
+        line = f"advise: trial {index + 1} of {count} ({plan.name}): step {step}/{steps}"
+        if self.in_place:
+            self.stream.write("\r" + line + ("\n" if step == steps else ""))
+            self._open_line = step != steps
+        elif step in (1, steps) or step % LINE_EVERY == 0:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def note(self, message: str) -> None:
+        self.stream.write(("\n" if self._open_line else "") + f"advise: {message}\n")
+        self._open_line = False
+        self.stream.flush()
+
+
+def advise_command(config_path: str, overrides: list[str], *, steps: int, as_json: bool) -> int:
+    from loratui.advise.advisor import advise
+    from loratui.advise.report import to_json
+    from loratui.config import load_config
+    from loratui.hardware import detect
+    from loratui.run_dir import run_dir_for
+    from loratui.train.trainer import StopTraining
+
+    if steps < 1:
+        raise UserInputError(Problem("--steps", f"{steps}: a trial needs at least one step"))
+    config = load_config(config_path, overrides)
+    progress = ConsoleProgress(sys.stderr)
+    if steps > config.train.max_steps:
+        progress.note(f"trials run {config.train.max_steps} steps: train.max_steps ends the schedule there")
+        steps = config.train.max_steps
+    run_root = run_dir_for(config).root
+    try:
+        advice = advise(config, run_root, detect(config.train.device), steps, progress)
+    except StopTraining as stop:
+        print(f"advise: {stop.reason}", file=sys.stderr)
+        return stop.exit_code
+    if as_json:
+        print(to_json(advice))
+    elif sys.stdout.isatty():
+        from loratui.advise.render import print_rich
+
+        print_rich(advice, run_root)
+    else:
+        from loratui.advise.render import plain_text
+
+        print(plain_text(advice, run_root))
+    return 0

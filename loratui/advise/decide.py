@@ -1,0 +1,150 @@
+"""The decision rule: a verdict for each trial, then one recommendation with its reasons.
+
+The hardware rule (bf16 where native, fp16 with loss scaling on older GPUs) is
+the prior; the evidence decides. A trial is rejected on what the health
+monitor would alert on in the run, with the monitor's own thresholds:
+  fp16  activation headroom under monitor.fp16_headroom_min, or skips after the
+        loss scaler's calibration (rate over monitor.skip_rate_max, or
+        monitor.consecutive_skips_max in a row), or a loss scale below 1, or
+        gradient underflow over monitor.underflow_max
+  bf16 and fp16  gradient fidelity (cosine against fp32) under monitor.fidelity_min
+  pure-bf16 adapters  a stale-update share over monitor.stale_max
+  any   a loss that was not finite, or a trial that could not run to the end
+Of the healthy trials the fastest wins, unless the hardware rule's choice is
+healthy and within SPEED_TOLERANCE of it: short trials time a few percent apart
+from run to run, and there the prior stands. On a CPU the fastest is often
+fp32: half precision there is emulated or converted op by op, and the
+reasons say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from loratui.advise.figures import TrialFigures
+from loratui.advise.trials import TrialRecord
+from loratui.hardware import EMULATED, UNSUPPORTED
+
+HEALTHY, REJECTED, UNSUPPORTED_HERE, FAILED = "healthy", "rejected", "unsupported", "failed"
+SPEED_TOLERANCE = 0.10
+FP16_MAX = 65504.0
+
+
+@dataclass
+class Verdict:
+    status: str  # healthy | rejected | unsupported | failed
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recommendation:
+    trial: str  # the winning trial's name (fp32, bf16, bf16-pure, fp16)
+    precision: str
+    adapter_dtype: str
+    reasons: list[str]
+
+
+def judge(record: TrialRecord, figures: TrialFigures, thresholds) -> Verdict:
+    """Is this trial's precision fit to train this model here? `thresholds` is config.monitor."""
+    if record.support == UNSUPPORTED:
+        return Verdict(UNSUPPORTED_HERE, [f"not supported on this machine: {record.support_note}"])
+    if record.error:
+        return Verdict(FAILED, [f"stopped at step {figures.steps_done} of {record.steps}: {record.error}"])
+    reasons = []
+    if figures.nonfinite_loss_steps:
+        reasons.append(f"the loss was not finite on {figures.nonfinite_loss_steps} of {figures.steps_done} steps")
+    if record.plan.precision == "fp16":
+        reasons += _fp16_reasons(figures, thresholds)
+    if record.plan.precision != "fp32" and figures.fidelity_cosine is not None \
+            and figures.fidelity_cosine < thresholds.fidelity_min:
+        reasons.append(f"gradient fidelity too low: cosine {figures.fidelity_cosine:.4f} against fp32 (relative "
+                       f"error {_g(figures.relative_error)}), under monitor.fidelity_min = {thresholds.fidelity_min:g}")
+    if record.plan.adapter_dtype == "bf16" and figures.stale_share is not None \
+            and figures.stale_share > thresholds.stale_max:
+        reasons.append(f"pure-bf16 adapters go stale: {figures.stale_share:.0%} of the intended updates are lost to "
+                       f"bf16 rounding (worst in {figures.stale_module}), over monitor.stale_max = "
+                       f"{thresholds.stale_max:.0%}; keep the adapter in fp32 (train.adapter_dtype = \"fp32\")")
+    return Verdict(REJECTED if reasons else HEALTHY, reasons)
+
+
+def _fp16_reasons(figures: TrialFigures, thresholds) -> list[str]:
+    reasons = []
+    if figures.fp16_headroom is not None and figures.fp16_headroom < thresholds.fp16_headroom_min:
+        peak = figures.peak_activation
+        reasons.append(f"fp16 headroom {_g(figures.fp16_headroom)}x, under monitor.fp16_headroom_min = "
+                       f"{thresholds.fp16_headroom_min:g}x: {figures.headroom_module} {figures.headroom_where} peaks "
+                       f"at {_g(peak)}" + (" (beyond fp16's max, 65504)" if peak is not None and peak >= FP16_MAX
+                                           else " (fp16's max is 65504)"))
+    if figures.skipped_steps and not figures.steps_after_calibration:
+        reasons.append(f"the loss scaler never found a working scale: {figures.skipped_steps} of "
+                       f"{figures.steps_done} steps skipped, none applied after the first skip")
+    elif figures.steps_after_calibration:
+        rate = figures.skipped_after_calibration / figures.steps_after_calibration
+        if rate > thresholds.skip_rate_max or figures.most_consecutive_skips >= thresholds.consecutive_skips_max:
+            reasons.append(f"skipped {figures.skipped_after_calibration} of the {figures.steps_after_calibration} "
+                           f"steps after the loss scaler's calibration ({rate:.0%}, monitor.skip_rate_max = "
+                           f"{thresholds.skip_rate_max:.0%}): the gradients overflow a scale that worked")
+    if figures.final_scale is not None and figures.final_scale < 1:
+        reasons.append(f"the loss scale fell to {_g(figures.final_scale)}: below 1 the unscaled gradients "
+                       f"themselves overflow fp16")
+    if figures.underflow_share is not None and figures.underflow_share > thresholds.underflow_max:
+        reasons.append(f"{figures.underflow_share:.1%} of the gradient values underflow in fp16 (worst in "
+                       f"{figures.underflow_module}), over monitor.underflow_max = {thresholds.underflow_max:.0%}")
+    return reasons
+
+
+def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verdicts: dict[str, Verdict],
+              prior: str, prior_why: str) -> Recommendation:
+    """The fastest healthy trial, the hardware rule's choice where the two are within measurement noise."""
+    by_name = {r.plan.name: r for r in records}
+    healthy = [r for r in records if verdicts[r.plan.name].status == HEALTHY
+               and figures[r.plan.name].tokens_per_s is not None]
+    rejections = [f"not {name}: {reason}" for name, verdict in verdicts.items()
+                  if verdict.status in (REJECTED, FAILED) for reason in verdict.reasons]
+    prior_trial = _prior_trial(records, prior)
+    if not healthy:
+        return _nothing_healthy(by_name, figures, rejections)
+
+    def speed(record: TrialRecord) -> float:
+        return figures[record.plan.name].tokens_per_s
+
+    fastest = max(healthy, key=speed)
+    winner = fastest
+    if prior_trial in healthy and speed(prior_trial) >= speed(fastest) * (1 - SPEED_TOLERANCE):
+        winner = prior_trial
+    others = ", ".join(f"{r.plan.name} {speed(r):.0f}" for r in healthy if r is not winner)
+    reasons = [f"{winner.plan.name} is the fastest healthy precision here: {speed(winner):.0f} tokens/s"
+               + (f" (healthy too, in tokens/s: {others})" if others else "")
+               if winner is fastest else
+               f"{winner.plan.name}, the hardware rule's choice, is healthy and within {SPEED_TOLERANCE:.0%} of the "
+               f"fastest ({fastest.plan.name}): {speed(winner):.0f} against {speed(fastest):.0f} tokens/s"]
+    if prior_trial is not None and prior_trial is not winner:
+        status = verdicts[prior_trial.plan.name].status
+        reasons.append(f"the hardware rule alone would pick {prior_trial.plan.name} ({prior_why}); "
+                       + (f"measured on this machine, {winner.plan.name} is {speed(winner) / speed(prior_trial):.1f}x "
+                          f"as fast" if status == HEALTHY else f"measured, it was {status}"))
+    if winner.support == EMULATED:
+        reasons.append(f"{winner.plan.precision} is emulated on this machine ({winner.support_note})")
+    return Recommendation(winner.plan.name, winner.plan.precision, winner.plan.adapter_dtype, reasons + rejections)
+
+
+def _prior_trial(records: list[TrialRecord], prior: str) -> TrialRecord | None:
+    """The trial that is the hardware rule's choice: its precision, with the adapter dtype the config asks for."""
+    candidates = [r for r in records if r.plan.precision == prior]
+    return max(candidates, key=lambda r: r.plan.adapter_dtype == "bf16", default=None)
+
+
+def _nothing_healthy(by_name: dict, figures: dict, rejections: list[str]) -> Recommendation:
+    fp32 = by_name.get("fp32")
+    loss = figures["fp32"].final_loss if fp32 is not None else None
+    if loss is not None and not math.isfinite(loss):
+        why = ("no precision trained cleanly, fp32 included: the fault is not the precision; check the data "
+               "and the learning rate")
+    else:
+        why = "no precision trained cleanly here; fp32 is the safest to start from"
+    return Recommendation("fp32", "fp32", "fp32", [why] + rejections)
+
+
+def _g(value) -> str:
+    return "-" if value is None else format(value, ".3g")

@@ -1,0 +1,125 @@
+"""A trial's figures, read from the events it published: `step` events and the monitor's `health` events.
+
+Nothing here measures anything: every figure is a summary of what the trainer
+and the health monitor reported during the trial, so the table can always be
+checked against the trial's events (advise/events.jsonl). Where probes ran
+several times, a figure is the worst reading, because the monitor alerts on
+any single probe: the advisor rejects what the monitor would alert on in the run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from loratui.events.encode import as_float
+
+
+@dataclass
+class TrialFigures:
+    tokens_per_s: float | None = None  # the median over unprobed steps after the first (probes recompute in fp32)
+    timed_steps: int = 0
+    final_loss: float | None = None
+    steps_done: int = 0
+    nonfinite_loss_steps: int = 0
+    skipped_steps: int = 0
+    calibration_skips: int = 0  # skips until the scaler first found a scale that works
+    skipped_after_calibration: int = 0
+    steps_after_calibration: int = 0
+    most_consecutive_skips: int = 0  # after calibration
+    applied_steps: int = 0
+    final_scale: float | None = None
+    probes: int = 0
+    fp16_headroom: float | None = None  # 65504 / the largest activation, the tightest probe
+    headroom_module: str | None = None
+    headroom_where: str | None = None  # input or output
+    peak_activation: float | None = None
+    fidelity_cosine: float | None = None  # the lowest over the probes
+    relative_error: float | None = None  # the highest over the probes
+    underflow_share: float | None = None  # the highest over the probes (fp16)
+    underflow_module: str | None = None
+    stale_share: float | None = None  # the highest over the probes
+    stale_module: str | None = None
+    alerts: list[str] = field(default_factory=list)  # alert kinds the monitor raised during the trial
+
+
+def trial_figures(events: list[dict]) -> TrialFigures:
+    steps = [e for e in events if e.get("type") == "step"]
+    health = [e for e in events if e.get("type") == "health"]
+    figures = TrialFigures(steps_done=len(steps), probes=len(health))
+    figures.alerts = sorted({e["kind"] for e in events if e.get("type") == "alert"})
+    _speed(figures, steps, {e["step"] for e in health})
+    _loss_and_scaling(figures, steps)
+    _probes(figures, health)
+    return figures
+
+
+def _speed(figures: TrialFigures, steps: list[dict], probed: set) -> None:
+    """The median, not the mean: a busy machine stalls a step now and then, and one stall would decide.
+
+    The first step pays for warm-up (kernel selection, allocator growth) and is left
+    out too. Every trial sees the same batches, so the steps compared are alike.
+    """
+    timed = [s for s in steps[1:] if s["step"] not in probed] or steps[1:] or steps
+    rates = [s["tokens"] / s["step_time_s"] for s in timed if s["step_time_s"] > 0]
+    if rates:
+        figures.tokens_per_s = round(statistics.median(rates), 1)
+        figures.timed_steps = len(rates)
+
+
+def _loss_and_scaling(figures: TrialFigures, steps: list[dict]) -> None:
+    if not steps:
+        return
+    losses = [as_float(s["loss"]) for s in steps]
+    figures.final_loss = losses[-1]
+    figures.nonfinite_loss_steps = sum(not math.isfinite(loss) for loss in losses)
+    skipped = [bool(s["skipped"]) for s in steps]
+    figures.skipped_steps = sum(skipped)
+    figures.applied_steps = len(steps) - figures.skipped_steps
+    if steps[-1].get("scale") is not None:
+        figures.final_scale = as_float(steps[-1]["scale"])
+    # The scaler starts from a guess (amp.init_scale) and halves it on each overflow: calibration
+    # lasts until a step runs clean after the first backoff, i.e. until a working scale is found.
+    # Skips after that mean the gradients outgrew a scale that had worked.
+    first_skip = skipped.index(True) if True in skipped else None
+    if first_skip is None:
+        figures.steps_after_calibration = len(steps)
+        return
+    settled = next((i for i in range(first_skip, len(steps)) if not skipped[i]), None)
+    if settled is None:
+        figures.calibration_skips = figures.skipped_steps  # the scaler never found a working scale
+        return
+    figures.calibration_skips = sum(skipped[:settled])
+    after = skipped[settled:]
+    figures.steps_after_calibration = len(after)
+    figures.skipped_after_calibration = sum(after)
+    run = 0
+    for skip in after:
+        run = run + 1 if skip else 0
+        figures.most_consecutive_skips = max(figures.most_consecutive_skips, run)
+
+
+def _probes(figures: TrialFigures, health: list[dict]) -> None:
+    def readings(name: str) -> list[dict]:
+        return [e["checks"][name] for e in health if e["checks"].get(name, {}).get("value") is not None]
+
+    headroom = min(readings("fp16_headroom"), key=lambda c: as_float(c["value"]), default=None)
+    if headroom is not None:
+        figures.fp16_headroom = as_float(headroom["value"])
+        figures.headroom_module = headroom.get("module")
+        figures.headroom_where = headroom.get("where")
+        figures.peak_activation = as_float(headroom.get("peak"))
+    fidelity = readings("fidelity")
+    if fidelity:
+        figures.fidelity_cosine = min(as_float(c["value"]) for c in fidelity)
+        errors = [as_float(c["relative_error"]) for c in fidelity if c.get("relative_error") is not None]
+        figures.relative_error = max(errors) if errors else None
+    underflow = max(readings("underflow"), key=lambda c: as_float(c["value"]), default=None)
+    if underflow is not None:
+        figures.underflow_share = as_float(underflow["value"])
+        figures.underflow_module = underflow.get("module")
+    stale = max(readings("stale_update"), key=lambda c: as_float(c["value"]), default=None)
+    if stale is not None:
+        figures.stale_share = as_float(stale["value"])
+        figures.stale_module = stale.get("module")

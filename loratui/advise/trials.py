@@ -1,0 +1,170 @@
+"""Short trials of each precision, through the real trainer and the real health monitor, in one process.
+
+Every trial starts from the same state. The trainer's step-0 checkpoint holds
+the seeded adapter, the RNG state (so dropout draws the same masks) and the
+data position (so every trial sees the same batches); each trial after the
+first goes back to it through the trainer's own restart path, which reloads
+the base weights only when their dtype changes. The tokenizer and the data
+are loaded once. Between the two bf16 trials (fp32 and bf16 adapters) the
+base model stays loaded: only the adapter is cast, as loading would cast it.
+
+The health monitor probes every third step (and the first): its `health`
+events, with the trainer's `step` events, are the evidence the advisor
+decides on. Trials never checkpoint beyond step 0 and never apply fixes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from loratui.events.bus import CallbackSink, EventBus
+from loratui.events.jsonl import JsonlSink
+from loratui.hardware import UNSUPPORTED, Capabilities
+from loratui.run_dir import RunDir
+
+PROBE_EVERY = 3  # leaves two unprobed steps in three to time
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    name: str  # the key in advice.json's trials: fp32, bf16, bf16-pure, fp16
+    precision: str
+    adapter_dtype: str
+
+
+@dataclass
+class TrialRecord:
+    plan: TrialPlan
+    support: str  # native | emulated | unsupported
+    support_note: str
+    steps: int
+    attempt: int | None = None  # its attempt in the trials' event log; None when it did not run
+    events: list[dict] = field(default_factory=list)
+    peak_memory_mib: float | None = None
+    memory_measure: str = ""
+    seconds: float = 0.0
+    error: str | None = None  # why it stopped early (out of memory, an op this dtype lacks)
+
+    @property
+    def ran(self) -> bool:
+        return self.attempt is not None
+
+
+class Progress(Protocol):
+    def trial_step(self, plan: TrialPlan, index: int, count: int, step: int, steps: int) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+
+def plan_trials(config) -> list[TrialPlan]:
+    """The half precisions first (least memory: a model that fits nowhere fails at once), fp32 last.
+
+    Pure-bf16 adapters are measured only when the config asks for them, next to
+    bf16 with fp32 adapters, the alternative when they go stale.
+    """
+    plans = [TrialPlan("bf16", "bf16", "fp32")]
+    if config.train.adapter_dtype == "bf16":
+        plans.append(TrialPlan("bf16-pure", "bf16", "bf16"))
+    plans += [TrialPlan("fp16", "fp16", "fp32"), TrialPlan("fp32", "fp32", "fp32")]
+    return plans
+
+
+def trial_config(config, first: TrialPlan):
+    """The user's config as a trial runs it: same model, data, LoRA, schedule and thresholds."""
+    trial = copy.deepcopy(config)
+    trial.run.report_to = []
+    trial.train.precision = first.precision
+    trial.train.adapter_dtype = first.adapter_dtype
+    trial.monitor.probe_every = PROBE_EVERY
+    trial.monitor.probe_first_steps = 1
+    trial.monitor.autopilot.enabled = False  # a trial measures; it never changes course
+    return trial
+
+
+def run_trials(config, workspace: RunDir, capabilities: Capabilities, steps: int,
+               progress: Progress) -> list[TrialRecord]:
+    """Run every trial this machine supports; `workspace` receives the trials' events.jsonl."""
+    records = []
+    for plan in plan_trials(config):
+        support = capabilities.support.get(plan.precision, UNSUPPORTED)
+        note = capabilities.notes.get(plan.precision, "") or ""
+        records.append(TrialRecord(plan, support, note, steps))
+        if support == UNSUPPORTED:
+            progress.note(f"{plan.name}: not supported on this machine ({note}); not measured")
+    runnable = [r for r in records if r.support != UNSUPPORTED]
+    if runnable:
+        _run(config, workspace, runnable, steps, progress)
+    return records
+
+
+def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, progress: Progress) -> None:
+    from loratui.advise.memory import PeakMemory
+    from loratui.monitor import build_monitor
+    from loratui.train import checkpoint as ckpt
+    from loratui.train.trainer import Trainer
+
+    trial_cfg = trial_config(config, records[0].plan)
+    bus = EventBus()
+    bus.add_sink(JsonlSink(workspace.events))
+    current: list[TrialRecord] = []
+    bus.add_sink(CallbackSink(lambda event: current[0].events.append(event) if current else None))
+    trainer = Trainer(trial_cfg, workspace, bus, monitor=build_monitor(trial_cfg, bus))
+    # The caller's RNG stream goes on as if no trial had run: a run that was advised trains
+    # exactly like one given the chosen precision.
+    caller_rng = trainer.rng_state()
+    # Signals stop a trial at its next step boundary like a training run (StopTraining), and
+    # the caller's own handlers come back afterwards. The trainer's cleanup() is not called:
+    # it would end the process's accelerate state, which the caller may still be using.
+    trainer.signals.install()
+    try:
+        trainer.setup()
+        start = ckpt.list_complete(workspace.checkpoints)[0]
+        memory = PeakMemory(trainer.device)
+        for index, record in enumerate(records):
+            current[:] = [record]
+            if index:
+                _switch(trainer, record.plan, start)
+            record.attempt = trainer.attempt
+            record.memory_measure = memory.measure
+            memory.reset()
+            started = time.perf_counter()
+            try:
+                _train(trainer, record, index, len(records), steps, progress)
+            except RuntimeError as exc:  # out of memory, or an op this dtype lacks here
+                record.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+                progress.note(f"{record.plan.name}: stopped at step {trainer.step}: {record.error}")
+                trainer.base_dtype_name = None  # the next trial starts from a freshly loaded model
+            record.seconds = round(time.perf_counter() - started, 3)
+            record.peak_memory_mib = memory.peak_mib()
+    finally:
+        current.clear()
+        trainer.signals.uninstall()
+        bus.close()
+        trainer.set_rng_state(caller_rng)
+
+
+def _switch(trainer, plan: TrialPlan, start) -> None:
+    """Back to the step-0 state in the next trial's precision, through the trainer's restart path."""
+    import torch
+
+    if plan.precision == trainer.base_dtype_name and plan.adapter_dtype != trainer.adapter_dtype_name:
+        # Same base dtype: cast the adapter where it is (what loading does) and keep the base loaded.
+        dtype = torch.bfloat16 if plan.adapter_dtype == "bf16" else torch.float32
+        for param in trainer.params:
+            param.data = param.data.to(dtype)
+    trainer.adapter_dtype_name = plan.adapter_dtype
+    trainer.restart(start, precision=plan.precision, reason=f"advise: {plan.name} trial")
+
+
+def _train(trainer, record: TrialRecord, index: int, count: int, steps: int, progress: Progress) -> None:
+    """`steps` optimizer steps as Trainer.fit takes them, without its checkpoints."""
+    for _ in range(steps):
+        trainer.at_step_boundary()
+        figures = trainer.train_step()
+        trainer.step += 1
+        trainer.publish_step(figures)
+        trainer.monitor.after_step(trainer, figures)
+        progress.trial_step(record.plan, index, count, trainer.step, steps)

@@ -1,0 +1,205 @@
+"""The advisor's figures and decision rule on synthetic trial events (no training: fast).
+
+The trials themselves run for real in test_advise_measure.py and test_advise_run.py;
+here every branch of the rule is pinned down with figures chosen to sit on
+either side of the monitor's thresholds.
+"""
+
+import math
+
+import pytest
+
+from loratui.advise.decide import FAILED, HEALTHY, REJECTED, UNSUPPORTED_HERE, judge, recommend
+from loratui.advise.figures import trial_figures
+from loratui.advise.trials import TrialPlan, TrialRecord
+from loratui.config.schema import MonitorSection
+
+THRESHOLDS = MonitorSection()
+PLANS = {"fp32": TrialPlan("fp32", "fp32", "fp32"), "bf16": TrialPlan("bf16", "bf16", "fp32"),
+         "bf16-pure": TrialPlan("bf16-pure", "bf16", "bf16"), "fp16": TrialPlan("fp16", "fp16", "fp32")}
+
+
+def steps(n, *, skipped=(), nan=(), scale=None, tokens=100, seconds=0.1, slow=()):
+    """Step events as the trainer publishes them; `slow` steps take ten times longer."""
+    return [{"type": "step", "step": s, "loss": math.nan if s in nan else 5.0 - s / 10, "skipped": s in skipped,
+             "scale": None if scale is None else scale / 2 ** sum(1 for k in skipped if k < s),
+             "tokens": tokens, "step_time_s": seconds * (10 if s in slow else 1)} for s in range(1, n + 1)]
+
+
+def health(step, **checks):
+    """A health event; each check given as a value or (value, extra fields)."""
+    entries = {}
+    for name, spec in checks.items():
+        value, extra = spec if isinstance(spec, tuple) else (spec, {})
+        entries[name] = {"status": "ok", "value": value, "summary": "", **extra}
+    return {"type": "health", "step": step, "checks": entries}
+
+
+def record(name, support="native", error=None, steps_count=6):
+    return TrialRecord(PLANS[name], support, f"{name} note", steps_count, attempt=0, error=error)
+
+
+def verdict(name, events, **kwargs):
+    return judge(record(name, **kwargs), trial_figures(events), THRESHOLDS)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_speed_is_the_median_of_unprobed_steps_after_the_first():
+    events = steps(8, slow={2, 5}) + [health(1), health(3), health(6)]
+    figures = trial_figures(events)
+    # Timed: steps 2, 4, 5, 7, 8 (1 is warm-up, 3 and 6 probed); two of them stalled.
+    assert figures.timed_steps == 5
+    assert figures.tokens_per_s == pytest.approx(1000.0)
+
+
+def test_worst_probe_reading_is_the_trial_figure():
+    events = steps(6) + [
+        health(1, fp16_headroom=(900.0, {"module": "lm_head", "where": "output", "peak": 72.8}),
+               fidelity=(0.9995, {"relative_error": 0.02}), stale_update=(0.01, {"module": "a"})),
+        health(3, fp16_headroom=(12.5, {"module": "model.layers.1.mlp.down_proj", "where": "input", "peak": 5240.3}),
+               fidelity=(0.9990, {"relative_error": 0.01}), stale_update=(0.30, {"module": "b"})),
+        health(6, fp16_headroom=(None, {}), fidelity=(None, {}), stale_update=(0.05, {"module": "c"}))]
+    figures = trial_figures(events)
+    assert (figures.fp16_headroom, figures.headroom_module, figures.headroom_where) == (
+        12.5, "model.layers.1.mlp.down_proj", "input")
+    assert figures.peak_activation == 5240.3
+    assert figures.fidelity_cosine == 0.9990 and figures.relative_error == 0.02
+    assert (figures.stale_share, figures.stale_module) == (0.30, "b")
+    assert figures.probes == 3
+
+
+def test_calibration_ends_at_the_first_clean_step_after_a_backoff():
+    # Steps 1-2 clean at the initial scale, 3-4 skipped while it backs off, then clean: calibration.
+    figures = trial_figures(steps(10, skipped={3, 4}, scale=65536.0))
+    assert figures.calibration_skips == 2
+    assert figures.skipped_after_calibration == 0 and figures.steps_after_calibration == 6
+    assert figures.final_scale == 16384.0
+    # A skip after the scale had worked counts.
+    figures = trial_figures(steps(10, skipped={3, 7}, scale=65536.0))
+    assert (figures.calibration_skips, figures.skipped_after_calibration) == (1, 1)
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def test_fp16_rejected_for_headroom_naming_the_module():
+    events = steps(6, scale=65536.0) + [health(3, fp16_headroom=(
+        0.0025, {"module": "model.layers.1.mlp.down_proj", "where": "input", "peak": 2.6e7}))]
+    result = verdict("fp16", events)
+    assert result.status == REJECTED
+    assert "model.layers.1.mlp.down_proj input" in result.reasons[0]
+    assert "monitor.fp16_headroom_min = 4x" in result.reasons[0] and "beyond fp16's max" in result.reasons[0]
+
+
+def test_fp16_headroom_above_the_margin_is_healthy():
+    events = steps(6, scale=65536.0) + [health(3, fp16_headroom=(4.5, {"module": "m", "where": "output",
+                                                                        "peak": 14556.4}))]
+    assert verdict("fp16", events).status == HEALTHY
+
+
+def test_fp16_rejected_for_skips_after_calibration():
+    result = verdict("fp16", steps(10, skipped={2, 5, 8}, scale=65536.0))
+    assert result.status == REJECTED
+    assert "skipped 2 of the 8 steps after the loss scaler's calibration" in result.reasons[0]
+
+
+def test_fp16_rejected_when_the_scaler_never_settles_or_the_scale_collapses():
+    result = verdict("fp16", steps(20, skipped=set(range(1, 21)), nan=set(range(1, 21)), scale=65536.0))
+    assert result.status == REJECTED
+    text = " | ".join(result.reasons)
+    assert "loss was not finite on 20 of 20 steps" in text
+    assert "never found a working scale" in text
+    assert "loss scale fell to 0.125" in text
+
+
+def test_fp16_rejected_for_underflow():
+    events = steps(6, scale=1.0) + [health(3, underflow=(0.2, {"module": "model.layers.0.mlp.up_proj"}))]
+    result = verdict("fp16", events)
+    assert result.status == REJECTED and "20.0% of the gradient values underflow" in result.reasons[0]
+    assert "model.layers.0.mlp.up_proj" in result.reasons[0]
+
+
+def test_bf16_rejected_for_low_fidelity():
+    result = verdict("bf16", steps(6) + [health(3, fidelity=(0.95, {"relative_error": 0.3}))])
+    assert result.status == REJECTED
+    assert "cosine 0.9500" in result.reasons[0] and "monitor.fidelity_min = 0.98" in result.reasons[0]
+
+
+def test_stale_share_rejects_only_pure_bf16_adapters():
+    events = steps(6) + [health(3, stale_update=(0.6, {"module": "model.layers.2.mlp.down_proj"}))]
+    pure = verdict("bf16-pure", events)
+    assert pure.status == REJECTED
+    assert "60% of the intended updates are lost to bf16 rounding" in pure.reasons[0]
+    assert 'train.adapter_dtype = "fp32"' in pure.reasons[0]
+    assert verdict("bf16", events).status == HEALTHY
+
+
+def test_unsupported_and_failed_trials():
+    unsupported = judge(record("bf16", support="unsupported"), trial_figures([]), THRESHOLDS)
+    assert unsupported.status == UNSUPPORTED_HERE and "bf16 note" in unsupported.reasons[0]
+    failed = verdict("fp32", steps(2), error="OutOfMemoryError: CUDA out of memory")
+    assert failed.status == FAILED and "stopped at step 2 of 6" in failed.reasons[0]
+
+
+# ---------------------------------------------------------------- recommendation
+
+
+def decide(speeds: dict, *, prior="bf16", rejected=(), support=None):
+    """recommend() over trials with the given tokens/s; `rejected` trials get a low fidelity."""
+    records, figures, verdicts = [], {}, {}
+    for name, speed in speeds.items():
+        rec = record(name, support=(support or {}).get(name, "native"))
+        events = steps(6, seconds=100 / speed) + ([health(3, fidelity=(0.5, {"relative_error": 1.0}))]
+                                                  if name in rejected else [])
+        records.append(rec)
+        figures[name] = trial_figures(events)
+        verdicts[name] = judge(rec, figures[name], THRESHOLDS)
+    return recommend(records, figures, verdicts, prior, "prior note")
+
+
+def test_fastest_healthy_wins_and_says_the_hardware_rule_was_overruled():
+    choice = decide({"bf16": 300.0, "fp16": 280.0, "fp32": 1200.0}, support={"bf16": "emulated"})
+    assert (choice.trial, choice.precision, choice.adapter_dtype) == ("fp32", "fp32", "fp32")
+    assert choice.reasons[0].startswith("fp32 is the fastest healthy precision here: 1200 tokens/s")
+    assert "the hardware rule alone would pick bf16 (prior note)" in choice.reasons[1]
+    assert "4.0x as fast" in choice.reasons[1]
+
+
+def test_the_prior_stands_within_measurement_noise():
+    choice = decide({"bf16": 950.0, "fp16": 1000.0, "fp32": 400.0})
+    assert choice.trial == "bf16"
+    assert "the hardware rule's choice, is healthy and within 10% of the fastest (fp16)" in choice.reasons[0]
+
+
+def test_rejected_trials_never_win_and_their_reasons_are_listed():
+    choice = decide({"bf16": 2000.0, "fp16": 100.0, "fp32": 500.0}, rejected={"bf16"})
+    assert choice.trial == "fp32"
+    assert any(r.startswith("not bf16: gradient fidelity too low") for r in choice.reasons)
+    assert any("measured, it was rejected" in r for r in choice.reasons)
+
+
+def test_emulated_winner_is_marked():
+    choice = decide({"bf16": 2000.0, "fp32": 500.0}, support={"bf16": "emulated"})
+    assert choice.trial == "bf16" and "bf16 is emulated on this machine (bf16 note)" in choice.reasons
+
+
+def test_bf16_with_fp32_adapters_is_recommended_when_pure_bf16_goes_stale():
+    records = [record("bf16"), record("bf16-pure"), record("fp32")]
+    stale = [health(3, stale_update=(0.9, {"module": "m"}))]
+    figures = {"bf16": trial_figures(steps(6, seconds=0.1)), "bf16-pure": trial_figures(steps(6, seconds=0.08) + stale),
+               "fp32": trial_figures(steps(6, seconds=0.2))}
+    verdicts = {r.plan.name: judge(r, figures[r.plan.name], THRESHOLDS) for r in records}
+    choice = recommend(records, figures, verdicts, "bf16", "prior note")
+    assert (choice.precision, choice.adapter_dtype) == ("bf16", "fp32")
+    assert any(r.startswith("not bf16-pure: pure-bf16 adapters go stale") for r in choice.reasons)
+
+
+def test_nothing_healthy_falls_back_to_fp32_and_blames_the_right_thing():
+    nan_everywhere = {"bf16": 100.0, "fp32": 100.0}
+    records = [record(name) for name in nan_everywhere]
+    figures = {name: trial_figures(steps(6, nan={6})) for name in nan_everywhere}
+    verdicts = {r.plan.name: judge(r, figures[r.plan.name], THRESHOLDS) for r in records}
+    choice = recommend(records, figures, verdicts, "bf16", "prior note")
+    assert choice.precision == "fp32" and "the fault is not the precision" in choice.reasons[0]
