@@ -110,6 +110,29 @@ def test_second_sigint_exits_at_once_and_leaves_the_newest_checkpoint_intact(tmp
     assert not partial_dirs(run.checkpoints), "the half-written save is cleaned up on resume"
 
 
+def test_a_signal_while_loading_stops_before_training_and_resume_starts_from_step_0(tmp_path):
+    """Preempted during start-up: nothing is trained or saved yet, and --resume must not be stuck on that."""
+    config = write_run_config(tmp_path)
+    run = HeadlessRun(config)
+    try:
+        run.wait_for(lambda: any(e["type"] == "phase" for e in run.new_events()), "model loading", poll_s=0.002)
+        run.send(signal.SIGTERM)
+        code = run.finish(timeout=HANG_LIMIT_S)
+    finally:
+        run.kill()
+    assert code == 143, run.output()[-2000:]
+    events = run.all_events()
+    assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "stopped by SIGTERM while loading"
+    assert not [e for e in events if e["type"] in ("step", "checkpoint")]
+
+    code, events, _ = resume_in_process(config, until_step=3)
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"] is None and started["attempt"] == 1
+    assert any("nothing to resume" in e["message"] for e in events if e["type"] == "notice")
+    assert [e["step"] for e in steps_of(events, 1)] == [1, 2, 3]
+
+
 TWO_PROCESS_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                       "--main_process_port", "0"]

@@ -614,15 +614,24 @@ class Trainer:
             group["lr"] = learning_rate * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
-    def pick_resume_checkpoint(self) -> ckpt.CheckpointInfo:
-        """The newest complete checkpoint that fits this config; damaged ones are skipped, with reasons."""
+    def pick_resume_checkpoint(self) -> ckpt.CheckpointInfo | None:
+        """The newest complete checkpoint that fits this config; damaged ones are skipped, with reasons.
+
+        None when the run never saved one (stopped or killed while loading): nothing was trained yet.
+        """
         from loratui.model.loading import model_identity
 
+        damaged = []
+
         def skipped(path: Path, reason: str) -> None:
+            damaged.append(path.name)
             self.notice(f"skipping checkpoint {path.name}: {reason}")
 
         available = ckpt.list_complete(self.run_dir.checkpoints, on_skip=skipped) if self.is_main else []
-        available = self.share_from_main(available)
+        available, damaged = self.share_from_main((available, damaged))
+        if not available and not damaged:
+            self.notice("nothing to resume: the run stopped before its first checkpoint, so it starts from step 0")
+            return None
         if not available:
             raise UserInputError(Problem(str(self.run_dir.checkpoints), "no complete checkpoint to resume from"))
         newest = available[0]
