@@ -16,6 +16,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,6 +136,7 @@ overrides = st.lists(st.one_of(
 WORKDIR = Path(tempfile.mkdtemp(prefix="loratui-config-property-"))
 
 
+@pytest.mark.slow
 @settings(max_examples=torture_count(100, 2000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=config_texts(), sets=overrides)
 def test_check_never_raises_on_any_config_or_override(text, sets):

@@ -163,6 +163,7 @@ def test_valid_commands_are_accepted():
     assert parsed == Command("restart", {"precision": "bf16", "lr_factor": 0.5, "from_step": 50}, "7")
 
 
+@pytest.mark.slow
 @settings(max_examples=torture_count(200, 3000), deadline=None)
 @given(chunks=st.lists(st.binary(max_size=64) | st.text(max_size=64).map(str.encode), max_size=8))
 def test_the_control_reader_survives_any_bytes(tmp_path_factory, chunks):
