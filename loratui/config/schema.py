@@ -121,7 +121,7 @@ class AutopilotSection:
     enabled: bool = key(False, "Apply fixes without a person (for headless runs).")
     max_actions: int = key(3, "Most fixes the autopilot may apply in one run.", min=0)
     actions: dict = key({"overflow": "switch_precision", "scale_collapse": "switch_precision",
-                         "nonfinite_loss": "rollback", "underflow": "switch_precision",
+                         "nonfinite_loss": "switch_precision", "underflow": "switch_precision",
                          "stale_update": "switch_precision", "divergence": "lower_lr",
                          "loss_spike": "none", "checkpoint_failed": "none"},
                         "Alert kind -> action (switch_precision, lower_lr, rollback, stop, none).",

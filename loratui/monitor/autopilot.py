@@ -29,6 +29,9 @@ class Autopilot:
         action = self.config.actions.get(alert.kind, "none")
         if action == "none":
             return
+        if alert.suggestion == "none" and action != "stop":
+            self.log(trainer, alert, action, "the evidence points to no restart that would help: not acting")
+            return
         if self.pending is not None:
             self.log(trainer, alert, action, "waiting for the previous fix to take effect: not acting")
             return

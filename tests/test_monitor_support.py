@@ -1,0 +1,63 @@
+"""Helpers for the monitor and scenario tests: a real trainer with the real monitor, and a person at the keys."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from helpers import make_config
+from loratui.config import render_toml
+from loratui.control import send_command
+from loratui.events.bus import CallbackSink, EventBus
+from loratui.events.jsonl import JsonlSink, read_events
+from loratui.monitor import build_monitor
+from loratui.run_dir import prepare_run_dir
+from loratui.scenarios import SCENARIOS, _toml
+from loratui.train.trainer import Trainer
+
+# `make torture` (LORATUI_TORTURE=full) runs the full matrices; the default suite a shorter, real variant.
+FULL = os.environ.get("LORATUI_TORTURE") == "full"
+
+
+def train_monitored(config, *, on_event=None):
+    """The real trainer with the monitor `loratui run` builds; returns (exit code, events, run_dir)."""
+    run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
+    bus = EventBus()
+    bus.add_sink(JsonlSink(run_dir.events))
+    if on_event is not None:
+        bus.add_sink(CallbackSink(on_event))
+    trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus))
+    try:
+        code = trainer.run()
+    finally:
+        bus.close()
+    return code, read_events(run_dir.events), run_dir
+
+
+def scenario_config(tmp_path, name: str, overrides=()):
+    scenario = [f"{key}={_toml(value)}" for key, value in SCENARIOS[name].overrides.items()]
+    return make_config(tmp_path, [*scenario, f'run.output_dir="{tmp_path}"', f'run.name="{name}"', *overrides])
+
+
+class PersonAtTheKeys:
+    """Applies the first alert's suggested fix as the dashboard's key does: a restart in control.jsonl."""
+
+    def __init__(self):
+        self.control = None
+        self.applied: dict | None = None
+
+    def __call__(self, event: dict) -> None:
+        if event["type"] == "run_started":
+            self.control = os.path.join(event["run_dir"], "control.jsonl")
+        if event["type"] == "alert" and self.applied is None and event["suggestion"] != "none":
+            self.applied = event
+            send_command(self.control, "restart", reason=f"test: apply the suggested fix for {event['kind']}",
+                         **event["fix"])
+
+
+def of_type(events, kind, attempt=None):
+    return [e for e in events if e["type"] == kind and (attempt is None or e["attempt"] == attempt)]
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,97 @@
+"""Every fault scenario: the right alert, with the right fix, within 5 steps of the fault's onset; then the fix
+applied through control.jsonl (as the dashboard's key does) makes the run healthy.
+
+The default suite runs each scenario at batch size 4 and watches 30 steps after the fix; `make torture`
+(LORATUI_TORTURE=full) runs them as shipped and watches 100.
+"""
+
+import math
+
+import pytest
+
+from helpers import steps_of
+from loratui.scenarios import SCENARIOS, demo_config
+from test_monitor_support import FULL, PersonAtTheKeys, finite, of_type, scenario_config, train_monitored
+
+STEPS_AFTER_FIX = 100 if FULL else 30
+FAULTS = [name for name in SCENARIOS if name != "healthy"]
+
+
+def onset(name: str, steps: list[dict]) -> int:
+    """The step at which the fault shows, by the scenario's own mechanism (not by the detector)."""
+    if name in ("fp16-overflow", "nonfinite-data"):
+        return next(e["step"] for e in steps if not finite(e["loss"]))  # the first batch fp16 cannot hold
+    if name == "divergence":
+        # The loss turns around: the first step more than 25% above the lowest loss so far.
+        lowest = math.inf
+        for event in steps:
+            if event["loss"] > 1.25 * lowest:
+                return event["step"]
+            lowest = min(lowest, event["loss"])
+        raise AssertionError("the loss never turned around")
+    return 1  # underflow and stale updates come with the config: present from the first step
+
+
+def run_scenario(tmp_path, name):
+    overrides = ["checkpoint.every_steps=1000", "monitor.log_every=1000"]
+    if not FULL and name != "fp16-underflow":
+        overrides.append("train.batch_size=4")
+    person = PersonAtTheKeys()
+    # A fault in the first few steps restarts from the step-0 checkpoint; then STEPS_AFTER_FIX steps follow.
+    config = scenario_config(tmp_path, name, [*overrides, f"train.max_steps={STEPS_AFTER_FIX}"])
+    code, events, _ = train_monitored(config, on_event=person)
+    assert code == 0
+    return events, person.applied
+
+
+@pytest.mark.parametrize("name", FAULTS)
+def test_scenario_alert_and_fix(tmp_path, name):
+    scenario = SCENARIOS[name]
+    events, applied = run_scenario(tmp_path, name)
+    faulty = steps_of(events, attempt=0)
+    alerts = of_type(events, "alert", attempt=0)
+    assert alerts, f"{name}: no alert"
+    first = alerts[0]
+    assert (first["kind"], first["suggestion"]) == (scenario.alert, scenario.fix), first
+    assert first["step"] <= onset(name, faulty) + 5, (first["step"], onset(name, faulty))
+    assert first["message"] and first["explanation"] and first["evidence"] and first["severity"] in ("warning",
+                                                                                                       "critical")
+    assert applied is first
+
+    restart = of_type(events, "restart")
+    assert len(restart) == 1
+    for key, value in first["fix"].items():
+        assert restart[0][key] == value
+    fixed = steps_of(events, attempt=1)
+    assert fixed[-1]["step"] == STEPS_AFTER_FIX and len(fixed) >= STEPS_AFTER_FIX - restart[0]["from_step"]
+    assert of_type(events, "alert", attempt=1) == [], "a new alert after the fix"
+    losses = [e["loss"] for e in fixed]
+    assert all(map(finite, losses))
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10, "the loss does not fall after the fix"
+
+
+def test_overflow_names_the_module_and_the_number(tmp_path):
+    config = scenario_config(tmp_path, "fp16-overflow", ["train.max_steps=1", "train.batch_size=2"])
+    _, events, _ = train_monitored(config)
+    alert = of_type(events, "alert")[0]
+    assert alert["evidence"]["module"] == "model.layers.1.mlp.down_proj" and alert["evidence"]["where"] == "input"
+    assert alert["evidence"]["value"] > 1e6 and alert["fix"] == {"precision": "bf16"}
+    assert "fp16 tops out at 65504 and model.layers.1.mlp.down_proj received" in alert["explanation"]
+
+
+def test_nonfinite_data_names_the_rows(tmp_path):
+    config = scenario_config(tmp_path, "nonfinite-data", ["train.max_steps=12", "train.batch_size=4"])
+    _, events, _ = train_monitored(config)
+    alert = of_type(events, "alert")[0]
+    rows = alert["evidence"]["rows_detail"]
+    assert alert["kind"] == "nonfinite_loss" and 0 < alert["evidence"]["failing_rows"] < alert["evidence"]["rows"]
+    assert all("â€™" in row["text"] and finite(row["fp32_loss"]) and row["run_loss"] == "nan" for row in rows)
+    assert alert["evidence"]["module"] == "model.layers.1.mlp.down_proj"
+
+
+def test_demo_scenarios_are_complete():
+    for name, scenario in SCENARIOS.items():
+        config = demo_config(name, [])
+        assert scenario.description
+        assert (scenario.alert is None) == (name == "healthy")
+        assert config.run.name.startswith(f"demo-{name}")
