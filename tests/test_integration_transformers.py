@@ -212,7 +212,8 @@ trainer = Trainer(model=model, args=args, train_dataset=dataset,
                   callbacks=[LoraTuiCallback(run_dir), StopAtStep3()])
 trainer.train()
 logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-print("rank", os.environ["RANK"], "stopped at", trainer.state.global_step, "logged", json.dumps(logged))
+with open(os.path.join(output_dir, "rank" + os.environ["RANK"] + ".json"), "w") as file:
+    json.dump({{"stopped_at": trainer.state.global_step, "logged": logged}}, file)
 """
 
 
@@ -225,9 +226,9 @@ def test_two_ranks_one_log_and_the_stop_reaches_both(tmp_path):
     result = subprocess.run(LAUNCH + [str(script), str(run_dir.root), str(tmp_path / "out")], capture_output=True,
                             text=True, env=ENV, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
-    assert [line.split(" logged ")[0] for line in lines] == ["rank 0 stopped at 3", "rank 1 stopped at 3"]
-    logged = json.loads(lines[0].split(" logged ")[1])
+    ranks = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["stopped_at"] for r in ranks] == [3, 3]
+    logged = ranks[0]["logged"]
     events = read_events(run_dir.events)
     assert [e["type"] for e in events if e["type"] == "run_started"] == ["run_started"]
     assert events[0]["world_size"] == 2
