@@ -112,9 +112,6 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
     current: list[TrialRecord] = []
     bus.add_sink(CallbackSink(lambda event: current[0].events.append(event) if current else None))
     trainer = Trainer(trial_cfg, workspace, bus, monitor=build_monitor(trial_cfg, bus))
-    # The caller's RNG stream goes on as if no trial had run: a run that was advised trains
-    # exactly like one given the chosen precision.
-    caller_rng = trainer.rng_state()
     # Signals stop a trial at its next step boundary like a training run (StopTraining), and
     # the caller's own handlers come back afterwards. The trainer's cleanup() is not called:
     # it would end the process's accelerate state, which the caller may still be using.
@@ -143,7 +140,6 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
         current.clear()
         trainer.signals.uninstall()
         bus.close()
-        trainer.set_rng_state(caller_rng)
 
 
 def _switch(trainer, plan: TrialPlan, start) -> None:
