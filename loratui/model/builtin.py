@@ -66,9 +66,14 @@ def builtin_model_dir(name: str, progress: Progress | None = None) -> Path:
     """The directory of a built-in model, building it on first use (cached by content)."""
     variant = name.removeprefix("builtin:")
     target = cache_root() / "models" / f"{variant}-{_fingerprint(variant)}"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+    if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        # Not written by us (we only ever rename a finished build into place): a copy
+        # interrupted by hand, say. Move it aside so the rename below can succeed.
+        shutil.rmtree(target.rename(target.with_name(f".broken-{target.name}-{os.getpid()}")),
+                      ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=target.parent))
     try:
         build_tiny_llama(staging, outliers=variant == "tiny-llama-outliers",
@@ -76,11 +81,15 @@ def builtin_model_dir(name: str, progress: Progress | None = None) -> Path:
         try:
             os.rename(staging, target)  # atomic: a concurrent builder's result is as good as ours
         except OSError:
-            if not (target / "config.json").is_file():
+            if not _is_complete(target):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _is_complete(model_dir: Path) -> bool:
+    return all((model_dir / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
 def build_tiny_llama(out_dir: Path, *, outliers: bool = False, token_outliers: bool = False,
