@@ -96,8 +96,10 @@ def build_tiny_llama(out_dir: Path, *, outliers: bool = False, token_outliers: b
                      seed: int = BUILTIN_SEED, progress: Progress | None = None) -> None:
     """Train the tokenizer, initialise the model from `seed`, save both to `out_dir`."""
     import torch
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()  # progress is reported through `progress`
     report = progress or (lambda name, done, total: None)
     report("building_tokenizer", 0, 1)
     tokenizer = train_tokenizer()
