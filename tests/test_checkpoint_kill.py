@@ -84,7 +84,7 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint_and_one_alwa
     try:
         previous = 0  # the newest complete checkpoint
         for number in range(rounds):
-            run = HeadlessRun(config_path, resume=number > 0, env={"LORATUI_TEST_SLOW_CHECKPOINT": "0.15"})
+            run = HeadlessRun(config_path, resume=number > 0, env={"LORATUI_TEST_SLOW_CHECKPOINT": "0.3"})
             try:
                 # One save completes (retention deletes `previous`); the kill lands inside the next.
                 run.wait_for(lambda: any(step > previous + 3 for step in saves_in_progress(run.checkpoints)),
@@ -93,7 +93,7 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint_and_one_alwa
             finally:
                 run.kill()
             if number:
-                started = next(e for e in run.seen if e["type"] == "run_started")
+                started = next(e for e in run.all_events() if e["type"] == "run_started")
                 assert started["resumed_from"] == str(checkpoints / ckpt.checkpoint_name(previous))
             cut = [p.name for p in partial_dirs(checkpoints)]
             assert cut == [f"{ckpt.PARTIAL_PREFIX}{ckpt.checkpoint_name(previous + 6)}"], cut
@@ -109,6 +109,8 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint_and_one_alwa
     assert started["resumed_from"] == str(checkpoints / ckpt.checkpoint_name(previous))
     assert not partial_dirs(checkpoints)
     assert complete_steps(checkpoints) == [3 * rounds + 10]
+    print(f"{rounds} kill(s) inside a save survived; the watcher polled {watcher.polls} times, saw "
+          f"{len(watcher.states)} sets of complete checkpoints and {len(watcher.gaps)} moments without one")
     assert not watcher.gaps, f"moments with no complete checkpoint: {watcher.gaps[:5]}"
     # The watcher really watched the saves: it saw each retention step, old and new side by side or in turn.
     assert len(watcher.states) >= 3 and watcher.polls > 100, (watcher.polls, watcher.states)

@@ -196,16 +196,26 @@ def partial_dirs(checkpoints: Path) -> list[Path]:
         return []
 
 
-def saves_in_progress(checkpoints: Path) -> dict[int, Path]:
+def identity(path: Path) -> tuple[int, int]:
+    """Tells a directory from a later one of the same name (an inode number alone can be reused)."""
+    status = path.stat()
+    return status.st_ino, status.st_ctime_ns
+
+
+def saves_in_progress(checkpoints: Path, left_by_a_kill: set = frozenset()) -> dict[int, Path]:
     """Step -> hidden directory of each checkpoint being written and already into its commit.
 
     trainer_state.json is the first file the commit writes, before the (slowed) checksums.
+    left_by_a_kill: identities of half-written saves an earlier, killed run left (not in progress).
     """
     found = {}
     for path in partial_dirs(checkpoints):
         step = path.name.removeprefix(ckpt.PARTIAL_PREFIX).removeprefix("step-")
-        if step.isdigit() and (path / ckpt.STATE).exists():
-            found[int(step)] = path
+        try:
+            if step.isdigit() and (path / ckpt.STATE).exists() and identity(path) not in left_by_a_kill:
+                found[int(step)] = path
+        except FileNotFoundError:
+            continue  # cleaned up or renamed into place while we looked
     return found
 
 

@@ -27,6 +27,7 @@ from loratui.train import checkpoint as ckpt
 from test_reliability_support import (
     HeadlessRun,
     complete_steps,
+    identity,
     partial_dirs,
     saves_in_progress,
     seeded_random,
@@ -47,10 +48,10 @@ def kill_plan(rng, kills: int) -> list[str]:
 
 
 def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, max_steps: int,
-                            left_before: set[int]) -> str:
+                            left_before: set) -> str:
     """Wait for a moment of the given kind, SIGKILL the run there; returns where it landed.
 
-    left_before: inodes of the half-written saves an earlier kill left (not this run's).
+    left_before: identities of the half-written saves an earlier kill left (not this run's).
     """
     if kind == "startup":
         deadline = time.monotonic() + rng.uniform(0.2, 6.0)
@@ -60,7 +61,7 @@ def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, m
         run.wait_for_step(min(resumed_at + rng.randint(1, 2 * EVERY_STEPS), max_steps - 1))
         time.sleep(rng.uniform(0, 0.1))  # anywhere within the next step or the save after it
     else:
-        run.wait_for(lambda: any(step > resumed_at for step in saves_in_progress(run.checkpoints)),
+        run.wait_for(lambda: any(step > resumed_at for step in saves_in_progress(run.checkpoints, left_before)),
                      "a checkpoint save", poll_s=0.002)
         time.sleep(rng.uniform(0, 1.0))  # the slowed commit takes about 0.7 s, then rename and retention
     run.new_events()
@@ -69,7 +70,7 @@ def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, m
     assert run.process.returncode == -signal.SIGKILL, f"the run had already ended: {run.output()[-2000:]}"
     # Read after the kill, when nothing moves: a save still hidden was cut before its rename.
     cut = [p.name.removeprefix(ckpt.PARTIAL_PREFIX) for p in partial_dirs(run.checkpoints)
-           if p.stat().st_ino not in left_before]
+           if identity(p) not in left_before]
     return f"{kind}: " + (f"after step {steps[-1]}" if steps else "before the first step") \
         + (f", inside the save of {', '.join(cut)}" if cut else "")
 
@@ -91,7 +92,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         # None until the first checkpoint: a run killed before it resumes from step 0.
         newest = next(iter(complete_steps(checkpoints)), None)
         env = {"LORATUI_TEST_SLOW_CHECKPOINT": "0.1"} if kind == "save" else {}
-        left_before = {p.stat().st_ino for p in partial_dirs(checkpoints)}
+        left_before = {identity(p) for p in partial_dirs(checkpoints)}
         run = HeadlessRun(config_path, resume=number > 0, env=env)
         try:
             landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps, left_before))
