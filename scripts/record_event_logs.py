@@ -12,7 +12,7 @@ recorded.
 Recordings:
   healthy_fp16   `loratui demo` in fp16: 60 steps, checkpoints every 20
   restart_bf16   the same run; at step 32 a restart command switches to bf16 from step 20
-  fp16_overflow  `loratui demo --scenario fp16-overflow` (skipped until that scenario exists)
+  fp16_overflow  `loratui demo --scenario fp16-overflow`: 60 steps of overflowing fp16, the monitor's alerts
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def record_fp16_overflow(work: Path) -> Path | None:
     if "fp16-overflow" not in SCENARIOS:
         print("fp16_overflow: skipped, `loratui demo --scenario fp16-overflow` does not exist yet")
         return None
-    return run_demo(work, "ui-fp16-overflow", ["monitor.log_every=10"], scenario="fp16-overflow")
+    return run_demo(work, "ui-fp16-overflow", COMMON, scenario="fp16-overflow")
 
 
 RECORDINGS = {"healthy_fp16": record_healthy_fp16, "restart_bf16": record_restart_bf16,

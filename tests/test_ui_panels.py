@@ -48,7 +48,8 @@ async def test_health_checks_one_row_each_with_status_figure_and_reason(tmp_path
             "underflow": {"status": "ok", "value": 0.002, "summary": "0.2% of gradients flush to zero"},
             "stale_update": {"status": "alert", "value": 0.62, "summary": "62% of adapter weights unchanged"},
             "loss_trend": {"status": "n/a", "value": None, "summary": "too few steps"}}})
-        await wait_for(pilot, lambda: app.view.health, "the health event")
+        await wait_for(pilot, lambda: app.view.health.get("stale_update", {}).get("status") == "alert",
+                       "the health event")
         await pilot.pause()
         shown = screen_text(app)
         for row in ("fp16 headroom", "! WARN", "3.1", "largest activation", "underflow", "✓ OK",

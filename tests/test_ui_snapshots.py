@@ -30,3 +30,9 @@ def test_live_fp16_run(snap_compare, tmp_path, size):
 def test_finished_run_after_a_switch_to_bf16(snap_compare, tmp_path, size):
     app = DashboardApp(recorded_run("restart_bf16", tmp_path))
     assert snap_compare(app, terminal_size=size, run_before=lambda pilot: caught_up(app, pilot))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_fp16_overflow_with_its_alert(snap_compare, tmp_path, size):
+    app = DashboardApp(recorded_run("fp16_overflow", tmp_path))
+    assert snap_compare(app, terminal_size=size, run_before=lambda pilot: caught_up(app, pilot))

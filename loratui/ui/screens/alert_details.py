@@ -69,7 +69,8 @@ class AlertDetails(Dialog):
 
     def _fix_text(self) -> Text:
         suggestion = self.alert.get("suggestion") or "none"
-        text = Text("Fix\n", style="bold underline")
+        text = Text()
+        text.append("Fix\n", style="bold underline")
         if self.fix_key is None:
             text.append("No automatic fix: read the evidence above.", style="")
             return text

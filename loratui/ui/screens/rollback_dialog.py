@@ -94,10 +94,13 @@ def health_summary(health) -> tuple[str, str]:
     """The worst status in a checkpoint's stored health, and the checks that were not ok.
 
     The monitor owns the shape; this reads the common ones: {name: {status: ...}},
-    {name: status}, or {"checks": {...}}.
+    {name: status}, or {"checks": {...}, "open_alerts": [...]}.
     """
     if not isinstance(health, dict) or not health:
         return "no probe", ""
+    open_alerts = [str(kind) for kind in health.get("open_alerts") or []]
+    if open_alerts:
+        return "alert", "open: " + ", ".join(open_alerts)
     checks = health.get("checks", health)
     statuses = {}
     for name, check in checks.items() if isinstance(checks, dict) else ():

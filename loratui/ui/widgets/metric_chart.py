@@ -78,8 +78,18 @@ class MetricChart(PlotextPlot):
                   for series in data.series]
         finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
         finite = [values for values in finite if values.size]
+        first = min(int(series.steps[0]) for series in data.series)
+        end = max(max(int(series.steps[-1]) + data.width for series in data.series), data.max_steps or 0)
+        plt.xlim(first, end)
+        plt.xticks(*_step_ticks(first, end))
         if not finite:
-            plt.title(f"{title} · no finite values yet")
+            # Every value so far is nan/inf: nothing to draw a line through, so mark where they were.
+            plt.title(f"{self.metric.replace('_', ' ')}: all nan/inf")
+            for _series, steps, _low, _high, marks in merged:
+                if marks.any():
+                    plt.scatter(steps[marks].tolist(), [0.5] * int(marks.sum()), marker="x", color=MARK)
+            plt.ylim(0, 1)
+            plt.yticks([], [])
             return
         bottom, top = float(min(v.min() for v in finite)), float(max(v.max() for v in finite))
         pad = (top - bottom) * 0.06 or 0.5
@@ -98,14 +108,10 @@ class MetricChart(PlotextPlot):
                 at = np.where(np.isfinite(low[marks]), low[marks], top) if self.metric == "scale" else \
                     np.full(int(marks.sum()), top - pad / 2)
                 plt.scatter(steps[marks].tolist(), at.tolist(), marker="x", color=MARK)
-        first = min(int(s.steps[0]) for s in data.series)
-        end = max(max(int(s.steps[-1]) + data.width for s in data.series), data.max_steps or 0)
         for mark in data.restarts:
             if first <= mark.from_step <= end:
                 plt.vline(mark.from_step, color=RESTART)
-        plt.xlim(first, end)
         plt.ylim(bottom, top)
-        plt.xticks(*_step_ticks(first, end))
         plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
 
