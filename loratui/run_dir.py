@@ -85,8 +85,8 @@ def prepare_run_dir(config, *, resume: bool, config_text: str) -> RunDir:
     if run_dir.exists() and not resume:
         raise UserInputError(Problem(
             str(run_dir.root),
-            f"run directory already exists; continue it with --resume, or choose another name "
-            f"(--set run.name=...)"))
+            "run directory already exists; continue it with --resume, or choose another name "
+            "(--set run.name=...)"))
     if resume and not run_dir.exists():
         raise UserInputError(Problem(str(run_dir.root), "nothing to resume: the run directory does not exist "
                                      "(drop --resume to start a new run)"))
