@@ -133,6 +133,23 @@ def test_a_signal_while_loading_stops_before_training_and_resume_starts_from_ste
     assert [e["step"] for e in steps_of(events, 1)] == [1, 2, 3]
 
 
+def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path):
+    """nohup ignores SIGHUP so that logging out leaves the job running; loratui must not undo that."""
+    config = write_run_config(tmp_path)
+    run = HeadlessRun(config, args=["nohup", sys.executable, "-m", "loratui", "run", str(config), "--headless"])
+    try:
+        run.wait_for_step(2)
+        run.send(signal.SIGHUP)
+        hung_up_at = max(e["step"] for e in run.seen if e["type"] == "step")
+        run.wait_for_step(hung_up_at + 3)
+        run.send(signal.SIGTERM)
+        code = run.finish(timeout=HANG_LIMIT_S)
+    finally:
+        run.kill()
+    assert code == 143
+    assert [e["reason"] for e in run.all_events() if e["type"] == "run_finished"] == ["stopped by SIGTERM"]
+
+
 TWO_PROCESS_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                       "--main_process_port", "0"]

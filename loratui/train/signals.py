@@ -4,7 +4,8 @@ The handler only records the signal; the training loop notices it between
 steps, saves a checkpoint, writes `run_finished` and exits 128 + signal
 number (130, 143, 129). A second SIGINT means "now": the process exits at
 once, which is safe because checkpoints are renamed into place only when
-complete.
+complete. A signal the parent set to be ignored stays ignored: under `nohup`
+a closed terminal's SIGHUP must not stop the run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class SignalWatcher:
 
     def install(self) -> None:
         for signum in EXIT_CODES:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # ignored on purpose by whoever started us (nohup, a shell's background job)
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def uninstall(self) -> None:
