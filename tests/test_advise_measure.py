@@ -220,6 +220,8 @@ def test_stale_pure_bf16_adapters_are_rejected_and_the_base_model_is_reused(tmp_
     # The bf16 base stayed loaded for the pure-bf16 trial; fp16 and fp32 each loaded theirs.
     switches, loaded = [], False
     for event in read_events(root / "advise" / "events.jsonl"):
+        if event["type"] == "step":
+            loaded = False  # what counts is a load between a trial's last step and the next restart
         if event["type"] == "phase" and event["name"] == "loading_model" and event["done"] == 2:
             loaded = True
         if event["type"] == "restart":
@@ -227,3 +229,31 @@ def test_stale_pure_bf16_adapters_are_rejected_and_the_base_model_is_reused(tmp_
             loaded = False
     assert switches == [("advise: bf16-pure trial", False), ("advise: fp16 trial", True),
                         ("advise: fp32 trial", True)]
+
+
+def test_a_precision_this_machine_cannot_run_is_reported_and_not_run(tmp_path, capsys):
+    import dataclasses
+    import sys
+
+    from helpers import make_config
+    from loratui.advise.advisor import advise
+    from loratui.advise.cli import ConsoleProgress
+    from loratui.hardware import detect
+
+    config = make_config(tmp_path, ["train.batch_size=2"])
+    here = detect()
+    # This machine as a device without half precision would be: only fp32 can run.
+    no_half = dataclasses.replace(here, support={**here.support, "bf16": "unsupported", "fp16": "unsupported"},
+                                  notes={"bf16": "no bf16 on this device", "fp16": "no fp16 on this device"})
+    advice = advise(config, tmp_path / "run", no_half, 2, ConsoleProgress(sys.stderr))
+    progress = capsys.readouterr().err
+    assert "advise: bf16: not supported on this machine (no bf16 on this device); not measured" in progress
+    assert "trial 1 of 1 (fp32): step 2/2" in progress
+    assert advice["recommendation"] == "fp32" and advice["trials"]["fp32"]["verdict"] == "healthy"
+    assert "not fp16: not supported on this machine: no fp16 on this device" in advice["reasons"]
+    fields = documented_fields()["trials.NAME"]
+    for name in ("bf16", "fp16"):
+        trial = advice["trials"][name]
+        assert (trial["verdict"], trial["attempt"], trial["steps_done"], trial["tokens_per_s"]) == (
+            "unsupported", None, 0, None)
+        assert all(conforms(trial[key], documented) for key, documented in fields.items())

@@ -101,7 +101,7 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
     healthy = [r for r in records if verdicts[r.plan.name].status == HEALTHY
                and figures[r.plan.name].tokens_per_s is not None]
     rejections = [f"not {name}: {reason}" for name, verdict in verdicts.items()
-                  if verdict.status in (REJECTED, FAILED) for reason in verdict.reasons]
+                  if verdict.status != HEALTHY for reason in verdict.reasons]
     prior_trial = _prior_trial(records, prior)
     if not healthy:
         return _nothing_healthy(by_name, figures, rejections)
@@ -121,9 +121,10 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
                f"fastest ({fastest.plan.name}): {speed(winner):.0f} against {speed(fastest):.0f} tokens/s"]
     if prior_trial is not None and prior_trial is not winner:
         status = verdicts[prior_trial.plan.name].status
-        reasons.append(f"the hardware rule alone would pick {prior_trial.plan.name} ({prior_why}); "
-                       + (f"measured on this machine, {winner.plan.name} is {speed(winner) / speed(prior_trial):.1f}x "
-                          f"as fast" if status == HEALTHY else f"measured, it was {status}"))
+        outcome = (f"measured on this machine, {winner.plan.name} is {speed(winner) / speed(prior_trial):.1f}x as fast"
+                   if status == HEALTHY else "it cannot run here" if status == UNSUPPORTED_HERE
+                   else f"measured, it was {status} (see below)")
+        reasons.append(f"the hardware rule alone would pick {prior_trial.plan.name} ({prior_why}); {outcome}")
     if winner.support == EMULATED:
         reasons.append(f"{winner.plan.precision} is emulated on this machine ({winner.support_note})")
     return Recommendation(winner.plan.name, winner.plan.precision, winner.plan.adapter_dtype, reasons + rejections)
