@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loratui.config import load_config, render_toml  # noqa: E402
+from loratui.config.schema import MonitorSection  # noqa: E402
 from loratui.events.bus import EventBus  # noqa: E402
 from loratui.events.jsonl import JsonlSink, read_events  # noqa: E402
 from loratui.monitor import build_monitor  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
                 print(f"{precision} run {run + 1}/{args.runs}: plain {plain[-1] * 1000:.1f} ms/step, monitored "
                       f"{monitored[-1] * 1000:.1f} ms/step ({time.perf_counter() - started:.0f} s)", flush=True)
             rows.append((precision, statistics.median(plain), statistics.median(monitored)))
-    print(f"\nprobe overhead at defaults (probe_every 50), batch {args.batch_size}, {args.steps} steps, "
+    print(f"\nprobe overhead at defaults (probe_every {MonitorSection().probe_every}), batch {args.batch_size}, {args.steps} steps, "
           f"first {args.warmup} excluded, median of {args.runs} runs")
     print(f"{'precision':<10}{'plain ms/step':>15}{'monitored ms/step':>20}{'ratio':>8}")
     for precision, plain, monitored in rows:
