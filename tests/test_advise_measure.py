@@ -9,7 +9,6 @@ import json
 import math
 import re
 import statistics
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -257,3 +256,19 @@ def test_a_precision_this_machine_cannot_run_is_reported_and_not_run(tmp_path, c
         assert (trial["verdict"], trial["attempt"], trial["steps_done"], trial["tokens_per_s"]) == (
             "unsupported", None, 0, None)
         assert all(conforms(trial[key], documented) for key, documented in fields.items())
+
+
+def test_a_trial_that_fails_is_recorded_and_the_next_one_still_runs(tmp_path):
+    # A step that raises (here injected at step 2; out of memory in real life) ends that trial only.
+    (tmp_path / "config.toml").write_text(FAST)
+    result = loratui_cli("advise", "config.toml", "--steps", "3", "--json", cwd=tmp_path,
+                         env={"LORATUI_TEST_FAIL_AT_STEP": "2"})
+    assert result.returncode == 0, result.stderr
+    advice = json.loads(result.stdout)
+    for name, trial in advice["trials"].items():
+        assert (trial["verdict"], trial["steps_done"]) == ("failed", 1)
+        assert trial["error"] == "InjectedFault: injected failure in training step 2 (LORATUI_TEST_FAIL_AT_STEP)"
+        assert f"advise: {name}: stopped at step 1: InjectedFault" in result.stderr
+        assert f"not {name}: stopped at step 1 of 3: InjectedFault" in " ".join(advice["reasons"])
+    assert advice["recommendation"] == "fp32"
+    assert advice["reasons"][0] == "no precision trained cleanly here; fp32 is the safest to start from"

@@ -15,14 +15,12 @@ from pathlib import Path
 
 from loratui.advise.decide import judge, recommend
 from loratui.advise.figures import trial_figures
-from loratui.advise.report import build_advice, write_advice
+from loratui.advise.report import WORKSPACE, build_advice, write_advice
 from loratui.advise.trials import Progress, run_trials
 from loratui.hardware import Capabilities, resolve_precision
 from loratui.run_dir import PRIVATE_DIR, RunDir
 
 DEFAULT_STEPS = 30
-ADVICE = "advice.json"
-WORKSPACE = "advise"
 
 
 def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progress: Progress) -> dict:
@@ -43,7 +41,7 @@ def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progr
     prior_why = capabilities.notes.get(prior) or f"{prior} is {capabilities.support.get(prior)} here"
     choice = recommend(records, figures, verdicts, prior, prior_why)
     advice = build_advice(config, records, figures, verdicts, choice, capabilities, prior, prior_why, steps)
-    write_advice(run_root / ADVICE, advice)
+    write_advice(RunDir(run_root).advice, advice)
     return advice
 
 

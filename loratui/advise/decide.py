@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from loratui.advise.figures import TrialFigures
 from loratui.advise.trials import TrialRecord
 from loratui.hardware import EMULATED, UNSUPPORTED
+from loratui.monitor.activations import FP16_MAX
 
 HEALTHY, REJECTED, UNSUPPORTED_HERE, FAILED = "healthy", "rejected", "unsupported", "failed"
 SPEED_TOLERANCE = 0.10
-FP16_MAX = 65504.0
 
 
 @dataclass

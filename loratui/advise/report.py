@@ -24,7 +24,8 @@ from loratui.events.encode import decode_event, encode_event
 from loratui.hardware import Capabilities
 
 FORMAT = 1
-TRIALS_EVENTS = "advise/events.jsonl"  # relative to the run directory
+WORKSPACE = "advise"  # the trials' directory inside the run directory
+TRIALS_EVENTS = f"{WORKSPACE}/events.jsonl"
 # The figures first, in the order the dialog shows them; then how the trial ran.
 LEADING_FIGURES = ("tokens_per_s", "final_loss", "fp16_headroom", "fidelity_cosine", "skipped_after_calibration",
                    "final_scale", "underflow_share", "stale_share")

@@ -131,7 +131,7 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
             try:
                 _train(trainer, record, index, len(records), steps, progress)
             except RuntimeError as exc:  # out of memory, or an op this dtype lacks here
-                record.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+                record.error = _first_line(exc)
                 progress.note(f"{record.plan.name}: stopped at step {trainer.step}: {record.error}")
                 trainer.base_dtype_name = None  # the next trial starts from a freshly loaded model
             record.seconds = round(time.perf_counter() - started, 3)
@@ -164,3 +164,8 @@ def _train(trainer, record: TrialRecord, index: int, count: int, steps: int, pro
         trainer.publish_step(figures)
         trainer.monitor.after_step(trainer, figures)
         progress.trial_step(record.plan, index, count, trainer.step, steps)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
