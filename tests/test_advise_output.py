@@ -29,9 +29,9 @@ def test_progress_rewrites_one_line_per_trial_on_a_terminal():
 def test_progress_prints_whole_lines_without_a_terminal():
     stream = io.StringIO()
     progress = ConsoleProgress(stream)
-    for step in range(1, 31):
+    for step in range(0, 31):
         progress.trial_step(BF16, 0, 1, step, 30)
-    assert stream.getvalue().splitlines() == [f"advise: trial 1 of 1 (bf16): step {s}/30" for s in (1, 10, 20, 30)]
+    assert stream.getvalue().splitlines() == [f"advise: trial 1 of 1 (bf16): step {s}/30" for s in (0, 10, 20, 30)]
 
 
 def test_plain_table_marks_unsupported_trials_and_names_the_adapter_dtype(tmp_path):

@@ -1,7 +1,8 @@
 """`loratui advise CONFIG [--steps N] [--json] [--set K=V]`: measure, then print the table or the JSON.
 
-Progress goes to stderr (one line per trial step on a terminal, rewritten in
-place; a line every ten steps otherwise), so `--json` keeps stdout to the JSON.
+Progress goes to stderr (on a terminal one line per trial, rewritten at each
+step; otherwise a line when a trial begins, every ten steps and at its end),
+so `--json` keeps stdout to the JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ConsoleProgress:
         if self.in_place:
             self.stream.write("\r" + line + ("\n" if step == steps else ""))
             self._open_line = step != steps
-        elif step in (1, steps) or step % LINE_EVERY == 0:
+        elif step % LINE_EVERY == 0 or step == steps:
             self.stream.write(line + "\n")
         self.stream.flush()
 

@@ -90,23 +90,24 @@ def plain_text(advice: dict, run_root: Path) -> str:
 def print_rich(advice: dict, run_root: Path, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     names, rows = table_cells(advice)
     recommended = advice.get("recommended_trial")
-    table = Table(title=f"loratui advise: {advice['steps']} steps per trial on {advice['machine']['device_name']}",
-                  title_justify="left")
+    # Text objects throughout: module names and notes are shown as they are, never read as markup.
+    table = Table(title=Text(f"loratui advise: {advice['steps']} steps per trial on "
+                             f"{advice['machine']['device_name']}"), title_justify="left")
     table.add_column("")
     for name in names:
-        table.add_column(name + (" *" if name == recommended else ""), justify="right",
+        table.add_column(Text(name + (" *" if name == recommended else "")), justify="right",
                          style="bold" if name == recommended else None)
     styles = {"healthy": "green", "rejected": "red", "failed": "red", "unsupported": "dim"}
-    for row in rows:
-        if row[0] == "verdict":
-            row = [row[0]] + [f"[{styles.get(cell, '')}]{cell}[/]" if styles.get(cell) else cell for cell in row[1:]]
-        table.add_row(*row)
+    for label, *cells in rows:
+        table.add_row(Text(label), *[Text(cell, style=styles.get(cell, "") if label == "verdict" else "")
+                                     for cell in cells])
     console.print(table)
-    lines = summary_lines(advice, run_root)
-    console.print(f"[bold]{lines[0]}[/bold]", highlight=False)
-    for line in lines[1:]:
-        console.print(line, highlight=False, markup=False)
+    first, *rest = summary_lines(advice, run_root)
+    console.print(Text(first, style="bold"))
+    for line in rest:
+        console.print(Text(line))

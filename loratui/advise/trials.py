@@ -157,6 +157,7 @@ def _switch(trainer, plan: TrialPlan, start) -> None:
 
 def _train(trainer, record: TrialRecord, index: int, count: int, steps: int, progress: Progress) -> None:
     """`steps` optimizer steps as Trainer.fit takes them, without its checkpoints."""
+    progress.trial_step(record.plan, index, count, 0, steps)  # begun: the model is loaded
     for _ in range(steps):
         trainer.at_step_boundary()
         figures = trainer.train_step()
