@@ -73,8 +73,8 @@ def main() -> None:
                 print(f"{precision} run {run + 1}/{args.runs}: plain {plain[-1] * 1000:.1f} ms/step, monitored "
                       f"{monitored[-1] * 1000:.1f} ms/step ({time.perf_counter() - started:.0f} s)", flush=True)
             rows.append((precision, statistics.median(plain), statistics.median(monitored)))
-    print(f"\nprobe overhead at defaults (probe_every {MonitorSection().probe_every}), batch {args.batch_size}, {args.steps} steps, "
-          f"first {args.warmup} excluded, median of {args.runs} runs")
+    print(f"\nprobe overhead at defaults (probe_every {MonitorSection().probe_every}), batch {args.batch_size}, "
+          f"{args.steps} steps, first {args.warmup} excluded, median of {args.runs} runs")
     print(f"{'precision':<10}{'plain ms/step':>15}{'monitored ms/step':>20}{'ratio':>8}")
     for precision, plain, monitored in rows:
         print(f"{precision:<10}{plain * 1000:>15.1f}{monitored * 1000:>20.1f}{monitored / plain:>8.3f}")

@@ -99,7 +99,8 @@ def test_skips_while_the_scale_calibrates_are_not_overflow():
     for step in range(11, 15):
         assert not watch.observe(step, 5.0, True, 8.0, 3).bad
     assert watch.observe(15, 5.0, True, 8.0, 3).bad  # five in a row after calibration
-    assert watch.observe(16, float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0  # a NaN loss: not a gradient overflow
+    # A NaN loss is the forward's fault, not a gradient overflow.
+    assert watch.observe(16, float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0
 
 
 def test_skip_rate_over_the_window():

@@ -5,11 +5,9 @@ The default suite runs each scenario at batch size 4 and watches 30 steps after 
 (LORATUI_TORTURE=full) runs them as shipped and watches 100.
 """
 
-import math
-
 import pytest
 
-from helpers import steps_of
+from helpers import loratui_cli, steps_of
 from loratui.scenarios import SCENARIOS, demo_config
 from test_monitor_support import FULL, PersonAtTheKeys, finite, of_type, scenario_config, train_monitored
 
@@ -57,6 +55,7 @@ def test_scenario_alert_and_fix(tmp_path, name):
     assert first["message"] and first["explanation"] and first["evidence"] and first["severity"] in ("warning",
                                                                                                        "critical")
     assert (applied["kind"], applied["step"]) == (first["kind"], first["step"])
+    check_evidence(name, first)
 
     restart = of_type(events, "restart")
     assert len(restart) == 1
@@ -70,23 +69,39 @@ def test_scenario_alert_and_fix(tmp_path, name):
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10, "the loss does not fall after the fix"
 
 
-def test_overflow_names_the_module_and_the_number(tmp_path):
-    config = scenario_config(tmp_path, "fp16-overflow", ["train.max_steps=1", "train.batch_size=2"])
-    _, events, _ = train_monitored(config)
-    alert = of_type(events, "alert")[0]
-    assert alert["evidence"]["module"] == "model.layers.1.mlp.down_proj" and alert["evidence"]["where"] == "input"
-    assert alert["evidence"]["value"] > 1e6 and alert["fix"] == {"precision": "bf16"}
-    assert "fp16 tops out at 65504 and model.layers.1.mlp.down_proj received" in alert["explanation"]
+def check_evidence(name: str, alert: dict) -> None:
+    """What each alert must show a person: the numbers and names behind it."""
+    evidence = alert["evidence"]
+    if name == "fp16-overflow":
+        assert (evidence["module"], evidence["where"]) == ("model.layers.1.mlp.down_proj", "input")
+        assert evidence["value"] > 1e6 and evidence["rows_over"] == evidence["rows"]
+        assert "fp16 tops out at 65504 and model.layers.1.mlp.down_proj received" in alert["explanation"]
+        assert alert["fix"] == {"precision": "bf16"}
+    if name == "nonfinite-data":
+        assert 0 < evidence["failing_rows"] < evidence["rows"]  # some rows, not the model: the data
+        assert evidence["module"] == "model.layers.1.mlp.down_proj"
+        for row in evidence["rows_detail"]:
+            assert "â€™" in row["text"] and row["run_loss"] == "nan" and finite(row["fp32_loss"])
+        assert alert["fix"] == {"precision": "bf16"}
+    if name == "fp16-underflow":
+        assert evidence["underflow_share"] > 0.05 and evidence["loss_scale"] is None
+        assert alert["fix"] == {"precision": "bf16"}
+    if name == "bf16-stale":
+        assert evidence["stale_share"] > 0.25 and evidence["adapter_dtype"] == "bfloat16"
+        assert evidence["mean_abs_update"] < evidence["resolution"]
+        assert alert["fix"] == {"precision": "fp32"}
+    if name == "divergence":
+        assert evidence["rise"] > 0.25 and evidence["lowest_at_step"] < alert["step"]
+        assert alert["fix"]["learning_rate"] == pytest.approx(0.003) and alert["fix"]["from_step"] == 0
 
 
-def test_nonfinite_data_names_the_rows(tmp_path):
-    config = scenario_config(tmp_path, "nonfinite-data", ["train.max_steps=12", "train.batch_size=4"])
-    _, events, _ = train_monitored(config)
-    alert = of_type(events, "alert")[0]
-    rows = alert["evidence"]["rows_detail"]
-    assert alert["kind"] == "nonfinite_loss" and 0 < alert["evidence"]["failing_rows"] < alert["evidence"]["rows"]
-    assert all("â€™" in row["text"] and finite(row["fp32_loss"]) and row["run_loss"] == "nan" for row in rows)
-    assert alert["evidence"]["module"] == "model.layers.1.mlp.down_proj"
+def test_the_demo_command_reports_the_scenarios_alert(tmp_path):
+    """`loratui demo --scenario ... --headless`: the real command line, its monitor and its console lines."""
+    result = loratui_cli("demo", "--scenario", "fp16-overflow", "--headless", "--set", "train.max_steps=2",
+                         "--set", "train.batch_size=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ALERT [critical] overflow at step 1: fp16 overflows: model.layers.1.mlp.down_proj received" in result.stdout
+    assert "(suggested fix: switch_precision)" in result.stdout
 
 
 def test_demo_scenarios_are_complete():

@@ -12,9 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-SEVERITIES = ("warning", "critical")
-SUGGESTIONS = ("switch_precision", "lower_lr", "rollback", "none")
-
 
 @dataclass
 class Alert:

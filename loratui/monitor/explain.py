@@ -153,8 +153,9 @@ def stale_update(trainer, step: int, stale, stale_max: float, lr: float) -> Aler
     message = (f"{stale.share:.0%} of adapter updates are lost to {stale.dtype} rounding: the weights did not "
                f"change")
     explanation = (f"{stale.dtype} keeps {bits} significant bits, so an update smaller than about "
-                   f"|w|*2^-{bits + 1} rounds away. The adapter's mean |w| is {stale.mean_abs_weight:.2g} (resolution about "
-                   f"{resolution:.2g}) but AdamW's mean update at lr {lr:.3g} is {stale.mean_abs_update:.2g}: "
+                   f"|w|*2^-{bits + 1} rounds away. The adapter's mean |w| is {stale.mean_abs_weight:.2g} "
+                   f"(resolution about {resolution:.2g}) but AdamW's mean update at lr {lr:.3g} is "
+                   f"{stale.mean_abs_update:.2g}: "
                    f"{stale.stale} of {stale.intended} weights the optimizer meant to move stayed where they were "
                    f"(most in {stale.worst_module}). Keep the adapter in fp32 (train.adapter_dtype = \"fp32\"): "
                    f"restarting in fp32 does that for this run.")

@@ -42,10 +42,6 @@ class GradientCapture:
             handle.remove()
         self._handles = []
 
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
 
 def rng_state() -> dict:
     import torch
