@@ -202,20 +202,16 @@ def identity(path: Path) -> tuple[int, int]:
     return status.st_ino, status.st_ctime_ns
 
 
-def saves_in_progress(checkpoints: Path, left_by_a_kill: set = frozenset()) -> dict[int, Path]:
+def saves_in_progress(checkpoints: Path) -> dict[int, Path]:
     """Step -> hidden directory of each checkpoint being written and already into its commit.
 
     trainer_state.json is the first file the commit writes, before the (slowed) checksums.
-    left_by_a_kill: identities of half-written saves an earlier, killed run left (not in progress).
     """
     found = {}
     for path in partial_dirs(checkpoints):
         step = path.name.removeprefix(ckpt.PARTIAL_PREFIX).removeprefix("step-")
-        try:
-            if step.isdigit() and (path / ckpt.STATE).exists() and identity(path) not in left_by_a_kill:
-                found[int(step)] = path
-        except FileNotFoundError:
-            continue  # cleaned up or renamed into place while we looked
+        if step.isdigit() and (path / ckpt.STATE).exists():
+            found[int(step)] = path
     return found
 
 

@@ -61,8 +61,13 @@ def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, m
         run.wait_for_step(min(resumed_at + rng.randint(1, 2 * EVERY_STEPS), max_steps - 1))
         time.sleep(rng.uniform(0, 0.1))  # anywhere within the next step or the save after it
     else:
-        run.wait_for(lambda: any(step > resumed_at for step in saves_in_progress(run.checkpoints, left_before)),
-                     "a checkpoint save", poll_s=0.002)
+        def saving() -> bool:
+            # After this run's first step: by then it has removed what an earlier kill left half-written.
+            run.new_events()
+            return any(e["type"] == "step" for e in run.seen) and \
+                any(step > resumed_at for step in saves_in_progress(run.checkpoints))
+
+        run.wait_for(saving, "a checkpoint save", poll_s=0.002)
         time.sleep(rng.uniform(0, 1.0))  # the slowed commit takes about 0.7 s, then rename and retention
     run.new_events()
     steps = [e["step"] for e in run.seen if e["type"] == "step"]
