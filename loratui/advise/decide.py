@@ -97,14 +97,13 @@ def _fp16_reasons(figures: TrialFigures, thresholds) -> list[str]:
 def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verdicts: dict[str, Verdict],
               prior: str, prior_why: str) -> Recommendation:
     """The fastest healthy trial, the hardware rule's choice where the two are within measurement noise."""
-    by_name = {r.plan.name: r for r in records}
     healthy = [r for r in records if verdicts[r.plan.name].status == HEALTHY
                and figures[r.plan.name].tokens_per_s is not None]
     rejections = [f"not {name}: {reason}" for name, verdict in verdicts.items()
                   if verdict.status != HEALTHY for reason in verdict.reasons]
     prior_trial = _prior_trial(records, prior)
     if not healthy:
-        return _nothing_healthy(by_name, figures, rejections)
+        return _nothing_healthy(figures, rejections)
 
     def speed(record: TrialRecord) -> float:
         return figures[record.plan.name].tokens_per_s
@@ -136,9 +135,8 @@ def _prior_trial(records: list[TrialRecord], prior: str) -> TrialRecord | None:
     return max(candidates, key=lambda r: r.plan.adapter_dtype == "bf16", default=None)
 
 
-def _nothing_healthy(by_name: dict, figures: dict, rejections: list[str]) -> Recommendation:
-    fp32 = by_name.get("fp32")
-    loss = figures["fp32"].final_loss if fp32 is not None else None
+def _nothing_healthy(figures: dict[str, TrialFigures], rejections: list[str]) -> Recommendation:
+    loss = figures["fp32"].final_loss if "fp32" in figures else None
     if loss is not None and not math.isfinite(loss):
         why = ("no precision trained cleanly, fp32 included: the fault is not the precision; check the data "
                "and the learning rate")

@@ -6,9 +6,9 @@ goes to the run's event bus as `phase` events (the dashboard and the console
 show them), the choice and its reasons as an `advice` event and a `notice`.
 
 An advice.json already in the run directory that was measured for this same
-config on this machine is used as it is: a resumed run keeps the precision it
-was advised (a second measurement could differ by timing noise), and
-`loratui advise` followed by `loratui run` measures once.
+config on this machine is used as it is: `loratui advise` followed by
+`loratui run` measures once, and a resume does not measure again (it goes on
+in its checkpoint's precision either way: Trainer.carry_over_precision).
 """
 
 from __future__ import annotations
