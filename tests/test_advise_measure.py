@@ -18,6 +18,7 @@ from loratui.advise.cli import advise_command
 from loratui.advise.render import plain_text, print_rich
 from loratui.events.encode import as_float
 from loratui.events.jsonl import read_events
+from loratui.scenarios import SCENARIOS
 
 FAST = "[run]\nname = \"advised\"\noutput_dir = \"runs\"\n[train]\nbatch_size = 2\n"
 
@@ -185,10 +186,15 @@ def test_tables_show_the_trials_figures(healthy):
 # ------------------------------------------------------------------ faults the advice must catch
 
 
+def scenario_overrides(name: str) -> list[str]:
+    """`loratui demo --scenario NAME`'s settings as --set overrides."""
+    return [f"{key}={json.dumps(value)}" for key, value in SCENARIOS[name].overrides.items()]
+
+
 def test_fp16_overflow_model_rejects_fp16_and_names_the_module(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.toml").write_text(FAST + '[model]\nname_or_path = "builtin:tiny-llama-outliers"\n')
-    assert advise_command("config.toml", [], steps=3, as_json=False) == 0
+    (tmp_path / "config.toml").write_text(FAST)
+    assert advise_command("config.toml", scenario_overrides("fp16-overflow"), steps=3, as_json=False) == 0
     printed = capsys.readouterr().out
     advice = json.loads((tmp_path / "runs" / "advised" / "advice.json").read_text())
     fp16 = advice["trials"]["fp16"]
@@ -205,9 +211,8 @@ def test_fp16_overflow_model_rejects_fp16_and_names_the_module(tmp_path, capsys,
 
 def test_stale_pure_bf16_adapters_are_rejected_and_the_base_model_is_reused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "config.toml").write_text(FAST + 'precision = "bf16"\nadapter_dtype = "bf16"\n'
-                                                 'learning_rate = 1e-5\nwarmup_steps = 0\n')
-    assert advise_command("config.toml", [], steps=3, as_json=True) == 0
+    (tmp_path / "config.toml").write_text(FAST)
+    assert advise_command("config.toml", scenario_overrides("bf16-stale"), steps=3, as_json=True) == 0
     root = tmp_path / "runs" / "advised"
     advice = json.loads((root / "advice.json").read_text())
     pure = advice["trials"]["bf16-pure"]
