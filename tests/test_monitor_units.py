@@ -133,6 +133,21 @@ def test_fp32_math_computes_half_precision_weights_in_fp32():
         assert not torch.isfinite(layer(x) * 100).all()
 
 
+def test_fp32_math_gradients_match_fp32_and_keep_weights_in_half_precision_for_backward():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 2)).to(torch.bfloat16)
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    x = torch.randn(4, 8, requires_grad=True)
+    with fp32_math() as math_mode:
+        loss = model(x).square().sum()
+        saved = math_mode.pack(math_mode.upcast(model[0].weight).t())  # what autograd keeps of a weight
+    assert saved[0] is model[0].weight  # the bf16 original, not an fp32 copy
+    (grad,) = torch.autograd.grad(loss, [x])
+    (expected,) = torch.autograd.grad(reference(x).square().sum(), [x])
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-6)
+
+
 class TwoStep(torch.nn.Module):
     """Like Llama's MLP: the big value is made between modules, so only `second`'s input shows it."""
 
