@@ -64,16 +64,16 @@ def noisy_falling_losses(steps, seed, start=6.0, end=2.0, noise=0.15):
 def test_no_spike_or_divergence_in_a_noisy_falling_loss(seed):
     spikes, trend = LossSpikes(sigma=6, window=50), LossTrend(window=5, rise=0.25)
     for step, loss in enumerate(noisy_falling_losses(300, seed), start=1):
-        for reading in (spikes.observe(step, loss), trend.observe(step, loss, 1e-3)):
+        for reading in (spikes.observe(loss), trend.observe(step, loss, 1e-3)):
             assert reading is None or not reading.bad, (step, reading)
 
 
 def test_a_spike_is_one_step_above_mean_plus_six_sigma():
     spikes = LossSpikes(sigma=6, window=50)
     losses = noisy_falling_losses(100, 1) + [15.0] + noisy_falling_losses(5, 2, start=2.5, end=2.5)
-    bad = [step for step, loss in enumerate(losses, start=1) if (r := spikes.observe(step, loss)) and r.bad]
+    bad = [step for step, loss in enumerate(losses, start=1) if (r := spikes.observe(loss)) and r.bad]
     assert bad == [101]
-    assert spikes.observe(107, float("nan")) is None  # non-finite losses are not spikes and not statistics
+    assert spikes.observe(float("nan")) is None  # non-finite losses are not spikes and not statistics
 
 
 def test_divergence_is_caught_within_a_few_steps_of_the_turn():
@@ -93,20 +93,20 @@ def test_divergence_is_caught_within_a_few_steps_of_the_turn():
 def test_skips_while_the_scale_calibrates_are_not_overflow():
     watch = SkipWatch(calibration_steps=10, window=50, rate_max=0.1, consecutive_max=5)
     watch.reset(applies=True)
-    readings = [watch.observe(step, 5.0, True, 2.0 ** (16 - step), 3) for step in range(1, 11)]
+    readings = [watch.observe(5.0, True, 2.0 ** (16 - step), 3) for step in range(1, 11)]
     assert readings == [None] * 10
     assert watch.check["summary"].startswith("calibrating")
     for step in range(11, 15):
-        assert not watch.observe(step, 5.0, True, 8.0, 3).bad
-    assert watch.observe(15, 5.0, True, 8.0, 3).bad  # five in a row after calibration
+        assert not watch.observe(5.0, True, 8.0, 3).bad
+    assert watch.observe(5.0, True, 8.0, 3).bad  # five in a row after calibration
     # A NaN loss is the forward's fault, not a gradient overflow.
-    assert watch.observe(16, float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0
+    assert watch.observe(float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0
 
 
 def test_skip_rate_over_the_window():
     watch = SkipWatch(calibration_steps=0, window=20, rate_max=0.1, consecutive_max=5)
     watch.reset(applies=True)
-    readings = [watch.observe(step, 4.0, step % 6 == 0, 1024.0, 0) for step in range(1, 41)]
+    readings = [watch.observe(4.0, step % 6 == 0, 1024.0, 0) for step in range(1, 41)]
     assert not any(r.bad for r in readings[:19])  # a rate over fewer than 20 steps is not judged
     assert readings[-1].bad and readings[-1].details["skip_rate"] > 0.1
 
@@ -114,8 +114,8 @@ def test_skip_rate_over_the_window():
 def test_scale_below_one_is_collapse():
     watch = ScaleWatch()
     watch.reset(applies=True)
-    assert not watch.observe(1, 2.0).bad
-    reading = watch.observe(2, 0.5)
+    assert not watch.observe(2.0).bad
+    reading = watch.observe(0.5)
     assert reading.bad and reading.details == {"scale": 0.5, "highest_scale": 2.0}
 
 

@@ -54,8 +54,7 @@ class SkipWatch:
         self.calibration_skips = 0
         self.check = NOT_YET if applies else check("n/a", None, "no loss scaler in this precision")
 
-    def observe(self, step: int, loss: float, skipped: bool, scale: float | None, nonfinite_grads: int
-                ) -> Reading | None:
+    def observe(self, loss: float, skipped: bool, scale: float | None, nonfinite_grads: int) -> Reading | None:
         if not self.applies:
             return None
         self.steps += 1
@@ -92,7 +91,7 @@ class ScaleWatch:
         self.highest: float | None = None
         self.check = NOT_YET if applies else check("n/a", None, "no loss scaling in this precision")
 
-    def observe(self, step: int, scale: float | None) -> Reading | None:
+    def observe(self, scale: float | None) -> Reading | None:
         if not self.applies or scale is None:
             return None
         self.highest = scale if self.highest is None else max(self.highest, scale)
@@ -114,7 +113,7 @@ class LossSpikes:
     def reset(self) -> None:
         self.recent: deque[float] = deque(maxlen=self.window)
 
-    def observe(self, step: int, loss: float) -> Reading | None:
+    def observe(self, loss: float) -> Reading | None:
         if not math.isfinite(loss):
             return None  # non-finite losses are their own alert and would poison the statistics
         reading = None

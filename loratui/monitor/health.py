@@ -20,7 +20,7 @@ from loratui.monitor import explain
 from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, display_name
 from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
-from loratui.monitor.detectors import NOT_YET, LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
+from loratui.monitor.detectors import LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
 from loratui.monitor.staleness import UpdateWatch
 
@@ -118,9 +118,9 @@ class HealthMonitor:
         self._report_refusals(trainer)
         checks = self._probe_checks(trainer, figures, probe) if probe is not None else None
         self._judge_loss(trainer, step, figures)
-        readings = (self.skips.observe(step, figures.loss, figures.skipped, figures.scale, figures.nonfinite_grads),
-                    self.scale.observe(step, figures.scale),
-                    self.spikes.observe(step, figures.loss),
+        readings = (self.skips.observe(figures.loss, figures.skipped, figures.scale, figures.nonfinite_grads),
+                    self.scale.observe(figures.scale),
+                    self.spikes.observe(figures.loss),
                     self.trend.observe(step, figures.loss, figures.lr))
         for reading in readings:
             if reading is not None:
