@@ -59,19 +59,19 @@ def seeded_random(label: str) -> random.Random:
     return random.Random(seed)
 
 
-def write_small_data(directory: Path, rows: int = 24) -> Path:
+def write_small_data(directory: Path) -> Path:
     """A text dataset small enough to tokenize at once; 24 rows at batch 4 make a 6-step epoch."""
     path = directory / "small.jsonl"
     path.write_text("".join(json.dumps({"text": f"Question: what is {i} plus {i}? Answer: {2 * i}."}) + "\n"
-                            for i in range(rows)))
+                            for i in range(24)))
     return path
 
 
 def write_run_config(directory: Path, *, max_steps: int = 400, every_steps: int = 3, keep: int = 2,
-                     lr_scheduler: str = "constant", extra: str = "", name: str = "config.toml") -> Path:
+                     lr_scheduler: str = "constant", extra: str = "") -> Path:
     """A fast fp32 CPU config on the small dataset; runs land in directory/runs."""
     write_small_data(directory)
-    path = directory / name
+    path = directory / "config.toml"
     path.write_text(f"""
 [data]
 path = "small.jsonl"
@@ -102,23 +102,23 @@ log_every = 1000
 class HeadlessRun:
     """`python -m loratui run CONFIG --headless` in its own session, output to files."""
 
-    def __init__(self, config: Path, *sets: str, resume: bool = False, env: dict | None = None,
-                 run_name: str = "loratui-run", args: list[str] | None = None):
+    def __init__(self, config: Path, *, resume: bool = False, env: dict | None = None,
+                 args: list[str] | None = None):
+        """args: the command to run instead of `python -m loratui run CONFIG --headless` (nohup, a launcher)."""
         self.config = config
-        self.run_dir = config.parent / "runs" / run_name
+        self.run_dir = config.parent / "runs" / "loratui-run"  # the default run.name
         self.events = self.run_dir / "events.jsonl"
         self.checkpoints = self.run_dir / "checkpoints"
-        command = args or [sys.executable, "-m", "loratui", "run", str(config), "--headless"]
-        command += [f"--set={s}" for s in (*sets, f'run.name="{run_name}"')]
+        command = list(args or [sys.executable, "-m", "loratui", "run", str(config), "--headless"])
         if resume:
             command.append("--resume")
-        self.stdout_path = config.parent / f"{run_name}.{time.monotonic_ns()}.out"
-        with open(self.stdout_path, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
-                                            env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
         # Only this process's events: a resumed run appends to the log of the runs before it.
         self.tailer = EventTailer(self.events, offset=self.events.stat().st_size if self.events.exists() else 0)
         self.seen: list[dict] = []
+        self.stdout_path = config.parent / f"run.{time.monotonic_ns()}.out"
+        with open(self.stdout_path, "wb") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
+                                            env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -150,14 +150,6 @@ class HeadlessRun:
             return any(e["type"] == "step" and e["step"] >= step for e in self.seen)
 
         self.wait_for(reached, f"step {step}")
-
-    def wait_for_event(self, event_type: str) -> dict:
-        def found() -> bool:
-            self.new_events()
-            return any(e["type"] == event_type for e in self.seen)
-
-        self.wait_for(found, f"a {event_type} event")
-        return next(e for e in self.seen if e["type"] == event_type)
 
     def send(self, signum: int) -> None:
         os.kill(self.pid, signum)
@@ -213,10 +205,6 @@ def saves_in_progress(checkpoints: Path) -> dict[int, Path]:
         if step.isdigit() and (path / ckpt.STATE).exists():
             found[int(step)] = path
     return found
-
-
-def losses_by_attempt(events: list[dict]) -> dict[tuple[int, int], float]:
-    return {(e["attempt"], e["step"]): e["loss"] for e in events if e["type"] == "step"}
 
 
 def inet_sockets(pid: int) -> list[str]:

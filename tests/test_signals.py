@@ -4,7 +4,9 @@ Each signal lands at a random step (the seed is printed). The run must finish
 the step, save a checkpoint at the step it stopped at, write run_finished with
 the reason and exit 128 + N within 60 s; then `--resume` continues from that
 checkpoint. A second SIGINT during the (slowed) save exits at once and leaves
-the newest complete checkpoint as it was.
+the newest complete checkpoint as it was. A signal while loading stops before
+training, and --resume then starts from step 0; under nohup a hangup changes
+nothing; a signal to every process of a two-process job stops both ranks.
 """
 
 from __future__ import annotations
