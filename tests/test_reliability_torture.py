@@ -109,7 +109,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
             assert started[0]["resumed_from"] == expected, landings
         if newest is not None:
             assert complete_steps(checkpoints), f"no complete checkpoint left after kill {number + 1}: {landings}"
-    print(f"{kills} kills survived:", Counter(kind for kind in (landing.split(":")[0] for landing in landings)))
+    print(f"{kills} kills survived:", Counter(landing.split(":")[0] for landing in landings))
     print("\n".join(landings))
 
     newest = next(iter(complete_steps(checkpoints)), None)
