@@ -194,7 +194,7 @@ def scenario_overrides(name: str) -> list[str]:
 def test_fp16_overflow_model_rejects_fp16_and_names_the_module(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.toml").write_text(FAST)
-    assert advise_command("config.toml", scenario_overrides("fp16-overflow"), steps=3, as_json=False) == 0
+    assert advise_command("config.toml", scenario_overrides("fp16-overflow"), steps=2, as_json=False) == 0
     printed = capsys.readouterr().out
     advice = json.loads((tmp_path / "runs" / "advised" / "advice.json").read_text())
     fp16 = advice["trials"]["fp16"]
@@ -266,7 +266,7 @@ def test_a_precision_this_machine_cannot_run_is_reported_and_not_run(tmp_path, c
 def test_a_trial_that_fails_is_recorded_and_the_next_one_still_runs(tmp_path):
     # A step that raises (here injected at step 2; out of memory in real life) ends that trial only.
     (tmp_path / "config.toml").write_text(FAST)
-    result = loratui_cli("advise", "config.toml", "--steps", "3", "--json", cwd=tmp_path,
+    result = loratui_cli("advise", "config.toml", "--steps", "2", "--json", cwd=tmp_path,
                          env={"LORATUI_TEST_FAIL_AT_STEP": "2"})
     assert result.returncode == 0, result.stderr
     advice = json.loads(result.stdout)
@@ -274,6 +274,6 @@ def test_a_trial_that_fails_is_recorded_and_the_next_one_still_runs(tmp_path):
         assert (trial["verdict"], trial["steps_done"]) == ("failed", 1)
         assert trial["error"] == "InjectedFault: injected failure in training step 2 (LORATUI_TEST_FAIL_AT_STEP)"
         assert f"advise: {name}: stopped at step 1: InjectedFault" in result.stderr
-        assert f"not {name}: stopped at step 1 of 3: InjectedFault" in " ".join(advice["reasons"])
+        assert f"not {name}: stopped at step 1 of 2: InjectedFault" in " ".join(advice["reasons"])
     assert advice["recommendation"] == "fp32"
     assert advice["reasons"][0] == "no precision trained cleanly here; fp32 is the safest to start from"
