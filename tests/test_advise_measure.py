@@ -138,7 +138,8 @@ def documented_fields() -> dict[str, dict[str, str]]:
 
 
 def conforms(value, documented: str) -> bool:
-    kinds = {"string": lambda v: isinstance(v, str), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    kinds = {"string": lambda v: isinstance(v, str),
+             "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
              "number": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
              or v in ("nan", "inf", "-inf"),
              "boolean": lambda v: isinstance(v, bool), "array": lambda v: isinstance(v, list),

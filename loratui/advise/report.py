@@ -28,7 +28,7 @@ WORKSPACE = "advise"  # the trials' directory inside the run directory
 TRIALS_EVENTS = f"{WORKSPACE}/events.jsonl"
 # The figures first, in the order the dialog shows them; then how the trial ran.
 LEADING_FIGURES = ("tokens_per_s", "final_loss", "fp16_headroom", "fidelity_cosine", "skipped_after_calibration",
-                   "final_scale", "underflow_share", "stale_share")
+                   "final_scale", "peak_memory_mib", "underflow_share", "stale_share")
 
 
 def build_advice(config, records: list[TrialRecord], figures: dict[str, TrialFigures],
@@ -57,11 +57,8 @@ def build_advice(config, records: list[TrialRecord], figures: dict[str, TrialFig
 
 
 def trial_entry(record: TrialRecord, figures: TrialFigures, verdict: Verdict) -> dict:
-    measured = asdict(figures)
-    entry = {"verdict": verdict.status}
-    entry.update({name: measured.pop(name) for name in LEADING_FIGURES[:6]})
-    entry["peak_memory_mib"] = record.peak_memory_mib
-    entry.update({name: measured.pop(name) for name in LEADING_FIGURES[6:]})
+    measured = {**asdict(figures), "peak_memory_mib": record.peak_memory_mib}
+    entry = {"verdict": verdict.status, **{name: measured.pop(name) for name in LEADING_FIGURES}}
     entry.update(precision=record.plan.precision, adapter_dtype=record.plan.adapter_dtype, support=record.support,
                  support_note=record.support_note, steps=record.steps, attempt=record.attempt,
                  memory_measure=record.memory_measure or None, seconds=record.seconds, error=record.error)

@@ -54,10 +54,10 @@ def choose_precision_for_run(config, run_dir: RunDir, bus: EventBus) -> str:
                     message=f"advise: measuring fp32, bf16 and fp16 ({steps} steps each) before training")
         advice = advise(config, run_dir.root, capabilities, steps, BusProgress(bus))
     choice = advice["recommendation"]
-    trials = advice["trials"]
+    verdicts = {name: {"verdict": t["verdict"], "tokens_per_s": t["tokens_per_s"]}
+                for name, t in advice["trials"].items()}
     bus.publish("advice", step=0, recommendation=choice, adapter_dtype=advice["adapter_dtype"],
-                reasons=advice["reasons"], reused=reused, path=str(run_dir.advice),
-                trials={name: {"verdict": t["verdict"], "tokens_per_s": t["tokens_per_s"]} for name, t in trials.items()})
+                reasons=advice["reasons"], reused=reused, path=str(run_dir.advice), trials=verdicts)
     bus.publish("notice", step=0, source="advise",
                 message=f"advise: training in {choice}" + (" (advice.json measured earlier for this config)"
                                                            if reused else "") + f": {advice['reasons'][0]}")

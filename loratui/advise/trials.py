@@ -48,10 +48,6 @@ class TrialRecord:
     seconds: float = 0.0
     error: str | None = None  # why it stopped early (out of memory, an op this dtype lacks)
 
-    @property
-    def ran(self) -> bool:
-        return self.attempt is not None
-
 
 class Progress(Protocol):
     def trial_step(self, plan: TrialPlan, index: int, count: int, step: int, steps: int) -> None: ...
