@@ -3,12 +3,14 @@
 For fp32, bf16 and fp16 in turn, the real trainer runs the built-in model on the
 bundled data `--runs` times with no monitor and `--runs` times with the monitor
 `loratui run` builds (every default probe and detector), interleaved so that a
-busy machine slows both alike. A run's step time is its mean wall time per step
+busy machine slows both alike. A run's step time is its mean time per step
 (between consecutive `step` events, so it includes the per-step detectors and
-the probe steps) over the steps after `--warmup`; the ratio is the median
-monitored run over the median plain run. Prints one table; asserts nothing.
+the probe steps) over the steps after `--warmup`, as wall time and as this
+process's CPU time (which other processes on a shared machine disturb less);
+the ratio is the median monitored run over the median plain run. Prints one
+table; asserts nothing.
 
-    python bench/bench_probe_overhead.py [--steps 160] [--warmup 10] [--runs 3] [--batch-size 8]
+    python bench/bench_probe_overhead.py [--steps 160] [--warmup 10] [--runs 3] [--batch-size 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loratui.config import load_config, render_toml  # noqa: E402
 from loratui.config.schema import MonitorSection  # noqa: E402
-from loratui.events.bus import EventBus  # noqa: E402
-from loratui.events.jsonl import JsonlSink, read_events  # noqa: E402
+from loratui.events.bus import CallbackSink, EventBus  # noqa: E402
+from loratui.events.jsonl import JsonlSink  # noqa: E402
 from loratui.monitor import build_monitor  # noqa: E402
 from loratui.run_dir import prepare_run_dir  # noqa: E402
 from loratui.train.trainer import Trainer  # noqa: E402
@@ -33,7 +35,8 @@ from loratui.train.trainer import Trainer  # noqa: E402
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: int) -> float:
+def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per step, averaged over the steps after the warm-up."""
     config_file = work / "config.toml"
     config_file.write_text("")
     name = f"{precision}-{'monitor' if monitored else 'plain'}-{run}"
@@ -41,17 +44,20 @@ def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: in
                                        f"train.batch_size={args.batch_size}", "checkpoint.every_steps=100000",
                                        f'run.output_dir="{work}"', f'run.name="{name}"'])
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
+    clocks = []
     bus = EventBus()
     bus.add_sink(JsonlSink(run_dir.events))
+    bus.add_sink(CallbackSink(lambda event: clocks.append((time.perf_counter(), time.process_time()))
+                              if event["type"] == "step" else None))
     trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus) if monitored else None)
     try:
         if trainer.run() != 0:
             raise SystemExit(f"{name}: training failed; see {run_dir.events}")
     finally:
         bus.close()
-    times = [e["time"] for e in read_events(run_dir.events) if e["type"] == "step"]
-    measured = times[args.warmup:]
-    return (measured[-1] - measured[0]) / (len(measured) - 1)
+    (wall_start, cpu_start), (wall_end, cpu_end) = clocks[args.warmup], clocks[-1]
+    steps = len(clocks) - 1 - args.warmup
+    return (wall_end - wall_start) / steps, (cpu_end - cpu_start) / steps
 
 
 def main() -> None:
@@ -61,7 +67,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 steadies the figures on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="loratui-bench-") as tmp:
         for precision in args.precisions.split(","):
@@ -70,14 +82,22 @@ def main() -> None:
                 started = time.perf_counter()
                 plain.append(mean_step_seconds(Path(tmp), precision, False, args, run))
                 monitored.append(mean_step_seconds(Path(tmp), precision, True, args, run))
-                print(f"{precision} run {run + 1}/{args.runs}: plain {plain[-1] * 1000:.1f} ms/step, monitored "
-                      f"{monitored[-1] * 1000:.1f} ms/step ({time.perf_counter() - started:.0f} s)", flush=True)
-            rows.append((precision, statistics.median(plain), statistics.median(monitored)))
+                print(f"{precision} run {run + 1}/{args.runs}: wall ms/step plain {plain[-1][0] * 1000:.1f} "
+                      f"monitored {monitored[-1][0] * 1000:.1f}; CPU ms/step plain {plain[-1][1] * 1000:.1f} "
+                      f"monitored {monitored[-1][1] * 1000:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
+            rows.append((precision, *(statistics.median(times[clock] for times in plain) for clock in (0, 1)),
+                         *(statistics.median(times[clock] for times in monitored) for clock in (0, 1))))
+    import torch
+
     print(f"\nprobe overhead at defaults (probe_every {MonitorSection().probe_every}), batch {args.batch_size}, "
-          f"{args.steps} steps, first {args.warmup} excluded, median of {args.runs} runs")
-    print(f"{'precision':<10}{'plain ms/step':>15}{'monitored ms/step':>20}{'ratio':>8}")
-    for precision, plain, monitored in rows:
-        print(f"{precision:<10}{plain * 1000:>15.1f}{monitored * 1000:>20.1f}{monitored / plain:>8.3f}")
+          f"{args.steps} steps, first {args.warmup} excluded, median of {args.runs} runs, "
+          f"{torch.get_num_threads()} torch thread(s)")
+    print(f"{'precision':<10}{'wall ms/step plain':>20}{'monitored':>11}{'ratio':>8}"
+          f"{'CPU ms/step plain':>20}{'monitored':>11}{'ratio':>8}")
+    for precision, wall_plain, cpu_plain, wall_monitored, cpu_monitored in rows:
+        print(f"{precision:<10}{wall_plain * 1000:>20.1f}{wall_monitored * 1000:>11.1f}"
+              f"{wall_monitored / wall_plain:>8.3f}{cpu_plain * 1000:>20.1f}{cpu_monitored * 1000:>11.1f}"
+              f"{cpu_monitored / cpu_plain:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ def healthy_run(tmp_path, precision, seed, steps, extra=()):
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_a_healthy_run_raises_no_alert(tmp_path, precision):
     # Short and small, but probing often: every probe is a chance for a false alarm.
-    events = healthy_run(tmp_path, precision, seed=1, steps=40,
-                         extra=["train.batch_size=2", "monitor.probe_every=8", *QUICK])
+    events = healthy_run(tmp_path, precision, seed=1, steps=30,
+                         extra=["train.batch_size=2", "monitor.probe_every=6", *QUICK])
     assert of_type(events, "alert") == []
     health = of_type(events, "health")
-    assert [e["step"] for e in health] == [1, 2, 3, 8, 16, 24, 32, 40]
+    assert [e["step"] for e in health] == [1, 2, 3, 6, 12, 18, 24, 30]
     for event in health:
         assert set(event["checks"]) == set(CHECK_NAMES)
         assert all(check["status"] != "alert" for check in event["checks"].values()), event

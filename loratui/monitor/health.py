@@ -209,8 +209,8 @@ class HealthMonitor:
         first = peaks.first_over(FP16_MAX / minimum) or worst
         extra = dict(module=first.module, where=first.where, peak=worst.value, threshold=minimum,
                      rows_over=rows_tight, rows=rows)
-        summary = (f"{first.module} {'input' if first.where == 'input' else 'output'} peaks at "
-                   f"{first.value:.3g}: {FP16_MAX / first.value if first.value else math.inf:.3g}x below fp16's max")
+        summary = (f"{first.module} {first.where} peaks at {first.value:.3g}: "
+                   f"{FP16_MAX / first.value if first.value else math.inf:.3g}x headroom to fp16's 65504")
         if trainer.precision_name != "fp16":
             return check("n/a", round(headroom, 4), f"not running fp16 ({summary})", **extra)
         # Most rows past the margin: the model itself is too close to fp16's limit. A few rows: those
@@ -230,15 +230,20 @@ class HealthMonitor:
     def _gradient_checks(self, trainer, step: int, figures, gradients: GradientComparison) -> dict:
         config = self.config
         cosine = gradients.cosine
+        fp16 = trainer.precision_name == "fp16"
         fidelity_low = cosine is not None and cosine < config.fidelity_min
-        fidelity = check("n/a" if cosine is None else ("alert" if fidelity_low else "ok"),
+        # Low fidelity is an underflow alert in fp16; bf16 has no underflow, so there it is a warning only.
+        low_status = "alert" if fp16 else "warn"
+        fidelity = check("n/a" if cosine is None else (low_status if fidelity_low else "ok"),
                          None if cosine is None else round(cosine, 6),
                          "gradients not finite on this step" if cosine is None else
                          f"cosine {cosine:.6f} against fp32, relative error {gradients.relative_error:.3g}",
                          relative_error=gradients.relative_error, threshold=config.fidelity_min)
-        if trainer.precision_name != "fp16":
+        if not fp16:
             return {"underflow": check("n/a", None, f"{trainer.precision_name} has fp32's range"),
                     "fidelity": fidelity}
+        if cosine is None:  # the gradients overflowed on this step: what underflowed says nothing
+            return {"underflow": check("n/a", None, "gradients not finite on this step"), "fidelity": fidelity}
         share = gradients.underflow_share
         bad = (share is not None and share > config.underflow_max) or fidelity_low
         if bad:
