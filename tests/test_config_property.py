@@ -13,8 +13,6 @@ import contextlib
 import io
 import json
 import re
-import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -133,14 +131,11 @@ overrides = st.lists(st.one_of(
     st.builds(lambda k, v: f"{k}={v}", st.one_of(st.sampled_from(KNOWN), st.text(max_size=12)), st.text(max_size=12)),
     st.text(max_size=16)), max_size=3)
 
-WORKDIR = Path(tempfile.mkdtemp(prefix="loratui-config-property-"))
-
-
 @pytest.mark.slow
 @settings(max_examples=torture_count(100, 2000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=config_texts(), sets=overrides)
-def test_check_never_raises_on_any_config_or_override(text, sets):
-    path = WORKDIR / "config.toml"
+def test_check_never_raises_on_any_config_or_override(tmp_path_factory, text, sets):
+    path = tmp_path_factory.getbasetemp() / "generated-config.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
