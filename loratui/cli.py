@@ -122,11 +122,21 @@ def start_run(config, *, headless: bool, resume: bool) -> int:
         from loratui.ui.launch import run_dashboard
 
         return run_dashboard(config, resume=resume)
+    refuse_what_this_machine_cannot_run(config)  # before the run directory exists: nothing to clean up
     # Under `accelerate launch` every rank runs this; rank 0 alone prepares the run directory.
     run_dir = run_dir_for_this_rank(config, resume=resume, config_text=render_toml(config))
     from loratui.train.entry import train_in_run_dir
 
     return train_in_run_dir(run_dir, resume=resume)
+
+
+def refuse_what_this_machine_cannot_run(config) -> None:
+    from loratui.errors import Problem
+    from loratui.hardware import detect, machine_problems
+
+    problems = machine_problems(config, detect(config.train.device))
+    if problems:
+        raise UserInputError([Problem("config", p) for p in problems])
 
 
 def watch_command(run_dir: str) -> int:

@@ -31,6 +31,21 @@ class RunDir:
         return self.root / "config.toml"
 
     @property
+    def pending_config(self) -> Path:
+        """A --resume's config, kept aside until the trainer accepts the checkpoint with it."""
+        return self.root / "config.pending.toml"
+
+    def config_to_load(self) -> Path:
+        return self.pending_config if self.pending_config.is_file() else self.config
+
+    def adopt_pending_config(self) -> None:
+        if self.pending_config.is_file():
+            os.replace(self.pending_config, self.config)
+
+    def discard_pending_config(self) -> None:
+        self.pending_config.unlink(missing_ok=True)
+
+    @property
     def events(self) -> Path:
         return self.root / "events.jsonl"
 
@@ -91,5 +106,6 @@ def prepare_run_dir(config, *, resume: bool, config_text: str) -> RunDir:
         raise UserInputError(Problem(str(run_dir.root), "nothing to resume: the run directory does not exist "
                                      "(drop --resume to start a new run)"))
     run_dir.create()
-    run_dir.write_private(run_dir.config, config_text)
+    # A refused resume (changed model, say) must leave the run's own config as it was.
+    run_dir.write_private(run_dir.pending_config if resume else run_dir.config, config_text)
     return run_dir

@@ -52,3 +52,21 @@ def test_stop_and_resume_matches_uninterrupted(tmp_path, stop_at, extra):
     assert final_full.keys() == final_part.keys()
     for name in final_full:
         assert torch.equal(final_full[name], final_part[name]), name
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(tmp_path):
+    out = f"run.output_dir=\"{tmp_path / 'runs'}\""
+    code, _, run_dir = train_in_process(make_config(tmp_path, ["train.precision=fp32", "train.max_steps=2", out]))
+    assert code == 0
+    before = run_dir.config.read_text()
+    code, events, _ = train_in_process(make_config(tmp_path, ["train.precision=fp32", "train.max_steps=4", out,
+                                                              "lora.r=4"]), resume=True)
+    assert code == 2
+    assert "cannot resume" in events[-1]["error"] and "lora_r: 8 -> 4" in events[-1]["error"]
+    assert run_dir.config.read_text() == before
+    assert not run_dir.pending_config.exists()
+    # An accepted resume (a new learning rate may change) makes its config the run's.
+    code, _, _ = train_in_process(make_config(tmp_path, ["train.precision=fp32", "train.max_steps=4", out,
+                                                         "train.learning_rate=1e-4"]), resume=True)
+    assert code == 0
+    assert "learning_rate = 0.0001" in run_dir.config.read_text()

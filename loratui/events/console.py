@@ -27,9 +27,16 @@ class ConsoleSink:
 
     def write(self, event: dict) -> None:
         line = self.format(event)
-        if line:
-            self.stream.write(line + "\n")
+        if not line:
+            return
+        if event["type"] == "run_failed":
+            # Failures go to stderr with their traceback: a batch job's error log must hold them.
             self.stream.flush()
+            sys.stderr.write(line + "\n" + (event.get("traceback") or ""))
+            sys.stderr.flush()
+            return
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         pass

@@ -21,8 +21,9 @@ from loratui.run_dir import RunDir
 
 
 def train_in_run_dir(run_dir: RunDir, *, resume: bool = False, console: bool = True) -> int:
-    with open(run_dir.config, "rb") as file:
-        config = config_from_dict(tomllib.load(file), source=str(run_dir.config))
+    config_path = run_dir.config_to_load() if resume else run_dir.config
+    with open(config_path, "rb") as file:
+        config = config_from_dict(tomllib.load(file), source=str(config_path))
     bus = EventBus()
     bus.add_sink(JsonlSink(run_dir.events))
     if console:

@@ -93,6 +93,8 @@ class Trainer:
             self.finish(stop.reason, failed=stop.exit_code == EXIT_TRAINING_FAILED)
             return stop.exit_code
         except UserInputError as exc:
+            if self.resume and self.is_main:
+                self.run_dir.discard_pending_config()
             self.bus.publish("run_failed", step=self.step, error=exc.render(), traceback=None, input_error=True)
             return EXIT_BAD_INPUT
         except Exception as exc:  # the run failed: say why, keep the last good checkpoint as it is
@@ -136,6 +138,8 @@ class Trainer:
         self.setup_tokenizer_and_data()
         self.check_interrupted()
         resume_from = self.pick_resume_checkpoint() if self.resume else None
+        if self.resume and self.is_main:
+            self.run_dir.adopt_pending_config()  # the resume is accepted: its config is the run's now
         if resume_from is not None:
             self.carry_over_precision(resume_from)
         self.setup_model(self.precision_name)
@@ -331,13 +335,12 @@ class Trainer:
 
     def publish_step(self, figures: StepFigures) -> None:
         self.last_loss = figures.loss
-        event = dict(step=self.step, loss=figures.loss, grad_norm=figures.grad_norm, lr=figures.lr,
-                     precision=self.precision_name, scale=figures.scale, skipped=figures.skipped,
-                     nonfinite_grads=figures.nonfinite_grads, tokens=figures.tokens,
-                     step_time_s=round(figures.seconds, 6),
-                     tokens_per_s=round(figures.tokens / figures.seconds, 1) if figures.seconds > 0 else None,
-                     epoch=self.stream.position.epoch, **self.memory_figures())
-        self.bus.publish("step", **event)
+        self.bus.publish("step", step=self.step, loss=figures.loss, grad_norm=figures.grad_norm, lr=figures.lr,
+                         precision=self.precision_name, scale=figures.scale, skipped=figures.skipped,
+                         nonfinite_grads=figures.nonfinite_grads, tokens=figures.tokens,
+                         step_time_s=round(figures.seconds, 6),
+                         tokens_per_s=round(figures.tokens / figures.seconds, 1) if figures.seconds > 0 else None,
+                         epoch=self.stream.position.epoch, **self.memory_figures())
 
     def memory_figures(self) -> dict:
         if self.device_type != "cuda":
