@@ -183,7 +183,7 @@ def _check_value(value: Any, value_type: Any, rules: dict, dotted: str, where: K
 
     kind = rules.get("kind")
     if kind == "str_list":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) and "\x00" not in v for v in value):
             return bad("expected a list of strings")
         if rules.get("choices"):
             wrong = [v for v in value if v not in rules["choices"]]
@@ -225,6 +225,8 @@ def _check_value(value: Any, value_type: Any, rules: dict, dotted: str, where: K
     elif value_type is str:
         if not isinstance(value, str):
             return bad("expected a string")
+        if "\x00" in value:
+            return bad("must not contain a NUL character")
 
     if rules.get("choices") and value not in rules["choices"]:
         return bad(f"use one of {', '.join(rules['choices'])}")
@@ -311,8 +313,8 @@ def _resolve_paths(raw: dict, base: Path) -> None:
 
 
 def _resolve_path_value(dotted: str, value: str, base: Path) -> str:
-    if value.startswith("builtin:") or not value:
-        return value
+    if value.startswith("builtin:") or not value or "\x00" in value:
+        return value  # (a NUL cannot be in a path: validation reports it)
     candidate = Path(value).expanduser()
     if dotted == "model.name_or_path":
         written_as_path = candidate.is_absolute() or value.startswith((".", "~"))
