@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import c_make_encoder, encode_basestring
 from typing import Any
 
-_dumps_strict = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+
+def _unencodable(value: Any):
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _strict_encoder():
+    """Compact, UTF-8, non-finite floats refused: `JSONEncoder(allow_nan=False, ...).encode`, but faster.
+
+    `JSONEncoder.encode` builds a new C encoder (and a float formatter closure) on
+    every call, and checks for circular references, which an event never has;
+    building the C encoder once makes a step line about a fifth cheaper. Without
+    the C accelerator (another interpreter) the standard encoder does the work.
+    """
+    if c_make_encoder is None:
+        return json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+    encode_chunks = c_make_encoder(None, _unencodable, encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+    return lambda value: join(encode_chunks(value, 0))
+
+
+_dumps_strict = _strict_encoder()
 
 
 def encode_event(event: dict) -> str:

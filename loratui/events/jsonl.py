@@ -19,24 +19,32 @@ PRIVATE_FILE = 0o600
 
 
 class JsonlSink:
+    """Appends each event as one line with one `os.write`: written and visible when `write` returns.
+
+    No Python file buffer: it would be flushed after every line anyway, and a
+    single append of the whole line is cheaper and keeps a line in one piece
+    beside other appenders.
+    """
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self._at_line_start = _ends_with_newline(self.path)
 
     def write(self, event: dict) -> None:
-        line = encode_event(event) + "\n"
+        line = (encode_event(event) + "\n").encode("utf-8")
         if not self._at_line_start:
             # A previous writer died mid-line: end its fragment so ours starts clean.
-            line = "\n" + line
+            line = b"\n" + line
             self._at_line_start = True
-        self._file.write(line)
-        self._file.flush()
+        written = os.write(self._fd, line)
+        while written < len(line):  # a short write (a signal, a full disk): the rest, or the error
+            written += os.write(self._fd, line[written:])
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class EventTailer:

@@ -1,0 +1,97 @@
+"""Dashboard cost: training under the live dashboard against the same run headless.
+
+Issue 7, target 3: the real `loratui run CONFIG` with its dashboard in a real
+terminal (a tmux pane on a private server: the dashboard tails the log and
+redraws while the trainer it started runs) against `loratui run CONFIG
+--headless` on the same config. The order alternates (headless first, then
+dashboard first, ...), `--runs` runs of each. A run's step time is the median
+`step_time_s` of its step events after the first `--warmup`; the figure is the
+median dashboard run over the median headless run (target <= 1.05 on 2 cores).
+The mean wall time per step (between step events, checkpoints included) is
+printed beside it.
+
+    python bench/bench_dashboard_cost.py [--runs 3] [--steps 120] [--warmup 10] [--precision fp32] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_startup import CONFIG, loratui_command  # noqa: E402
+from bench.machine import describe_machine  # noqa: E402
+from bench.terminal import TmuxTerminal  # noqa: E402
+from loratui.events.jsonl import read_events  # noqa: E402
+
+
+def run_arguments(work: Path, name: str, args) -> list[str]:
+    overrides = [f'run.output_dir="{work}"', f'run.name="{name}"', f"train.max_steps={args.steps}",
+                 f'train.precision="{args.precision}"', f"train.batch_size={args.batch_size}"]
+    return ["run", str(CONFIG), *[arg for item in overrides for arg in ("--set", item)]]
+
+
+def run_headless(work: Path, name: str, args) -> None:
+    subprocess.run([*loratui_command(), *run_arguments(work, name, args), "--headless"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=work)
+
+
+def run_with_dashboard(work: Path, name: str, args) -> None:
+    with TmuxTerminal(work) as terminal:
+        terminal.start([*loratui_command(), *run_arguments(work, name, args)])
+        terminal.wait_for(r"FINISHED|FAILED", "the run to end", 60 + args.steps * 10)
+        code = terminal.quit_ended_run()
+    if code != 0:
+        raise SystemExit(f"the dashboard run {name} exited with {code}; see {work / name / 'trainer.log'}")
+
+
+def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
+    """(median step_time_s, mean wall seconds per step) after the warm-up steps."""
+    steps = [e for e in read_events(work / name / "events.jsonl") if e["type"] == "step"][warmup:]
+    wall = (steps[-1]["time"] - steps[0]["time"]) / (len(steps) - 1)
+    return statistics.median(e["step_time_s"] for e in steps), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each, alternating which goes first")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=10, help="first steps of each run left out")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    print(f"machine: {describe_machine()}", flush=True)
+    figures: dict[str, list[tuple[float, float]]] = {"headless": [], "dashboard": []}
+    runners = {"headless": run_headless, "dashboard": run_with_dashboard}
+    with tempfile.TemporaryDirectory(prefix="loratui-bench-dashboard-") as tmp:
+        work = Path(tmp)
+        for run in range(args.runs):
+            order = ("headless", "dashboard") if run % 2 == 0 else ("dashboard", "headless")
+            for kind in order:
+                name = f"{kind}-{run}"
+                started = time.perf_counter()
+                runners[kind](work, name, args)
+                figures[kind].append(step_figures(work, name, args.warmup))
+                step, wall = figures[kind][-1]
+                print(f"run {run + 1}/{args.runs} {kind:<9}: median step_time_s {step * 1000:.1f} ms, wall "
+                      f"{wall * 1000:.1f} ms/step ({time.perf_counter() - started:.0f} s)", flush=True)
+    medians = {kind: [statistics.median(f[i] for f in runs) for i in (0, 1)] for kind, runs in figures.items()}
+    step_ratio = medians["dashboard"][0] / medians["headless"][0]
+    wall_ratio = medians["dashboard"][1] / medians["headless"][1]
+    print(f"\nmachine at the end: {describe_machine()}")
+    print(f"{args.precision}, batch {args.batch_size}, {args.steps} steps, first {args.warmup} excluded, "
+          f"median of {args.runs} runs each")
+    print(f"headless : step_time_s {medians['headless'][0] * 1000:.1f} ms, wall {medians['headless'][1] * 1000:.1f} ms/step")
+    print(f"dashboard: step_time_s {medians['dashboard'][0] * 1000:.1f} ms, wall {medians['dashboard'][1] * 1000:.1f} ms/step")
+    print(f"RESULT dashboard cost: step time with the dashboard / headless = {step_ratio:.3f} (target <= 1.05; "
+          f"wall time per step {wall_ratio:.3f})")
+
+
+if __name__ == "__main__":
+    main()

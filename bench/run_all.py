@@ -1,0 +1,62 @@
+"""Every benchmark of issue 7, one after another, then their results in one list (`make bench`).
+
+Each script runs in its own process with its own defaults and prints its
+figures on lines that start with RESULT; this collects those lines, with the
+machine and its load before and after, so the list can go into the README
+as it is. Extra arguments name scripts to run (default: all of them).
+
+    python bench/run_all.py [event_pipeline startup dashboard_cost throughput_vs_hf probe_overhead]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import describe_machine  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+# Quickest first, so a broken setup shows early; the monitor's own benchmark (target 1) prints a
+# table, not RESULT lines, and its table is kept whole.
+SCRIPTS = ("event_pipeline", "startup", "dashboard_cost", "throughput_vs_hf", "probe_overhead")
+
+
+def run_script(name: str) -> list[str]:
+    """Run bench/bench_<name>.py, echoing its output; returns the lines to report."""
+    script = BENCH / f"bench_{name}.py"
+    print(f"\n=== {script.name} ({describe_machine()})", flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line.rstrip("\n"))
+    code = process.wait()
+    took = f"{script.name}: {time.perf_counter() - started:.0f} s"
+    if code:
+        return [f"FAILED {took}, exit {code}"]
+    if name == "probe_overhead":
+        table = lines[next(i for i, line in enumerate(lines) if line.startswith("probe overhead")):]
+        return [f"RESULT {line}" for line in table]
+    return [line for line in lines if line.startswith("RESULT")]
+
+
+def main() -> int:
+    names = sys.argv[1:] or SCRIPTS
+    unknown = [name for name in names if name not in SCRIPTS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr)
+        return 2
+    before = describe_machine()
+    report = [line for name in names for line in run_script(name)]
+    print(f"\n=== results\nmachine before: {before}\nmachine after:  {describe_machine()}")
+    print("\n".join(report))
+    return 1 if any(line.startswith("FAILED") for line in report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
