@@ -61,7 +61,9 @@ from loratui.ui.widgets.metric_chart import MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
 REDRAW_SECONDS = 0.25  # 4 redraws a second at most, whatever the event rate
-READING_CHART_SECONDS = 1.0  # chart redraws while a long history is being read
+# Charts advance once a second at most: plotext rebuilds a whole picture (tens of ms of
+# CPU) on every change, which at the redraw rate took CPU from the trainer on a small machine.
+CHART_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 EXIT_DETACHED = 0
@@ -156,6 +158,8 @@ class DashboardApp(App[int]):
         self.exit_when_run_ends = False
         self._drawn_version = -1
         self._drawn_state: str | None = None
+        self._drawn_health: tuple | None = None
+        self._drawn_charts = -1  # the chart revision the charts show
         self._charts_drawn_at = 0.0
 
     # ------------------------------------------------------------ layout
@@ -242,6 +246,7 @@ class DashboardApp(App[int]):
 
     def on_history_caught_up(self, message: HistoryCaughtUp) -> None:
         self.caught_up.set()
+        self._charts_drawn_at = 0.0  # the whole history is in: show it now, not at the next chart slot
         self.redraw()
 
     def on_trainer_exited(self, message: TrainerExited) -> None:
@@ -260,25 +265,22 @@ class DashboardApp(App[int]):
     def redraw(self) -> None:
         """Push a fresh snapshot into the panels if anything changed since the last one."""
         with self.model.lock:
-            if self.model.version == self._drawn_version:
-                return
-            view = self.model.snapshot()
+            view = self.model.snapshot() if self.model.version != self._drawn_version else None
+        if view is None:
+            self.redraw_charts()  # a chart change held back by CHART_SECONDS may be due now
+            return
         self.view = view
         self._drawn_version = view.version
         self.query_one(RunHeader).view = view.header
         self.query_one(AlertBanner).alerts = view.active_alerts
         self.query_one(FailurePanel).failure = view.failure
-        # While a long history is read, the charts sharpen once a second: plotting is
-        # the costliest part of a redraw and the reading needs the CPU more.
-        now = time.monotonic()
-        if view.header.reading is None or now - self._charts_drawn_at >= READING_CHART_SECONDS:
-            self._charts_drawn_at = now
-            for chart in self.query(MetricChart):
-                chart.data = view.charts
-            self.query_one("#chart-scale").display = view.charts.fp16_seen
-        health = self.query_one(HealthPanel)
-        health.step = view.health_step
-        health.checks = view.health
+        self.redraw_charts()
+        if (view.health_step, view.health) != self._drawn_health:
+            # Only on a new probe: the panel's height follows its rows, so each update is a relayout.
+            self._drawn_health = (view.health_step, view.health)
+            health = self.query_one(HealthPanel)
+            health.step = view.health_step
+            health.checks = view.health
         self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
                                                 view.nvml)
         self.query_one(EventList).show_entries(view.entries)
@@ -287,6 +289,18 @@ class DashboardApp(App[int]):
             self.refresh_bindings()
             if self.exit_when_run_ends and self.trainer is None and view.header.state in states.ENDED:
                 self.exit(self.outcome_code())
+
+    def redraw_charts(self) -> None:
+        """Hand the latest history to the charts, once a CHART_SECONDS at most."""
+        view = self.view
+        now = time.monotonic()
+        if view is None or view.charts.revision == self._drawn_charts or now - self._charts_drawn_at < CHART_SECONDS:
+            return
+        self._charts_drawn_at = now
+        self._drawn_charts = view.charts.revision
+        for chart in self.query(MetricChart):
+            chart.data = view.charts
+        self.query_one("#chart-scale").display = view.charts.fp16_seen
 
     # ------------------------------------------------------------- state
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from textual.content import Content
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
@@ -49,19 +50,26 @@ class MetricChart(PlotextPlot):
         super().__init__(**kwargs)
         self.metric = metric
         self._drawn: tuple | None = None
+        self._picture: Content | None = None  # the last plot, reused while neither data, size nor theme changed
 
     def watch_data(self, data: ChartData | None) -> None:
         if (data.revision if data else None) != (self._drawn[0] if self._drawn else None):
             self.refresh()
 
     def render(self):
-        """Rebuild the plot for the size it is drawn at, unless neither data nor size changed."""
+        """Rebuild the plot for the size it is drawn at, unless neither data, size nor theme changed.
+
+        A relayout of the screen (a panel growing) renders every widget again: the
+        chart then returns its last picture instead of building it anew.
+        """
         data = self.data
-        key = (data.revision if data else None, self.size)
+        key = (data.revision if data else None, self.size, self.app.theme)
         if key != self._drawn:
             self._drawn = key
             self._plot_into(self.plt, data)
-        return super().render()
+            # As Content, the form Textual would convert the text to on every render.
+            self._picture = Content.from_rich_text(super().render(), console=self.app.console)
+        return self._picture
 
     def _plot_into(self, plt, data: ChartData | None) -> None:
         title, low_field, high_field, marks_field, transform, colour = METRICS[self.metric]
