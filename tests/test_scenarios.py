@@ -2,7 +2,7 @@
 applied through control.jsonl (as the dashboard's key does) makes the run healthy.
 
 The default suite runs each scenario at batch size 4 (divergence in fp32, the fastest on CPU) and watches 20
-steps after the fix; `make torture` (LORATUI_TORTURE=full) runs them as shipped and watches 100.
+steps after the fix; `make torture` (LORATUI_TORTURE=full) also runs them as shipped and watches 100.
 """
 
 import pytest
@@ -11,7 +11,6 @@ from helpers import loratui_cli, steps_of
 from loratui.scenarios import SCENARIOS, demo_config
 from test_monitor_support import FULL, PersonAtTheKeys, finite, of_type, scenario_config, train_monitored
 
-STEPS_AFTER_FIX = 100 if FULL else 20
 FAULTS = [name for name in SCENARIOS if name != "healthy"]
 
 
@@ -30,24 +29,31 @@ def onset(name: str, steps: list[dict]) -> int:
     return 1  # underflow and stale updates come with the config: present from the first step
 
 
-def run_scenario(tmp_path, name):
-    overrides = ["checkpoint.every_steps=1000", "monitor.log_every=1000"]
-    if not FULL and name != "fp16-underflow":
-        overrides.append("train.batch_size=4")
-    if not FULL and name == "divergence":
-        overrides.append("train.precision=fp32")  # the learning rate's fault in any precision; fp32 is fastest on CPU
-    person = PersonAtTheKeys()
-    # A fault in the first few steps restarts from the step-0 checkpoint; then STEPS_AFTER_FIX steps follow.
-    config = scenario_config(tmp_path, name, [*overrides, f"train.max_steps={STEPS_AFTER_FIX}"])
-    code, events, _ = train_monitored(config, on_event=person)
-    assert code == 0
-    return events, person.applied
-
-
 @pytest.mark.parametrize("name", FAULTS)
 def test_scenario_alert_and_fix(tmp_path, name):
+    overrides = [] if name == "fp16-underflow" else ["train.batch_size=4"]
+    if name == "divergence":
+        overrides.append("train.precision=fp32")  # the learning rate's fault in any precision; fp32 is fastest on CPU
+    check_scenario(tmp_path, name, overrides, steps_after_fix=20)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="runs under `make torture` (LORATUI_TORTURE=full)")
+@pytest.mark.parametrize("name", FAULTS)
+def test_scenario_as_shipped_then_100_healthy_steps(tmp_path, name):
+    check_scenario(tmp_path, name, [], steps_after_fix=100)
+
+
+def check_scenario(tmp_path, name: str, overrides: list[str], *, steps_after_fix: int) -> None:
     scenario = SCENARIOS[name]
-    events, applied = run_scenario(tmp_path, name)
+    person = PersonAtTheKeys()
+    # The faults show in the first few steps, so the fix restarts from the step-0 checkpoint and
+    # steps_after_fix steps follow it.
+    config = scenario_config(tmp_path, name, ["checkpoint.every_steps=1000", "monitor.log_every=1000",
+                                              f"train.max_steps={steps_after_fix}", *overrides])
+    code, events, _ = train_monitored(config, on_event=person)
+    assert code == 0
+    applied = person.applied
     faulty = steps_of(events, attempt=0)
     alerts = of_type(events, "alert", attempt=0)
     assert alerts, f"{name}: no alert"
@@ -64,7 +70,7 @@ def test_scenario_alert_and_fix(tmp_path, name):
     for key, value in first["fix"].items():
         assert restart[0][key] == value
     fixed = steps_of(events, attempt=1)
-    assert fixed[-1]["step"] == STEPS_AFTER_FIX and len(fixed) >= STEPS_AFTER_FIX - restart[0]["from_step"]
+    assert restart[0]["from_step"] == 0 and [e["step"] for e in fixed] == list(range(1, steps_after_fix + 1))
     assert of_type(events, "alert", attempt=1) == [], "a new alert after the fix"
     losses = [e["loss"] for e in fixed]
     assert all(map(finite, losses))
