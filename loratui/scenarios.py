@@ -32,9 +32,10 @@ SCENARIOS: dict[str, Scenario] = {
         {"train.precision": "fp16", "amp.loss_scaling": False, "train.grad_accum": 4, "train.batch_size": 2},
         alert="underflow", fix="switch_precision"),
     "divergence": Scenario(
-        "A learning rate far too high (0.03, fifteen times the demo's): the loss falls while warmup keeps the "
-        "rate small, then climbs and stays up once the rate passes what the model tolerates.",
-        {"train.learning_rate": 0.03, "train.warmup_steps": 10},
+        "A learning rate far too high (0.03, fifteen times the demo's, held constant after warmup): the loss "
+        "falls while warmup keeps the rate small, then climbs and stays up once the rate passes what the model "
+        "tolerates.",
+        {"train.learning_rate": 0.03, "train.warmup_steps": 10, "train.lr_scheduler": "constant"},
         alert="divergence", fix="lower_lr"),
     "bf16-stale": Scenario(
         "Pure-bf16 training (bf16 adapter weights) at a typical fine-tuning learning rate (1e-4): most "
