@@ -10,14 +10,18 @@ run's config and size) and the newest (the header, the latest events) first,
 then blocks spread evenly over the whole run, filling in between. Step buckets do not depend on reading order, so the
 charts show the whole run almost at once and sharpen as blocks arrive; the
 other events of every block are kept and folded in file order at the end.
+Spare cores parse blocks too, in helper processes (parse_helpers.py).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+from collections import deque
 from pathlib import Path
 
 from loratui.ui.event_parser import ParsedBlock, parse_block
+from loratui.ui.parse_helpers import ParseHelper, helper_count, start_helpers
 from loratui.ui.run_model import RunModel
 
 BLOCK_BYTES = 4 << 20  # a block parses in a few tens of milliseconds: the UI thread stays responsive
@@ -71,8 +75,7 @@ class EventFollower:
 
     def _read_coarse_block(self) -> int:
         coarse = self._coarse
-        index = coarse.order[coarse.done]
-        parsed, size = coarse.read(index)
+        index, parsed, size = coarse.next_block()
         with self.model.lock:
             if index in (0, len(coarse.blocks) - 1):
                 self.model.apply(parsed)  # a first picture: the run's setup, then its latest state
@@ -97,6 +100,7 @@ class EventFollower:
         self.offset = coarse.end
         self.caught_up = True
         self._coarse = None
+        coarse.close()
 
     def _restart(self) -> None:
         self.offset = 0
@@ -105,7 +109,13 @@ class EventFollower:
 
 
 class CoarseToFine:
-    """A plan to read a large log: its blocks, and an order that covers the whole run early."""
+    """A plan to read a large log: its blocks, an order that covers the whole run early, and helpers.
+
+    The follower's thread parses the first block and the newest itself (they come
+    first, while the helper processes start); then each helper keeps two blocks
+    in hand, and the thread parses the next block in the order whenever no
+    helper has an answer ready.
+    """
 
     def __init__(self, path: Path, size: int):
         self.path = path
@@ -116,18 +126,63 @@ class CoarseToFine:
         self.order = [0, last, *rest]
         self.others: list[list[dict]] = [[] for _ in self.blocks]
         self.newest: ParsedBlock | None = None
-        self.done = 0
+        self.done = 0  # blocks applied
+        self.waiting = deque(self.order)  # blocks nobody has taken yet
+        self.helpers: list[ParseHelper] = start_helpers(helper_count()) if len(self.order) > 4 else []
 
-    def read(self, index: int) -> tuple[ParsedBlock, int]:
+    def next_block(self) -> tuple[int, ParsedBlock, int]:
+        """(index, parsed block, its bytes) of a block not returned before."""
+        self._hand_out()
+        helper = next((h for h in self.helpers if h.asked and h.ready()), None)
+        if helper is None and not self.waiting:
+            helper = next(h for h in self.helpers if h.asked)  # only helpers hold blocks now: wait for one
+        if helper is None:
+            index = self.waiting.popleft()
+            parsed = self._parse(index)
+        else:
+            try:
+                index, parsed = helper.answer()
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):  # it died, or sent garbage
+                self._retire(helper)
+                index = self.waiting.popleft()
+                parsed = self._parse(index)
+        self.others[index] = _latest_only(parsed.others)
+        if index == len(self.blocks) - 1:
+            self.newest = parsed
+        start, end = self.blocks[index]
+        return index, parsed, end - start
+
+    def _hand_out(self) -> None:
+        if len(self.waiting) > len(self.order) - 2:  # the first and the newest block are the thread's
+            return
+        for helper in list(self.helpers):
+            while len(helper.asked) < 2 and self.waiting:
+                index = self.waiting.popleft()
+                start, end = self.blocks[index]
+                try:
+                    helper.ask(index, str(self.path), start, end, LATEST_ONLY)
+                except OSError:  # the helper is gone
+                    self.waiting.appendleft(index)
+                    self._retire(helper)
+                    break
+
+    def _retire(self, helper: ParseHelper) -> None:
+        """Stop a helper that failed; the blocks it held go back to the front of the queue."""
+        self.helpers.remove(helper)
+        self.waiting.extendleft(reversed(helper.asked))
+        helper.close()
+
+    def _parse(self, index: int) -> ParsedBlock:
         start, end = self.blocks[index]
         with open(self.path, "rb") as file:
             file.seek(start)
             block = file.read(end - start)
-        parsed = parse_block(block)
-        self.others[index] = _latest_only(parsed.others)
-        if index == len(self.blocks) - 1:
-            self.newest = parsed
-        return parsed, end - start
+        return parse_block(block, latest_only=LATEST_ONLY)
+
+    def close(self) -> None:
+        for helper in self.helpers:
+            helper.close()
+        self.helpers = []
 
 
 def _blocks(path: Path, size: int) -> list[tuple[int, int]]:

@@ -22,9 +22,11 @@ TAIL = 64
 STEP_PREFIX = b'{"type":"step"'
 # Loose value patterns ([^,]*) are the fast ones; quoted "nan"/"inf" and null are
 # sorted out in the conversion, which tries the plain-number path first.
+# The time is not captured: only the last TAIL rows need it (STEP_TIME reads those).
 STEP_LINE = re.compile(
-    rb'\{"type":"step","time":([^,]*),"attempt":(\d+),"step":(\d+),"loss":([^,]*),"grad_norm":([^,]*),'
+    rb'\{"type":"step","time":[^,]*,"attempt":(\d+),"step":(\d+),"loss":([^,]*),"grad_norm":([^,]*),'
     rb'"lr":[^,]*,"precision":[^,]*,"scale":([^,]*),"skipped":(.)')
+STEP_TIME = re.compile(rb'\{"type":"step","time":([^,]*),')
 # Every line that does not open like an encoder-written step line (searched in "\n" + block, so
 # the first line is found too; a leading newline is a fast literal to scan for).
 OTHER_LINE = re.compile(rb'\n(?!\{"type":"step")([^\n]+)')
@@ -55,16 +57,23 @@ class ParsedBlock:
     bad_lines: int = 0
 
 
-def parse_block(block: bytes) -> ParsedBlock:
-    """Parse whole lines (the block ends with a newline or is empty)."""
+def parse_block(block: bytes, *, latest_only: tuple[str, ...] = ()) -> ParsedBlock:
+    """Parse whole lines (the block ends with a newline or is empty).
+
+    Of the `latest_only` types (events superseded by the next of their type), only
+    the block's last event of each type is decoded: in a long log the health
+    events alone are most of the decoding work, and all but one per block would
+    be dropped anyway.
+    """
     rows = STEP_LINE.findall(block)
     if len(rows) != block.count(STEP_PREFIX):
         return _parse_line_by_line(block)
+    lines = [(match.start(), match.group(1)) for match in OTHER_LINE.finditer(b"\n" + block)]
+    superseded = _superseded(lines, latest_only) if latest_only else set()
     others, bad = [], 0
     last_other_at = -1
-    for match in OTHER_LINE.finditer(b"\n" + block):
-        raw = match.group(1)
-        if not raw.strip():
+    for number, (at, raw) in enumerate(lines):
+        if number in superseded or not raw.strip():
             continue
         try:
             event = decode_event(raw)
@@ -74,7 +83,7 @@ def parse_block(block: bytes) -> ParsedBlock:
         if event.get("type") == "step":  # a step line in another layout (hand-written, another writer)
             return _parse_line_by_line(block)
         others.append(event)
-        last_other_at = match.start()
+        last_other_at = at
     last_step_at = block.rfind(STEP_PREFIX)
     last_step = None
     if last_step_at >= 0:
@@ -82,16 +91,52 @@ def parse_block(block: bytes) -> ParsedBlock:
             last_step = decode_event(block[last_step_at:block.index(b"\n", last_step_at)])
         except ValueError:
             bad += 1
-    return ParsedBlock(_columns(rows) if rows else None, others, last_step,
-                       last_step_at > last_other_at, bad)
+    return ParsedBlock(_columns(rows, _tail_times(block, min(len(rows), TAIL))) if rows else None, others,
+                       last_step, last_step_at > last_other_at, bad)
 
 
-def _columns(rows: list[tuple[bytes, ...]]) -> StepColumns:
-    time, attempt, step, loss, grad_norm, scale, skipped = zip(*rows)
+def _superseded(lines: list[tuple[int, bytes]], types: tuple[str, ...]) -> set[int]:
+    """Numbers of the lines that a later valid line of the same type (one of `types`) supersedes.
+
+    The type is read from the line's opening, as the encoder writes it; a line that
+    does not open that way is decoded like any other. Going back from the end, the
+    first line of a type that decodes is the one kept, so a damaged last line does
+    not hide the one before it.
+    """
+    wanted = {f'{{"type":"{kind}",'.encode() for kind in types}
+    kept: set[bytes] = set()
+    superseded = set()
+    for number in range(len(lines) - 1, -1, -1):
+        raw = lines[number][1]
+        opening = raw[:raw.find(b",") + 1]
+        if opening not in wanted:
+            continue
+        if opening in kept:
+            superseded.add(number)
+            continue
+        try:
+            decode_event(raw)
+        except ValueError:
+            continue
+        kept.add(opening)
+    return superseded
+
+
+def _columns(rows: list[tuple[bytes, ...]], tail_time: np.ndarray) -> StepColumns:
+    attempt, step, loss, grad_norm, scale, skipped = zip(*rows)
     n = len(rows)
-    return StepColumns(tail_time=_floats(time[-TAIL:], min(n, TAIL)), attempt=_ints(attempt, n), step=_ints(step, n),
+    return StepColumns(tail_time=tail_time, attempt=_ints(attempt, n), step=_ints(step, n),
                        loss=_floats(loss, n), grad_norm=_floats(grad_norm, n), scale=_few_floats(scale, n),
-                       skipped=np.fromiter((s == b"t" for s in skipped), np.bool_, n))
+                       skipped=np.frombuffer(b"".join(skipped), np.uint8) == ord("t"))
+
+
+def _tail_times(block: bytes, count: int) -> np.ndarray:
+    """The times of the block's last `count` step lines, oldest first."""
+    starts, end = [], len(block)
+    for _ in range(count):
+        end = block.rfind(STEP_PREFIX, 0, end)
+        starts.append(end)
+    return _floats(tuple(STEP_TIME.match(block, at).group(1) for at in reversed(starts)), count)
 
 
 def _floats(texts: tuple[bytes, ...], n: int) -> np.ndarray:
