@@ -7,8 +7,11 @@ busy machine slows both alike. A run's step time is its mean time per step
 (between consecutive `step` events, so it includes the per-step detectors and
 the probe steps) over the steps after `--warmup`, as wall time and as this
 process's CPU time (which other processes on a shared machine disturb less);
-the ratio is the median monitored run over the median plain run. Prints one
-table; asserts nothing.
+the ratio is the median monitored run over the median plain run. On a busy
+machine those ratios carry its noise, so the table also shows the probes' own
+share of the monitored runs' time (their `health` events' probe_seconds over
+the wall time of the same steps), measured inside the run. Prints one table;
+asserts nothing.
 
     python bench/bench_probe_overhead.py [--steps 160] [--warmup 10] [--runs 3] [--batch-size 8] [--threads N]
 """
@@ -35,8 +38,8 @@ from loratui.train.trainer import Trainer  # noqa: E402
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per step, averaged over the steps after the warm-up."""
+def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: int) -> tuple[float, float, float]:
+    """(wall, CPU) seconds per step, averaged over the steps after the warm-up, and the probes' share of it."""
     config_file = work / "config.toml"
     config_file.write_text("")
     name = f"{precision}-{'monitor' if monitored else 'plain'}-{run}"
@@ -44,11 +47,17 @@ def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: in
                                        f"train.batch_size={args.batch_size}", "checkpoint.every_steps=100000",
                                        f'run.output_dir="{work}"', f'run.name="{name}"'])
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
-    clocks = []
+    clocks, probe_seconds = [], []
+
+    def note(event: dict) -> None:
+        if event["type"] == "step":
+            clocks.append((time.perf_counter(), time.process_time()))
+        elif event["type"] == "health" and event["step"] > args.warmup + 1:
+            probe_seconds.append(event["probe_seconds"])
+
     bus = EventBus()
     bus.add_sink(JsonlSink(run_dir.events))
-    bus.add_sink(CallbackSink(lambda event: clocks.append((time.perf_counter(), time.process_time()))
-                              if event["type"] == "step" else None))
+    bus.add_sink(CallbackSink(note))
     trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus) if monitored else None)
     try:
         if trainer.run() != 0:
@@ -57,7 +66,7 @@ def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: in
         bus.close()
     (wall_start, cpu_start), (wall_end, cpu_end) = clocks[args.warmup], clocks[-1]
     steps = len(clocks) - 1 - args.warmup
-    return (wall_end - wall_start) / steps, (cpu_end - cpu_start) / steps
+    return (wall_end - wall_start) / steps, (cpu_end - cpu_start) / steps, sum(probe_seconds) / (wall_end - wall_start)
 
 
 def main() -> None:
@@ -86,18 +95,18 @@ def main() -> None:
                       f"monitored {monitored[-1][0] * 1000:.1f}; CPU ms/step plain {plain[-1][1] * 1000:.1f} "
                       f"monitored {monitored[-1][1] * 1000:.1f} ({time.perf_counter() - started:.0f} s)", flush=True)
             rows.append((precision, *(statistics.median(times[clock] for times in plain) for clock in (0, 1)),
-                         *(statistics.median(times[clock] for times in monitored) for clock in (0, 1))))
+                         *(statistics.median(times[clock] for times in monitored) for clock in (0, 1, 2))))
     import torch
 
     print(f"\nprobe overhead at defaults (probe_every {MonitorSection().probe_every}), batch {args.batch_size}, "
           f"{args.steps} steps, first {args.warmup} excluded, median of {args.runs} runs, "
           f"{torch.get_num_threads()} torch thread(s)")
     print(f"{'precision':<10}{'wall ms/step plain':>20}{'monitored':>11}{'ratio':>8}"
-          f"{'CPU ms/step plain':>20}{'monitored':>11}{'ratio':>8}")
-    for precision, wall_plain, cpu_plain, wall_monitored, cpu_monitored in rows:
+          f"{'CPU ms/step plain':>20}{'monitored':>11}{'ratio':>8}{'probe share':>13}")
+    for precision, wall_plain, cpu_plain, wall_monitored, cpu_monitored, probe_share in rows:
         print(f"{precision:<10}{wall_plain * 1000:>20.1f}{wall_monitored * 1000:>11.1f}"
               f"{wall_monitored / wall_plain:>8.3f}{cpu_plain * 1000:>20.1f}{cpu_monitored * 1000:>11.1f}"
-              f"{cpu_monitored / cpu_plain:>8.3f}")
+              f"{cpu_monitored / cpu_plain:>8.3f}{probe_share:>12.2%}")
 
 
 if __name__ == "__main__":
