@@ -3,13 +3,17 @@
 Each script runs in its own process with its own defaults and prints its
 figures on lines that start with RESULT; this collects those lines, with the
 machine and its load before and after, so the list can go into the README
-as it is. Extra arguments name scripts to run (default: all of them).
+as it is. Arguments name the scripts to run (default: all of them). On a
+shared machine, `--wait-for-load 1.5` holds each script back until the
+one-minute load average is below 1.5 (other work skews every figure here).
 
-    python bench/run_all.py [event_pipeline startup dashboard_cost throughput_vs_hf probe_overhead]
+    python bench/run_all.py [--wait-for-load LOAD] [event_pipeline startup dashboard_cost throughput_vs_hf probe_overhead]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +27,12 @@ BENCH = Path(__file__).resolve().parent
 # Quickest first, so a broken setup shows early; the monitor's own benchmark (target 1) prints a
 # table, not RESULT lines, and its table is kept whole.
 SCRIPTS = ("event_pipeline", "startup", "dashboard_cost", "throughput_vs_hf", "probe_overhead")
+
+
+def wait_for_load(limit: float) -> None:
+    while os.getloadavg()[0] >= limit:
+        print(f"waiting for the load to fall below {limit} ({describe_machine()})", flush=True)
+        time.sleep(60)
 
 
 def run_script(name: str) -> list[str]:
@@ -46,13 +56,20 @@ def run_script(name: str) -> list[str]:
 
 
 def main() -> int:
-    names = sys.argv[1:] or SCRIPTS
-    unknown = [name for name in names if name not in SCRIPTS]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scripts", nargs="*", metavar="SCRIPT", help=f"any of {', '.join(SCRIPTS)} (default: all)")
+    parser.add_argument("--wait-for-load", type=float, default=None, metavar="LOAD",
+                        help="before each script, wait until the one-minute load average is below LOAD")
+    args = parser.parse_args()
+    unknown = sorted(set(args.scripts) - set(SCRIPTS))
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}", file=sys.stderr)
-        return 2
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
     before = describe_machine()
-    report = [line for name in names for line in run_script(name)]
+    report = []
+    for name in args.scripts or SCRIPTS:
+        if args.wait_for_load is not None:
+            wait_for_load(args.wait_for_load)
+        report += run_script(name)
     print(f"\n=== results\nmachine before: {before}\nmachine after:  {describe_machine()}")
     print("\n".join(report))
     return 1 if any(line.startswith("FAILED") for line in report) else 0
