@@ -92,6 +92,26 @@ def read_events(path: str | Path) -> list[dict]:
     return EventTailer(path).read_new(max_bytes=1 << 62)
 
 
+def next_attempt(path: str | Path) -> int:
+    """0 for a new log; one more than its last attempt when a run continues in it (a resume).
+
+    Attempts only grow, so the last whole line holds the highest; only the log's tail is read.
+    """
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 65536))
+            lines = file.read().split(b"\n")
+    except OSError:
+        return 0
+    for raw in reversed(lines):
+        try:
+            return int(decode_event(raw).get("attempt", 0)) + 1
+        except ValueError:
+            continue
+    return 0
+
+
 def _ends_with_newline(path: Path) -> bool:
     with open(path, "rb") as file:
         file.seek(0, os.SEEK_END)

@@ -41,8 +41,8 @@ from transformers import TrainerCallback
 from loratui.config.schema import MonitorSection
 from loratui.control import Command, ControlReader, Rejected
 from loratui.events.bus import EventBus
-from loratui.events.encode import decode_event
-from loratui.events.jsonl import JsonlSink
+from loratui.events.jsonl import JsonlSink, next_attempt
+from loratui.train.memory import memory_figures
 from loratui.gpu import GpuSampler
 from loratui.run_dir import RunDir
 from loratui.train.precision import scale_tensor
@@ -355,31 +355,3 @@ def effective_precision(accelerator, model) -> str:
     base = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()),
                 torch.float32)
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(base, "fp32")
-
-
-def memory_figures(device) -> dict:
-    if device.type != "cuda":
-        return {"mem_allocated_mib": None, "mem_reserved_mib": None, "mem_peak_mib": None}
-    import torch
-
-    mib = 1 << 20
-    return {"mem_allocated_mib": round(torch.cuda.memory_allocated(device) / mib, 1),
-            "mem_reserved_mib": round(torch.cuda.memory_reserved(device) / mib, 1),
-            "mem_peak_mib": round(torch.cuda.max_memory_allocated(device) / mib, 1)}
-
-
-def next_attempt(events: Path) -> int:
-    """0 for a new run directory; one more than the log's last attempt when it is reused (a resume)."""
-    try:
-        with open(events, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - 65536))
-            lines = file.read().split(b"\n")
-    except OSError:
-        return 0
-    for raw in reversed(lines):
-        try:
-            return int(decode_event(raw).get("attempt", 0)) + 1
-        except ValueError:
-            continue
-    return 0

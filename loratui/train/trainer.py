@@ -27,9 +27,11 @@ from loratui.config.schema import Config, to_dict
 from loratui.control import Command, ControlReader, Rejected
 from loratui.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRAINING_FAILED, Problem, UserInputError
 from loratui.events.bus import EventBus
+from loratui.events.jsonl import next_attempt
 from loratui.run_dir import PRIVATE_UMASK, RunDir
 from loratui.train import checkpoint as ckpt
 from loratui.train import faults
+from loratui.train.memory import memory_figures
 from loratui.train.precision import PrecisionSetup, scale_tensor, setup_precision
 from loratui.train.signals import SignalWatcher
 
@@ -128,7 +130,7 @@ class Trainer:
         if self.resume:
             # Numbered before this process publishes anything, so that all of its events carry
             # the new attempt (read later, the log's last line would be this process's own).
-            self.attempt = self.last_attempt_in_log() + 1
+            self.attempt = next_attempt(self.run_dir.events)
             self.bus.attempt = self.attempt
         self.precision_name = resolve_precision(self.config.train.precision, self.capabilities)
         if self.precision_name == "advise":
@@ -340,17 +342,7 @@ class Trainer:
                          nonfinite_grads=figures.nonfinite_grads, tokens=figures.tokens,
                          step_time_s=round(figures.seconds, 6),
                          tokens_per_s=round(figures.tokens / figures.seconds, 1) if figures.seconds > 0 else None,
-                         epoch=self.stream.position.epoch, **self.memory_figures())
-
-    def memory_figures(self) -> dict:
-        if self.device_type != "cuda":
-            return {"mem_allocated_mib": None, "mem_reserved_mib": None, "mem_peak_mib": None}
-        import torch
-
-        mib = 1 << 20
-        return {"mem_allocated_mib": round(torch.cuda.memory_allocated(self.device) / mib, 1),
-                "mem_reserved_mib": round(torch.cuda.memory_reserved(self.device) / mib, 1),
-                "mem_peak_mib": round(torch.cuda.max_memory_allocated(self.device) / mib, 1)}
+                         epoch=self.stream.position.epoch, **memory_figures(self.device))
 
     # ------------------------------------------------------------- commands
 
@@ -682,26 +674,6 @@ class Trainer:
         self.notice(f"train.learning_rate changed to {configured:g} for this resume "
                     f"(it was {float(info.state['learning_rate']):g})")
         return configured
-
-    def last_attempt_in_log(self) -> int:
-        """The highest attempt the event log has seen (the last line holds it: attempts only grow)."""
-        from loratui.events.encode import decode_event
-
-        try:
-            with open(self.run_dir.events, "rb") as file:
-                file.seek(0, os.SEEK_END)
-                file.seek(max(0, file.tell() - 65536))
-                lines = file.read().split(b"\n")
-        except OSError:
-            return 0
-        for raw in reversed(lines):
-            try:
-                return int(decode_event(raw).get("attempt", 0))
-            except ValueError:
-                continue
-        return 0
-
-    # ------------------------------------------------------------ lifecycle
 
     def publish_run_started(self, resumed_from) -> None:
         import accelerate
