@@ -1,4 +1,4 @@
-"""Shared fixtures: configs for the built-in tiny model, run directories, event readers.
+"""Test-suite setup. Shared helpers live in tests/helpers.py.
 
 Everything is offline and on CPU. The built-in model is built once per machine
 (cached under LORATUI_CACHE or ~/.cache/loratui) and shared by all tests.
@@ -10,26 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+# One compute thread per process, set before anything imports torch: the tiny model's steps
+# are dominated by per-op overhead, not arithmetic, and tests often run two processes at once
+# (a trainer and its reader, two ranks). Spinning OpenMP threads on 2 cores made runs up to
+# 10x slower under that contention. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-@pytest.fixture
-def write_config(tmp_path):
-    """Write a TOML config into tmp_path; returns its path. Runs land in tmp_path/runs."""
-
-    def write(text: str = "", name: str = "config.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(text)
-        return path
-
-    return write
-
-
-@pytest.fixture
-def fast_overrides():
-    """Overrides for short, fast fp32 CPU runs of the built-in model."""
-    return ["train.precision=fp32", "train.max_steps=6", "train.warmup_steps=0", "train.batch_size=4",
-            "checkpoint.every_steps=3", "monitor.log_every=1"]
