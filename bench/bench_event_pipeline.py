@@ -32,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import describe_machine  # noqa: E402
 from bench.terminal import TmuxTerminal  # noqa: E402
-from loratui.data.dataset import DataPosition  # noqa: E402
+from loratui.config import load_config  # noqa: E402
+from loratui.data.dataset import BatchStream  # noqa: E402
 from loratui.events.bus import EventBus  # noqa: E402
 from loratui.events.jsonl import JsonlSink  # noqa: E402
+from loratui.run_dir import RunDir  # noqa: E402
 from loratui.train.trainer import StepFigures, Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,13 +45,23 @@ PROBE_EVERY = CHECKPOINT_EVERY = 50  # the defaults: a health and a checkpoint e
 
 
 class StepPublisher:
-    """The trainer's `publish_step` on a bus, without a model: the exact event a real step publishes."""
+    """A real Trainer's `publish_step` on a bus, without a model: the exact event a real step publishes.
 
-    def __init__(self, bus: EventBus, precision: str = "fp16"):
-        trainer = Trainer.__new__(Trainer)
-        trainer.bus, trainer.precision_name, trainer.device_type = bus, precision, "cpu"
-        trainer.stream = type("Stream", (), {"position": DataPosition()})()
-        self.trainer = trainer
+    The trainer is constructed as `loratui run` constructs it (fp16, so the loss
+    scale is a number); of what its setup would add, publishing needs only the
+    device and the data stream's position.
+    """
+
+    def __init__(self, bus: EventBus, work: Path):
+        import torch
+
+        config_file = work / "publisher.toml"
+        config_file.write_text("")
+        run_dir = RunDir(work / "publisher")
+        run_dir.create()
+        self.trainer = Trainer(load_config(config_file, ['train.precision="fp16"']), run_dir, bus)
+        self.trainer.device = torch.device("cpu")
+        self.trainer.stream = BatchStream([], 1, seed=0, shuffle=False, pad_id=0)
         # Figures that vary like a real run's (distinct floats, so no encoding is cached).
         self.figures = [StepFigures(loss=2.5 - i * 1e-4 + (i % 7) * 0.013, grad_norm=0.4 + (i % 13) * 0.071,
                                     scale=65536.0, skipped=False, nonfinite_grads=0, tokens=363 + i % 40,
@@ -67,7 +79,7 @@ def publish_rate(work: Path, events: int) -> float:
     path.unlink(missing_ok=True)
     bus = EventBus()
     bus.add_sink(JsonlSink(path))
-    publisher = StepPublisher(bus)
+    publisher = StepPublisher(bus, work)
     started = time.perf_counter()
     for step in range(1, events + 1):
         publisher.publish(step)
@@ -90,7 +102,7 @@ def write_long_run(run_dir: Path, steps: int) -> float:
     (run_dir / "control.jsonl").touch()
     bus = EventBus()
     bus.add_sink(JsonlSink(run_dir / "events.jsonl"))
-    publisher = StepPublisher(bus)
+    publisher = StepPublisher(bus, run_dir.parent)
     started = time.perf_counter()
     for event in template:  # the setup: phases, data, run_started (sized for the long run)
         if event["type"] == "step":
@@ -169,6 +181,8 @@ def main() -> None:
     parser.add_argument("--watch-runs", type=int, default=3, help="`loratui watch` runs after the warm-up run")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for a watch frame")
     args = parser.parse_args()
+    if args.runs < 1 or args.watch_runs < 1:
+        parser.error("--runs and --watch-runs must be at least 1 (a warm-up run comes on top)")
     print(f"machine: {describe_machine()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="loratui-bench-events-") as tmp:
         work = Path(tmp)
