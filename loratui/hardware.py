@@ -29,37 +29,65 @@ class Capabilities:
         return out
 
 
+@dataclass(frozen=True)
+class CudaDevice:
+    """What the precision rules need to know about CUDA device 0 (tests describe made-up ones)."""
+
+    name: str
+    compute_capability: tuple[int, int]
+    bf16_available: bool  # torch.cuda.is_bf16_supported(): True for emulated bf16 too
+
+
+def cuda_device(device: str = "auto") -> CudaDevice | None:
+    """CUDA device 0 as torch sees it, or None when `device` means CPU here."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return None
+    return CudaDevice(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)),
+                      torch.cuda.is_bf16_supported(including_emulation=True))
+
+
 def detect(device: str = "auto") -> Capabilities:
     """Probe torch (and NVML) for what `device` supports."""
     import torch
 
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(0)
-        caps = Capabilities("cuda", torch.cuda.get_device_name(0), (major, minor),
-                            torch_version=torch.__version__)
-        caps.support["fp32"] = NATIVE
-        if major >= 8:
-            caps.support["bf16"] = NATIVE
-            caps.notes["bf16"] = f"compute capability {major}.{minor} >= 8.0"
-        elif torch.cuda.is_bf16_supported(including_emulation=True):
-            caps.support["bf16"] = EMULATED
-            caps.notes["bf16"] = f"compute capability {major}.{minor} < 8.0: bf16 is emulated (slow)"
-        else:
-            caps.support["bf16"] = UNSUPPORTED
-            caps.notes["bf16"] = f"compute capability {major}.{minor}: no bf16"
-        caps.support["fp16"] = NATIVE if major >= 6 else EMULATED
-        caps.notes["fp16"] = "fp16 autocast with dynamic loss scaling (GradScaler)"
-    else:
-        caps = Capabilities("cpu", _cpu_name(), None, torch_version=torch.__version__)
-        caps.support["fp32"] = NATIVE
-        caps.support["bf16"] = NATIVE if _cpu_has_bf16() else EMULATED
-        caps.notes["bf16"] = ("CPU autocast; the CPU has bf16 instructions" if _cpu_has_bf16()
-                              else "CPU autocast; no bf16 instructions, computed via fp32")
-        caps.support["fp16"] = EMULATED
-        caps.notes["fp16"] = ("CPU autocast(float16) with loratui's own GradScaler "
-                              "(accelerate would silently train in fp32 here)")
+    cuda = cuda_device(device)
+    caps = cuda_capabilities(cuda) if cuda is not None else cpu_capabilities()
+    caps.torch_version = torch.__version__
     caps.nvml, caps.gpus = nvml_report()
+    return caps
+
+
+def cuda_capabilities(cuda: CudaDevice) -> Capabilities:
+    """Native bf16 by compute capability: is_bf16_supported() alone would call emulation native."""
+    major, minor = cuda.compute_capability
+    caps = Capabilities("cuda", cuda.name, (major, minor))
+    caps.support["fp32"] = NATIVE
+    if major >= 8:
+        caps.support["bf16"] = NATIVE
+        caps.notes["bf16"] = f"compute capability {major}.{minor} >= 8.0"
+    elif cuda.bf16_available:
+        caps.support["bf16"] = EMULATED
+        caps.notes["bf16"] = f"compute capability {major}.{minor} < 8.0: bf16 is emulated (slow)"
+    else:
+        caps.support["bf16"] = UNSUPPORTED
+        caps.notes["bf16"] = f"compute capability {major}.{minor}: no bf16"
+    caps.support["fp16"] = NATIVE if major >= 6 else EMULATED
+    caps.notes["fp16"] = "fp16 autocast with dynamic loss scaling (GradScaler)"
+    return caps
+
+
+def cpu_capabilities() -> Capabilities:
+    caps = Capabilities("cpu", _cpu_name(), None)
+    caps.support["fp32"] = NATIVE
+    has_bf16 = _cpu_has_bf16()
+    caps.support["bf16"] = NATIVE if has_bf16 else EMULATED
+    caps.notes["bf16"] = ("CPU autocast; the CPU has bf16 instructions" if has_bf16
+                          else "CPU autocast; no bf16 instructions, computed via fp32")
+    caps.support["fp16"] = EMULATED
+    caps.notes["fp16"] = ("CPU autocast(float16) with loratui's own GradScaler "
+                          "(accelerate would silently train in fp32 here)")
     return caps
 
 
