@@ -209,3 +209,72 @@ def test_a_precision_switched_by_a_restart_carries_over_a_resume_and_attempts_st
     # Every event of the resumed process, its start-up included, carries its own attempt.
     first_of_resume = next(i for i, e in enumerate(events) if e["type"] == "run_finished") + 1
     assert {e["attempt"] for e in events[first_of_resume:]} == {2}
+
+
+class StopOnAttach(StepHook):
+    """Sends `stop` the moment the trainer is set up: the first step boundary after a resume obeys it."""
+
+    def __init__(self):
+        super().__init__({})
+
+    def attach(self, trainer):
+        command_at("stop")(trainer)
+
+
+def test_a_stop_right_after_resume_keeps_the_loaded_checkpoint_as_it_is(workdir):
+    """The loaded step counts as saved: saving it again would replace the only copy for nothing."""
+    newest = checkpoint(workdir, 6)
+    before = (newest.stat().st_ino, tree_digest(newest))
+    code, events, _ = train_in_process(load_config(workdir / "config.toml", ["train.max_steps=9"]), resume=True,
+                                       monitor=StopOnAttach())
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"].endswith("step-000006")
+    ack = [e for e in events if e["type"] == "control" and e["attempt"] == started["attempt"]]
+    assert [(e["cmd"], e["step"]) for e in ack] == [("stop", 6)]
+    assert not [e for e in events if e["type"] == "checkpoint" and e["attempt"] == started["attempt"]]
+    assert (newest.stat().st_ino, tree_digest(newest)) == before
+    assert events[-1]["type"] == "run_finished" and events[-1]["step"] == 6
+
+
+def retire(path: Path) -> Path:
+    """What commit does first when it replaces a checkpoint of the same step."""
+    retired = ckpt.retired_dir(path)
+    path.rename(retired)
+    return retired
+
+
+def test_a_kill_between_the_renames_of_a_replacing_save_loses_nothing(workdir):
+    """Killed after the old step-6 stepped aside and before the new one took its name: it comes back."""
+    checkpoints = workdir / RUN / "checkpoints"
+    shutil.rmtree(checkpoint(workdir, 3))
+    shutil.rmtree(checkpoint(workdir, 0))  # keep = 1: the retired copy is the only complete checkpoint
+    retired = retire(checkpoint(workdir, 6))
+    shutil.copytree(retired, ckpt.partial_dir(checkpoints, 6))  # the new copy, still hidden
+    code, events, _ = resume(workdir)
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"].endswith("step-000006")
+    assert [e["step"] for e in steps_of(events, started["attempt"])] == [7]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000006", "step-000007"]
+
+
+def test_a_retired_copy_goes_once_its_replacement_is_in_place(workdir):
+    """Killed after the second rename, before the old copy was deleted: the new one stays, the old goes."""
+    checkpoints = workdir / RUN / "checkpoints"
+    retired = retire(checkpoint(workdir, 6))
+    shutil.copytree(retired, checkpoint(workdir, 6))
+    replacement = checkpoint(workdir, 6).stat().st_ino
+    ckpt.clean_partials(checkpoints)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000000", "step-000003", "step-000006"]
+    assert checkpoint(workdir, 6).stat().st_ino == replacement
+
+
+def test_a_save_over_a_damaged_copy_of_its_step_replaces_it(workdir):
+    """The one way a step is saved twice: a resume skipped its damaged checkpoint and trains past it."""
+    flip_a_byte_in_the_optimizer(checkpoint(workdir, 6))
+    code, events, _ = resume(workdir)
+    assert code == 0
+    assert [e["step"] for e in events if e["type"] == "checkpoint" and e["attempt"] == 1] == [6, 7]
+    assert ckpt.verify(checkpoint(workdir, 6)) is None
+    assert not [p for p in (workdir / RUN / "checkpoints").iterdir() if p.name.startswith(".")]

@@ -24,6 +24,8 @@ MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 FORMAT_VERSION = 1
 PARTIAL_PREFIX = ".partial-"
+# A complete checkpoint moved aside while a newer copy of the same step takes its name.
+RETIRED_PREFIX = ".retired-"
 SUPERSEDED = "superseded"
 
 
@@ -40,6 +42,10 @@ def checkpoint_name(step: int) -> str:
 
 def partial_dir(checkpoints: Path, step: int) -> Path:
     return checkpoints / f"{PARTIAL_PREFIX}{checkpoint_name(step)}"
+
+
+def retired_dir(final: Path) -> Path:
+    return final.parent / f"{RETIRED_PREFIX}{final.name}"
 
 
 def begin(checkpoints: Path, step: int) -> Path:
@@ -66,9 +72,10 @@ def commit(staging: Path, state: dict, *, slow_hook: Callable[[], None] | None =
     _fsync(staging / MANIFEST)
     final = staging.parent / checkpoint_name(state["step"])
     if final.exists():
-        # Same step saved again (a save command right after an automatic save): the
-        # newer copy replaces it; the old one stays until the new one is in place.
-        retired = staging.parent / f"{PARTIAL_PREFIX}retired-{final.name}"
+        # Same step saved again (over a damaged copy a resume skipped, say): the newer copy
+        # replaces it. A directory cannot be renamed over another, so the old one steps aside
+        # first; killed between the two renames, clean_partials puts it back.
+        retired = retired_dir(final)
         shutil.rmtree(retired, ignore_errors=True)
         os.rename(final, retired)
         os.rename(staging, final)
@@ -192,11 +199,23 @@ def set_aside_after(checkpoints: Path, step: int, attempt: int) -> list[Path]:
 
 
 def clean_partials(checkpoints: Path) -> None:
-    """Remove half-written checkpoints left by a process that was killed while saving."""
-    if checkpoints.is_dir():
-        for path in checkpoints.iterdir():
-            if path.name.startswith(PARTIAL_PREFIX):
+    """Tidy up after a process killed while saving: half-written checkpoints go, retired ones return.
+
+    A retired copy is deleted only when its replacement is in place; without one
+    (the kill fell between commit's two renames) it is the complete checkpoint of
+    its step and gets its name back.
+    """
+    if not checkpoints.is_dir():
+        return
+    for path in checkpoints.iterdir():
+        if path.name.startswith(PARTIAL_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(RETIRED_PREFIX):
+            final = checkpoints / path.name.removeprefix(RETIRED_PREFIX)
+            if final.exists():
                 shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
 
 
 class _WriteErrorRecorder:

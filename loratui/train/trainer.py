@@ -474,7 +474,6 @@ class Trainer:
         else:
             new_lr = self.learning_rate  # a restart changes only what it is asked to change
         self.load_checkpoint(target, learning_rate=new_lr)
-        self.last_saved_step = target.step
         self.bus.publish("restart", step=self.step, from_step=target.step, precision=self.precision_name,
                          learning_rate=self.learning_rate, reason=reason, checkpoint=str(target.path),
                          adapter_dtype=self.adapter_dtype_name)
@@ -596,6 +595,8 @@ class Trainer:
 
         self.stream.position = DataPosition(position["epoch"], position["batch"])
         self.step = info.step
+        # This state is on disk already: a stop or signal right now must not save the step again.
+        self.last_saved_step = info.step
         self.last_loss = info.state.get("loss")
         self.set_learning_rate(learning_rate if learning_rate is not None else float(info.state["learning_rate"]))
 
