@@ -141,6 +141,10 @@ def test_unsupported_and_failed_trials():
     assert unsupported.status == UNSUPPORTED_HERE and "bf16 note" in unsupported.reasons[0]
     failed = verdict("fp32", steps(2), error="OutOfMemoryError: CUDA out of memory")
     assert failed.status == FAILED and "stopped at step 2 of 6" in failed.reasons[0]
+    # Its switch failed (no attempt of its own): it never began, and says so rather than "step 0 of 6".
+    never_began = TrialRecord(PLANS["fp16"], "native", "", 6, attempt=None, error="OutOfMemoryError: CUDA out of memory")
+    assert judge(never_began, trial_figures([]), THRESHOLDS).reasons == [
+        "could not switch to it (reloading the base model): OutOfMemoryError: CUDA out of memory"]
 
 
 # ---------------------------------------------------------------- recommendation

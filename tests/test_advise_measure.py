@@ -278,3 +278,32 @@ def test_a_trial_that_fails_is_recorded_and_the_next_one_still_runs(tmp_path):
         assert f"not {name}: stopped at step 1 of 2: InjectedFault" in " ".join(advice["reasons"])
     assert advice["recommendation"] == "fp32"
     assert advice["reasons"][0] == "no precision trained cleanly here; fp32 is the safest to start from"
+
+
+def test_a_trial_whose_switch_fails_is_recorded_and_the_next_one_still_runs(tmp_path):
+    # Reloading the base model for the fp16 trial fails (injected; out of memory in real life) after
+    # the restart has already freed the bf16 model: the fp32 trial must still load its own and run.
+    (tmp_path / "config.toml").write_text(FAST)
+    result = loratui_cli("advise", "config.toml", "--steps", "2", "--json", cwd=tmp_path,
+                         env={"LORATUI_TEST_FAIL_LOADING": "float16"})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    advice = json.loads(result.stdout)
+    assert json.loads((tmp_path / "runs" / "advised" / "advice.json").read_text()) == advice
+    trials = advice["trials"]
+    fp16 = trials["fp16"]
+    error = "InjectedFault: injected failure loading the model in float16 (LORATUI_TEST_FAIL_LOADING)"
+    assert (fp16["verdict"], fp16["attempt"], fp16["steps_done"], fp16["error"]) == ("failed", None, 0, error)
+    assert fp16["reasons"] == [f"could not switch to it (reloading the base model): {error}"]
+    assert f"advise: fp16: could not switch to fp16: {error}" in result.stderr
+    assert f"not fp16: could not switch to it (reloading the base model): {error}" in advice["reasons"]
+    for name in ("bf16", "fp32"):
+        assert (trials[name]["verdict"], trials[name]["steps_done"]) == ("healthy", 2), trials[name]["reasons"]
+    assert "trial 3 of 3 (fp32): step 2/2" in result.stderr
+    # The trials' log: fp16 published no step; fp32 is the next attempt, restarted from step 0 in fp32.
+    events = read_events(tmp_path / "runs" / "advised" / "advise" / "events.jsonl")
+    assert {s["precision"] for s in events if s["type"] == "step"} == {"bf16", "fp32"}
+    restarts = [e for e in events if e["type"] == "restart"]
+    assert [(r["from_step"], r["precision"]) for r in restarts] == [(0, "fp32")]
+    assert trials["fp32"]["attempt"] == restarts[0]["attempt"] == trials["bf16"]["attempt"] + 1
+    assert advice["recommendation"] in ("bf16", "fp32")

@@ -50,7 +50,9 @@ def judge(record: TrialRecord, figures: TrialFigures, thresholds) -> Verdict:
     if record.support == UNSUPPORTED:
         return Verdict(UNSUPPORTED_HERE, [f"not supported on this machine: {record.support_note}"])
     if record.error:
-        return Verdict(FAILED, [f"stopped at step {figures.steps_done} of {record.steps}: {record.error}"])
+        where = ("could not switch to it (reloading the base model)" if record.attempt is None
+                 else f"stopped at step {figures.steps_done} of {record.steps}")
+        return Verdict(FAILED, [f"{where}: {record.error}"])
     reasons = []
     if figures.nonfinite_loss_steps:
         reasons.append(f"the loss was not finite on {figures.nonfinite_loss_steps} of {figures.steps_done} steps")

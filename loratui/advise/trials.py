@@ -100,7 +100,7 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
     from loratui.advise.memory import PeakMemory
     from loratui.monitor import build_monitor
     from loratui.train import checkpoint as ckpt
-    from loratui.train.trainer import Trainer
+    from loratui.train.trainer import StopTraining, Trainer
 
     trial_cfg = trial_config(config, records[0].plan)
     bus = EventBus()
@@ -118,24 +118,46 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
         memory = PeakMemory(trainer.device)
         for index, record in enumerate(records):
             current[:] = [record]
-            if index:
-                _switch(trainer, record.plan, start)
-            record.attempt = trainer.attempt
-            record.memory_measure = memory.measure
-            memory.reset()
-            started = time.perf_counter()
             try:
-                _train(trainer, record, index, len(records), steps, progress)
-            except RuntimeError as exc:  # out of memory, or an op this dtype lacks here
-                record.error = _first_line(exc)
-                progress.note(f"{record.plan.name}: stopped at step {trainer.step}: {record.error}")
-                trainer.base_dtype_name = None  # the next trial starts from a freshly loaded model
-            record.seconds = round(time.perf_counter() - started, 3)
-            record.peak_memory_mib = memory.peak_mib()
+                _run_one(trainer, record, index, len(records), steps, start, memory, progress)
+            except StopTraining:
+                raise  # a signal or a stop command ends the advice, as it ends a run
+            except Exception as exc:  # out of memory (loading or training), or an op this dtype lacks here
+                _record_failure(trainer, record, exc, progress)
     finally:
         current.clear()
         trainer.signals.uninstall()
         bus.close()
+
+
+def _run_one(trainer, record: TrialRecord, index: int, count: int, steps: int, start, memory,
+             progress: Progress) -> None:
+    """One trial: back to the step-0 state in its precision (the first trial is there already), then train.
+
+    Its time and peak memory are those of its steps: loading the model for it is not counted.
+    """
+    if index:
+        _switch(trainer, record.plan, start)
+    record.attempt = trainer.attempt  # only once the switch succeeded: a trial that never began has none
+    record.memory_measure = memory.measure
+    memory.reset()
+    started = time.perf_counter()
+    try:
+        _train(trainer, record, index, count, steps, progress)
+    finally:
+        record.seconds = round(time.perf_counter() - started, 3)
+        record.peak_memory_mib = memory.peak_mib()
+
+
+def _record_failure(trainer, record: TrialRecord, exc: Exception, progress: Progress) -> None:
+    """The trial failed, in its switch (reloading the base model) or in a step; the next trials still run."""
+    record.error = _first_line(exc)
+    began = record.attempt is not None
+    progress.note(f"{record.plan.name}: " + (f"stopped at step {trainer.step}" if began
+                                             else f"could not switch to {record.plan.name}") + f": {record.error}")
+    # A failed switch may leave no model at all (restart frees the old one before loading the next),
+    # a failed step a model in an unknown state: the next trial starts from a freshly loaded one.
+    trainer.base_dtype_name = None
 
 
 def _switch(trainer, plan: TrialPlan, start) -> None:

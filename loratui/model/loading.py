@@ -41,6 +41,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def load_base_model(path: str, dtype, *, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
+    from loratui.train import faults
+
+    faults.maybe_fail_loading(dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
