@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from test_ui_support import recorded_run
 
+from loratui.control import send_command
 from loratui.events.jsonl import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,10 @@ class Terminal:
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def text(self) -> str:
+        """The screen with wrapped lines joined: a long message reads as one line."""
+        return self.tmux("capture-pane", "-p", "-J", "-t", "main")
 
     def press(self, *keys: str) -> None:
         for key in keys:
@@ -121,11 +127,31 @@ def dashboard_pids(marker: str) -> list[str]:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper has ended)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return state != "Z"
+
+
+def wait_until_gone(pid: int, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(pid), f"{what} (pid {pid}) still alive after {timeout:.0f}s"
+
+
+@pytest.fixture
+def trainers():
+    """Run directories whose trainers must not outlive the test, whatever it asserted."""
+    run_dirs: list[Path] = []
+    yield run_dirs
+    for run_dir in run_dirs:
+        events = run_dir / "events.jsonl"
+        for event in read_events(events) if events.exists() else []:
+            if event["type"] == "run_started" and alive(event["pid"]):
+                os.kill(event["pid"], signal.SIGKILL)
 
 
 def test_switch_to_bf16_then_hang_up_then_reattach_and_stop(tmp_path, terminal):
@@ -226,3 +252,33 @@ def test_watch_follows_a_live_headless_run_and_its_keys_control_it(tmp_path, ter
             headless.kill()
     commands = [json.loads(line)["cmd"] for line in (run_dir / "control.jsonl").read_text().splitlines()]
     assert commands == ["save", "pause", "resume", "stop"]
+
+
+def steps_logged(run_dir: Path) -> int:
+    return sum(e["type"] == "step" for e in read_events(run_dir / "events.jsonl"))
+
+
+def test_d_detaches_at_once_and_training_goes_on(tmp_path, terminal, trainers):
+    """d: the dashboard exits 0 straight away with how to re-attach; the trainer trains on until told to stop."""
+    run_dir = tmp_path / "runs" / "e2e-detach"
+    trainers.append(run_dir)
+    term = terminal()
+    term.start([*LORATUI, "run", *run_args(tmp_path, "e2e-detach", "train.precision=fp32", "train.max_steps=5000",
+                                            "checkpoint.every_steps=1000")])
+    term.wait_for(r"step ([2-9]|\d\d+)/5000", "step lines on the dashboard")
+    pid = trainer_pid(run_dir)
+    term.press("d")
+    # Bounded well below the run's length: a dashboard waiting for its trainer would sit here for minutes.
+    assert term.exit_code(timeout=30) == 0
+    message = re.search(r"loratui: detached; training goes on \(pid (\d+)\)\. Re-attach with: "
+                        r"loratui watch (\S+)", term.text())
+    assert message, term.text()
+    assert (int(message.group(1)), message.group(2)) == (pid, str(run_dir))
+    steps_before = steps_logged(run_dir)
+    wait_for_events(run_dir, lambda ev: sum(e["type"] == "step" for e in ev) > steps_before + 2,
+                    "training to go on after the detach")
+    assert alive(pid)
+
+    send_command(run_dir / "control.jsonl", "stop", reason="test: done")
+    wait_for_events(run_dir, lambda ev: ev[-1]["type"] == "run_finished", "the stopped run's run_finished")
+    wait_until_gone(pid, "the trainer after a stop command")

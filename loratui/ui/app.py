@@ -65,6 +65,7 @@ REDRAW_SECONDS = 0.25  # 4 redraws a second at most, whatever the event rate
 # CPU) on every change, which at the redraw rate took CPU from the trainer on a small machine.
 CHART_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
+TRAINER_POLL_SECONDS = 0.2  # how long a detach may wait for the trainer's supervisor to let go
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 EXIT_DETACHED = 0
 EXIT_TRAINING_FAILED = 1
@@ -216,7 +217,14 @@ class DashboardApp(App[int]):
         self.model.note_action(f"trainer started (pid {self.trainer.pid}), output in trainer.log",
                                states.STARTING, "importing torch")
         self.post_message(EventsRead(self.model.version))
-        self.post_message(TrainerExited(self.trainer.wait()))
+        worker = get_current_worker()
+        # Short waits, never one long one: the app's shutdown (a detach) joins this thread, and
+        # cancels this worker, which must then let go of the trainer and leave it running.
+        while not worker.is_cancelled:
+            code = self.trainer.wait(TRAINER_POLL_SECONDS)
+            if code is not None:
+                self.post_message(TrainerExited(code))
+                return
 
     def follow_events(self) -> None:
         worker = get_current_worker()

@@ -3,7 +3,9 @@
 Its own session (start_new_session) means the terminal's signals (a hang-up
 when SSH drops, Ctrl+C) never reach it, and nothing the dashboard does or
 suffers can take it down; the dashboard only ever talks to it through
-control.jsonl. Waiting for it happens in a worker thread.
+control.jsonl. Waiting for it happens in a worker thread, in short waits: the
+app's shutdown waits for its worker threads, so a thread blocked until the
+trainer ends would hold a detaching dashboard open for the rest of the run.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ class TrainerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def wait(self) -> int:
+    def wait(self, timeout: float) -> int | None:
+        """The process's return code (negative: killed by that signal), or None if it still runs."""
         assert self.process is not None
-        return self.process.wait()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     @property
     def exit_code(self) -> int | None:
