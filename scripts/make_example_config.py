@@ -26,29 +26,29 @@ def render() -> str:
     lines = [HEADER]
 
     def section(prefix: str, section_type: type, instance) -> None:
-        nested = []
+        subsections, tables = [], []
         lines.append(f"[{prefix}]")
         for name, value_type, rules in section_fields(section_type):
             value = getattr(instance, name)
             if is_section(value_type):
-                nested.append((f"{prefix}.{name}", value_type, value))
+                subsections.append((f"{prefix}.{name}", value_type, value))
                 continue
             doc = rules.get("doc", "")
             if rules.get("choices") and rules.get("kind") != "str_list":
                 doc += f" One of: {', '.join(rules['choices'])}."
-            lines.append(f"# {doc}")
             if isinstance(value, dict):
-                nested.append((f"{prefix}.{name}", None, value))
+                tables.append((f"{prefix}.{name}", doc, value))  # TOML puts a table after the plain keys
                 continue
+            lines.append(f"# {doc}")
             lines.append(f"{name} = {_toml_value(value)}")
         lines.append("")
-        for sub_prefix, sub_type, sub_value in nested:
-            if sub_type is None:
-                lines.append(f"[{sub_prefix}]")
-                lines.extend(f"{k} = {_toml_value(v)}" for k, v in sub_value.items())
-                lines.append("")
-            else:
-                section(sub_prefix, sub_type, sub_value)
+        for table_prefix, doc, table in tables:
+            lines.append(f"# {doc}")
+            lines.append(f"[{table_prefix}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+            lines.append("")
+        for sub_prefix, sub_type, sub_value in subsections:
+            section(sub_prefix, sub_type, sub_value)
 
     config = Config()
     for name, value_type, _rules in section_fields(Config):
