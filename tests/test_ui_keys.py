@@ -124,14 +124,35 @@ async def test_l_lowers_the_learning_rate_with_an_editable_factor(live_run):
         dialog = app.screen
         assert isinstance(dialog, LearningRateDialog)
         assert dialog.current == pytest.approx(2e-3)  # the config's peak rate
-        assert dialog.query_one("#factor").value == "0.5"  # train.lr_factor
-        assert dialog.query_one("#rate").value == "0.001"
-        dialog.query_one("#factor").value = "0.25"
-        await pilot.pause()
-        assert dialog.query_one("#rate").value == "0.0005"
+        factor, rate = dialog.query_one("#factor"), dialog.query_one("#rate")
+        assert (factor.value, rate.value) == ("0.5", "0.001")  # train.lr_factor, and the rate it gives
+        assert factor.has_focus
+
+        await pilot.press("end", "backspace")  # "0.": half typed, not a number yet
+        assert factor.value == "0." and factor.has_class("-invalid")
+        assert "factor: enter a positive number" in screen_text(app)
+        assert dialog.query_one("#confirm").disabled
+        await pilot.press("enter")  # refused: the dialog stays, nothing is sent
+        await pilot.click("#confirm")
+        assert app.screen is dialog and commands(live_run) == []
+
+        await pilot.press("2", "5")
+        assert factor.value == "0.25" and not factor.has_class("-invalid")
+        assert rate.value == "0.0005"  # the rate follows the factor
+        assert "enter a positive number" not in screen_text(app)
+        assert "Restart with lr 0.002 → 5.0e-04" in screen_text(app)
+
+        await pilot.press("tab", "backspace")  # the rate field, its text selected on focus, then cleared
+        assert rate.value == "" and rate.has_class("-invalid")
+        assert "new rate: enter a positive number" in screen_text(app)
         await pilot.press("enter")
+        assert app.screen is dialog and commands(live_run) == []
+        await pilot.press(*"0.0004")
+        assert factor.value == "0.2"  # the factor follows the rate
+        await pilot.press("enter")
+        assert app.screen is not dialog
         restart = commands(live_run)[-1]
-        assert restart["cmd"] == "restart" and restart["learning_rate"] == pytest.approx(5e-4)
+        assert restart["cmd"] == "restart" and restart["learning_rate"] == pytest.approx(4e-4)
 
 
 @run_async

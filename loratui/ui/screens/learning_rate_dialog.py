@@ -1,7 +1,9 @@
 """Lower the learning rate: the current peak rate, a factor (train.lr_factor by default) and the new rate.
 
-Either field can be edited; the other follows. Enter restarts the run with
-the new peak rate (a restart command in control.jsonl).
+Either field can be edited; the other follows. While either holds anything but
+a positive number (half-typed "0." included) the dialog names it and refuses
+to restart. Enter restarts the run with the new peak rate (a restart command
+in control.jsonl).
 
 Keys:
 | key    | does                                   |
@@ -18,6 +20,7 @@ import math
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.validation import Function
 from textual.widgets import Button, Input, Label, Static
 
 from loratui.ui import format as fmt
@@ -32,7 +35,7 @@ class LearningRateDialog(Dialog):
         height: auto;
     }
     LearningRateDialog Label {
-        width: 22;
+        width: 25;
         padding: 1 0 0 0;
     }
     LearningRateDialog Input {
@@ -51,7 +54,6 @@ class LearningRateDialog(Dialog):
         self.fix = fix or {}
         suggested = self.fix.get("learning_rate")
         self.initial = float(suggested) if _positive(suggested) else current * factor
-        self._syncing = False
 
     def compose(self) -> ComposeResult:
         with Vertical(id="box"):
@@ -60,10 +62,10 @@ class LearningRateDialog(Dialog):
             yield Static(f"current peak learning rate: {fmt.number(self.current)}")
             with Horizontal():
                 yield Label("factor (train.lr_factor)")
-                yield Input(_plain(self.initial / self.current), id="factor")
+                yield Input(_plain(self.initial / self.current), id="factor", validators=[POSITIVE])
             with Horizontal():
                 yield Label("new peak learning rate")
-                yield Input(_plain(self.initial), id="rate")
+                yield Input(_plain(self.initial), id="rate", validators=[POSITIVE])
             yield Static("", id="error")
             yield Static("enter: restart with the new rate · tab: switch field · esc: cancel", classes="hint")
             with Horizontal():
@@ -75,31 +77,34 @@ class LearningRateDialog(Dialog):
         self._show_summary()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if self._syncing:
-            return
         value = _parse(event.value)
-        other_id, other_value = ("rate", value * self.current) if event.input.id == "factor" else \
-            ("factor", value / self.current if value else None)
-        if value is not None and other_value is not None:
-            self._syncing = True
-            self.query_one(f"#{other_id}", Input).value = _plain(other_value)
-            self._syncing = False
+        if value is not None:  # half-typed text ("0.", "") leaves the other field as it was
+            other_id, other_value = ("rate", value * self.current) if event.input.id == "factor" else \
+                ("factor", value / self.current)
+            with self.prevent(Input.Changed):  # the other field follows; its change must not echo back
+                self.query_one(f"#{other_id}", Input).value = _plain(other_value)
         self._show_summary()
 
+    def invalid_fields(self) -> list[str]:
+        return [name for name in ("factor", "rate") if _parse(self.query_one(f"#{name}", Input).value) is None]
+
     def new_rate(self) -> float | None:
-        return _parse(self.query_one("#rate", Input).value)
+        """The rate to restart with, or None while either field is not a positive number."""
+        return None if self.invalid_fields() else _parse(self.query_one("#rate", Input).value)
 
     def _show_summary(self) -> None:
-        rate = self.new_rate()
+        invalid = self.invalid_fields()
         error = self.query_one("#error", Static)
         confirm = self.query_one("#confirm", Button)
-        if rate is None:
-            error.update("enter a positive number")
-            confirm.disabled = True
+        confirm.disabled = bool(invalid)
+        if invalid:
+            names = " and ".join(FIELD_NAMES[name] for name in invalid)
+            error.update(f"{names}: enter a positive number")
+            confirm.label = "Restart"
         else:
             error.update("")
-            confirm.disabled = False
-            confirm.label = f"Restart with lr {fmt.number(self.current)} → {fmt.number(rate)}"
+            confirm.label = f"Restart with lr {fmt.number(self.current)} → {fmt.number(self.new_rate())}"
+        confirm.refresh(layout=True)  # a Button keeps its width when only its label changes
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -120,6 +125,10 @@ class LearningRateDialog(Dialog):
         if isinstance(self.fix.get("from_step"), int):
             args["from_step"] = self.fix["from_step"]
         self.dismiss(args)
+
+
+POSITIVE = Function(lambda text: _parse(text) is not None, "not a positive number")  # marks the field -invalid
+FIELD_NAMES = {"factor": "factor", "rate": "new rate"}
 
 
 def _parse(text: str) -> float | None:
