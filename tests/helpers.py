@@ -87,3 +87,15 @@ def ready_trainer(config, monitor=None):
     trainer = Trainer(config, run_dir, bus, monitor=monitor)
     trainer.setup()
     return trainer
+
+
+def ready_monitored_trainer(config):
+    """As `ready_trainer`, with the health monitor a headless run builds (see train/entry.py)."""
+    from loratui.monitor import build_monitor
+
+    run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
+    bus = EventBus()
+    bus.add_sink(JsonlSink(run_dir.events))
+    trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus))
+    trainer.setup()
+    return trainer
