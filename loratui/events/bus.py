@@ -3,11 +3,13 @@
 Synchronous on purpose: when `publish` returns, the event is in events.jsonl,
 so a checkpoint event is never written before the checkpoint exists, and a
 crash loses nothing already published. A lock keeps lines whole when the NVML
-sampler thread and the training loop publish at once.
+sampler thread and the training loop publish at once. A sink that cannot write
+(OSError) loses its own output, never the run.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Callable, Protocol
@@ -26,6 +28,7 @@ class EventBus:
         self.attempt = attempt
         # Only rank 0 publishes in a multi-process run; other ranks hold a disabled bus.
         self.enabled = enabled
+        self._failed_sinks: set[int] = set()
 
     def add_sink(self, sink: Sink) -> None:
         with self._lock:
@@ -38,8 +41,22 @@ class EventBus:
             return event
         with self._lock:
             for sink in self._sinks:
-                sink.write(event)
+                try:
+                    sink.write(event)
+                except OSError as exc:
+                    self._sink_failed(sink, exc)
         return event
+
+    def _sink_failed(self, sink: Sink, exc: OSError) -> None:
+        """A sink the disk or a closed stream refuses (the console's trainer.log on a full disk, say).
+
+        Losing its lines must not end the run: the others still get the event. Said once per sink.
+        """
+        if id(sink) in self._failed_sinks:
+            return
+        self._failed_sinks.add(id(sink))
+        say_on_stderr(f"loratui: {type(sink).__name__} cannot write ({exc}): its lines are lost while it "
+                      f"cannot; training goes on")
 
     def close(self) -> None:
         with self._lock:
@@ -58,4 +75,13 @@ class CallbackSink:
         self._callback(event)
 
     def close(self) -> None:
+        pass
+
+
+def say_on_stderr(message: str) -> None:
+    """One line on stderr, which may sit on the same full disk (trainer.log): then it is lost too, silently."""
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
         pass

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from loratui.events.bus import say_on_stderr
 from loratui.events.encode import decode_event, encode_event
 
 PRIVATE_FILE = 0o600
@@ -24,22 +25,55 @@ class JsonlSink:
     No Python file buffer: it would be flushed after every line anyway, and a
     single append of the whole line is cheaper and keeps a line in one piece
     beside other appenders.
+
+    A write the disk refuses (full, over a size limit) never stops the run: the
+    event is lost, stderr (trainer.log) says so once per outage, and the first
+    line written once the disk takes lines again is a `notice` counting the lost
+    events. A line cut short by the failure is ended first, so no line is ever
+    glued onto a fragment.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self._at_line_start = _ends_with_newline(self.path)
+        self.lost = 0  # events not written since the last line that was
+        self._lost_reason = ""
 
     def write(self, event: dict) -> None:
-        line = (encode_event(event) + "\n").encode("utf-8")
+        try:
+            if self.lost:
+                self._append(self._lost_notice(event))
+                self.lost = 0
+            self._append(event)
+        except OSError as exc:
+            self._record_loss(exc)
+
+    def _append(self, event: dict) -> None:
+        data = (encode_event(event) + "\n").encode("utf-8")
         if not self._at_line_start:
-            # A previous writer died mid-line: end its fragment so ours starts clean.
-            line = b"\n" + line
-            self._at_line_start = True
-        written = os.write(self._fd, line)
-        while written < len(line):  # a short write (a signal, a full disk): the rest, or the error
-            written += os.write(self._fd, line[written:])
+            # A previous writer died mid-line, or a failed write cut ours: end the fragment first.
+            data = b"\n" + data
+        written = 0
+        try:
+            while written < len(data):  # a short write (a signal, a full disk): the rest, or the error
+                written += os.write(self._fd, data[written:])
+        finally:
+            if written:
+                self._at_line_start = data[written - 1:written] == b"\n"
+
+    def _record_loss(self, exc: OSError) -> None:
+        if not self.lost:
+            say_on_stderr(f"loratui: cannot write {self.path} ({exc.strerror or exc}): events are lost until "
+                          f"it can; training goes on")
+        self.lost += 1
+        self._lost_reason = exc.strerror or str(exc)
+
+    def _lost_notice(self, event: dict) -> dict:
+        return {"type": "notice", "time": event.get("time"), "attempt": event.get("attempt"),
+                "step": event.get("step"), "lost_events": self.lost,
+                "message": f"{self.lost} event(s) could not be written to {self.path.name} "
+                           f"({self._lost_reason})"}
 
     def close(self) -> None:
         if self._fd is not None:
