@@ -79,3 +79,42 @@ def test_auto_resolves_to_bf16_on_cpu(tmp_path):
     started = next(e for e in events if e["type"] == "run_started")
     assert started["requested_precision"] == "auto" and started["precision"] == "bf16"
     assert steps_of(events)[0]["precision"] == "bf16"
+
+
+def gradient_norm(params) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params])).item()
+
+
+def unscaled_gradient_norm(trainer, batch) -> float:
+    """The norm of the step's gradients, recomputed outside the trainer: same weights, same batch,
+    the loss scaled by the scaler's current scale and the gradients divided by it again."""
+    scale = trainer.precision.scaler.get_scale() if trainer.precision.scaler else 1.0
+    with trainer.precision.autocast():
+        loss = trainer.model(**batch).loss
+    (loss * scale).backward()
+    for param in trainer.params:
+        param.grad /= scale
+    norm = gradient_norm(trainer.params)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_grad_norm_is_taken_after_unscaling_and_before_clipping(tmp_path, precision):
+    max_norm = 1e-3
+    trainer = ready_trainer(make_config(tmp_path, FAST + [
+        f"train.precision={precision}", f"train.max_grad_norm={max_norm}", "lora.dropout=0.0",
+        "amp.init_scale=1024.0", f"run.output_dir=\"{tmp_path}\""]))
+    position = trainer.stream.position
+    expected = unscaled_gradient_norm(trainer, trainer.stream.next_batch())
+    trainer.stream.position = position  # the step trains on the same batch
+    norms_at_update = []
+    trainer.optimizer.optimizer.register_step_pre_hook(
+        lambda *_: norms_at_update.append(gradient_norm(trainer.params)))
+    figures = trainer.train_step()
+    trainer.cleanup()
+    assert not figures.skipped
+    assert figures.grad_norm > 10 * max_norm  # so clipping had work to do
+    assert figures.grad_norm == pytest.approx(expected, rel=1e-5)
+    # ...and it did: the optimizer stepped with gradients clipped to max_grad_norm.
+    assert norms_at_update == [pytest.approx(max_norm, rel=1e-3)]
