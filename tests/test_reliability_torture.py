@@ -2,13 +2,15 @@
 
 Kill moments, drawn from a printed seed, are of three kinds: during start-up
 (imports, model loading, tokenizing), at a random point of a random training
-step, and inside a checkpoint save (slowed with LORATUI_TEST_SLOW_CHECKPOINT so
+step, and around a checkpoint save (slowed with LORATUI_TEST_SLOW_CHECKPOINT so
 the kill can land anywhere in it: while checksumming, after the rename, during
-retention). After each kill the run is resumed with --resume. The promises:
-every resume starts from the newest checkpoint that verifies, never a partial
-one; every step's loss, in every attempt, equals an uninterrupted fp32 run's
-within 1e-6; the final adapter does too. The default suite kills 4 times;
-`make torture` 20 times.
+retention). One kill always lands inside a save, before its rename: it waits for
+the save to begin and kills at once, the save slowed enough to be still running,
+and the test checks that it was cut there. After each kill the run is resumed
+with --resume. The promises: every resume starts from the newest checkpoint that
+verifies, never a partial one; every step's loss, in every attempt, equals an
+uninterrupted fp32 run's within 1e-6; the final adapter does too. The default
+suite kills 4 times; `make torture` 20 times.
 """
 
 from __future__ import annotations
@@ -41,10 +43,21 @@ EVERY_STEPS = 3
 
 
 def kill_plan(rng, kills: int) -> list[str]:
-    """Kinds of kill moment, in a random order, with at least one of each."""
-    plan = ["step", "save", "startup"][:kills] + [rng.choice(["startup", "step", "save"]) for _ in range(kills - 3)]
+    """Kinds of kill moment, in a random order: one of each, then random ones.
+
+    "inside_save" kills as soon as a (much slowed) commit has begun, so at least one
+    kill surely lands inside a save; a "save" kill lands at a random moment around one.
+    """
+    plan = ["step", "inside_save", "startup"][:kills] + [rng.choice(["startup", "step", "save"])
+                                                        for _ in range(kills - 3)]
     rng.shuffle(plan)
     return plan
+
+
+def slowed_saves(kind: str) -> dict:
+    """The test-only hook's delay per checkpoint file: about 0.6 s per save, or 1.8 s to kill inside one."""
+    seconds = {"save": "0.1", "inside_save": "0.3"}.get(kind)
+    return {"LORATUI_TEST_SLOW_CHECKPOINT": seconds} if seconds else {}
 
 
 def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, max_steps: int,
@@ -68,7 +81,8 @@ def kill_at_a_random_moment(run: HeadlessRun, kind: str, rng, resumed_at: int, m
                 any(step > resumed_at for step in saves_in_progress(run.checkpoints))
 
         run.wait_for(saving, "a checkpoint save", poll_s=0.002)
-        time.sleep(rng.uniform(0, 1.0))  # the slowed commit takes about 0.7 s, then rename and retention
+        if kind == "save":
+            time.sleep(rng.uniform(0, 1.0))  # the slowed commit takes about 0.6 s, then rename and retention
     run.new_events()
     steps = [e["step"] for e in run.seen if e["type"] == "step"]
     run.kill()
@@ -96,13 +110,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     for number, kind in enumerate(kill_plan(rng, kills)):
         # None until the first checkpoint: a run killed before it resumes from step 0.
         newest = next(iter(complete_steps(checkpoints)), None)
-        env = {"LORATUI_TEST_SLOW_CHECKPOINT": "0.1"} if kind == "save" else {}
         left_before = {identity(p) for p in partial_dirs(checkpoints)}
-        run = HeadlessRun(config_path, resume=number > 0, env=env)
+        run = HeadlessRun(config_path, resume=number > 0, env=slowed_saves(kind))
         try:
             landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps, left_before))
         finally:
             run.kill()
+        if kind == "inside_save":
+            assert "inside the save of" in landings[-1], landings
         started = [e for e in run.seen if e["type"] == "run_started"]
         if number and started:
             expected = str(checkpoints / ckpt.checkpoint_name(newest)) if newest is not None else None
