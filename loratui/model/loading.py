@@ -79,10 +79,25 @@ def _first_line(exc: Exception) -> str:
 
 
 def model_identity(config, tokenizer) -> dict:
-    """What a checkpoint must match to be resumed: base model, LoRA shape, tokenizer."""
-    return {"model": config.model.name_or_path, "lora_r": config.lora.r,
+    """What a checkpoint must match to be resumed: what its adapter means.
+
+    The base model, the tokenizer, and the adapter's shape and scale (its update is
+    scaled by alpha / r). Dropout is left out: it acts in training only, so a resume
+    may change it like the learning rate.
+    """
+    return {"model": config.model.name_or_path, "lora_r": config.lora.r, "lora_alpha": config.lora.alpha,
             "lora_target_modules": config.lora.target_modules,
             "tokenizer": tokenizer_fingerprint(tokenizer)}
+
+
+def identity_mismatches(recorded: dict, current: dict) -> list[str]:
+    """'key: checkpoint's value -> config's value' for each part of the identity that changed.
+
+    A key the checkpoint does not record (one written before the key was added) is unknown,
+    not a change: older checkpoints stay resumable.
+    """
+    return [f"{key}: {recorded[key]!r} -> {value!r}" for key, value in current.items()
+            if key in recorded and recorded[key] != value]
 
 
 def trainable_parameters(model) -> list:
