@@ -10,7 +10,7 @@ import math
 import pytest
 
 from loratui.advise.decide import FAILED, HEALTHY, REJECTED, UNSUPPORTED_HERE, judge, recommend
-from loratui.advise.figures import trial_figures
+from loratui.advise.figures import INITIAL_SCALE_PROVEN_AFTER, trial_figures
 from loratui.advise.trials import TrialPlan, TrialRecord
 from loratui.config.schema import MonitorSection
 
@@ -70,15 +70,38 @@ def test_worst_probe_reading_is_the_trial_figure():
     assert figures.probes == 3
 
 
-def test_calibration_ends_at_the_first_clean_step_after_a_backoff():
-    # Steps 1-2 clean at the initial scale, 3-4 skipped while it backs off, then clean: calibration.
+def calibration(figures) -> tuple[int, int, int, int]:
+    return (figures.calibration_skips, figures.steps_after_calibration, figures.skipped_after_calibration,
+            figures.most_consecutive_skips)
+
+
+def test_skips_at_the_very_start_are_calibration_until_a_step_runs_clean():
+    # Backing off from the initial scale at once: steps 1-2 skipped, then clean.
+    assert calibration(trial_figures(steps(10, skipped={1, 2}, scale=65536.0))) == (2, 8, 0, 0)
+    # The built-in model at batch 2: step 1 clean (the adapter starts at zero), step 2 overflows.
+    assert calibration(trial_figures(steps(10, skipped={2}, scale=65536.0))) == (1, 8, 0, 0)
+    # At batch 4: steps 1-2 clean, 3-4 skipped while it backs off, then clean.
     figures = trial_figures(steps(10, skipped={3, 4}, scale=65536.0))
-    assert figures.calibration_skips == 2
-    assert figures.skipped_after_calibration == 0 and figures.steps_after_calibration == 6
-    assert figures.final_scale == 16384.0
-    # A skip after the scale had worked counts.
-    figures = trial_figures(steps(10, skipped={3, 7}, scale=65536.0))
-    assert (figures.calibration_skips, figures.skipped_after_calibration) == (1, 1)
+    assert calibration(figures) == (2, 6, 0, 0) and figures.final_scale == 16384.0
+    # The first skip on the last step the initial scale is still unproven: calibration too.
+    assert calibration(trial_figures(steps(5, skipped={5}, scale=65536.0))) == (1, 0, 0, 0)
+
+
+def test_a_skip_once_a_scale_has_worked_is_not_calibration():
+    # After calibration ended (step 4 ran clean at the backed-off scale), step 7's skip counts.
+    assert calibration(trial_figures(steps(10, skipped={3, 7}, scale=65536.0))) == (1, 7, 1, 1)
+    # A first skip after the initial scale ran INITIAL_SCALE_PROVEN_AFTER steps clean counts...
+    first = INITIAL_SCALE_PROVEN_AFTER + 1
+    assert calibration(trial_figures(steps(10, skipped={first}, scale=65536.0))) == (0, 10, 1, 1)
+    # ...on the trial's last step too,
+    assert calibration(trial_figures(steps(30, skipped={30}, scale=65536.0))) == (0, 30, 1, 1)
+    # and a burst in mid-trial after many clean steps is overflow, every skip of it.
+    figures = trial_figures(steps(30, skipped=set(range(20, 25)), scale=65536.0))
+    assert calibration(figures) == (0, 30, 5, 5) and not figures.ended_in_calibration
+
+
+def test_without_a_loss_scaler_nothing_is_calibration():
+    assert calibration(trial_figures(steps(6, skipped={1}))) == (0, 6, 1, 1)
 
 
 # ---------------------------------------------------------------- verdicts
@@ -105,12 +128,45 @@ def test_fp16_rejected_for_skips_after_calibration():
     assert "skipped 2 of the 8 steps after the loss scaler's calibration" in result.reasons[0]
 
 
+def test_fp16_rejected_for_a_burst_of_skips_after_many_clean_steps():
+    result = verdict("fp16", steps(30, skipped=set(range(20, 25)), scale=65536.0))
+    assert result.status == REJECTED
+    assert result.reasons == ["skipped 5 of the 30 steps after the loss scaler's calibration (17%, "
+                              "monitor.skip_rate_max = 10%): the gradients overflow a scale that worked"]
+
+
+def test_fp16_with_one_skip_on_its_last_step_is_healthy():
+    # Once the initial scale has worked, a last-step skip is one skip in thirty.
+    assert verdict("fp16", steps(30, skipped={30}, scale=65536.0)).status == HEALTHY
+    # While it is still unproven, the trial simply ended as the scaler backed off: no rejection,
+    # and a recommendation of fp16 says its trial ended calibrating.
+    ended = steps(4, skipped={4}, scale=65536.0)
+    assert verdict("fp16", ended, steps_count=4).status == HEALTHY
+    records = [record("fp16", steps_count=4), record("fp32", steps_count=4)]
+    figures = {"fp16": trial_figures(ended), "fp32": trial_figures(steps(4, seconds=1.0))}
+    verdicts = {r.plan.name: judge(r, figures[r.plan.name], THRESHOLDS) for r in records}
+    choice = recommend(records, figures, verdicts, "fp16", "prior note")
+    assert choice.trial == "fp16"
+    assert ("fp16's trial ended while its loss scaler was still calibrating (its last 1 of 4 steps skipped as it "
+            "backed off from amp.init_scale): longer trials (--steps) would show whether it settles") in choice.reasons
+
+
+def test_fp16_rejected_when_its_last_steps_all_skip():
+    # Clean at first, then monitor.consecutive_skips_max skips in a row to the end: no working scale.
+    result = verdict("fp16", steps(8, skipped=set(range(4, 9)), scale=65536.0))
+    assert result.status == REJECTED
+    assert result.reasons == ["the loss scaler never found a working scale: from step 4 on, all 5 steps skipped "
+                              "to the end of the trial (monitor.consecutive_skips_max = 5)"]
+    # One short of it: the trial ended while the scaler was backing off.
+    assert verdict("fp16", steps(8, skipped=set(range(5, 9)), scale=65536.0)).status == HEALTHY
+
+
 def test_fp16_rejected_when_the_scaler_never_settles_or_the_scale_collapses():
     result = verdict("fp16", steps(20, skipped=set(range(1, 21)), nan=set(range(1, 21)), scale=65536.0))
     assert result.status == REJECTED
     text = " | ".join(result.reasons)
     assert "loss was not finite on 20 of 20 steps" in text
-    assert "never found a working scale" in text
+    assert "never found a working scale: all 20 steps skipped" in text
     assert "loss scale fell to 0.125" in text
 
 

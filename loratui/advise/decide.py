@@ -78,9 +78,16 @@ def _fp16_reasons(figures: TrialFigures, thresholds) -> list[str]:
                        f"{thresholds.fp16_headroom_min:g}x: {figures.headroom_module} {figures.headroom_where} peaks "
                        f"at {_g(peak)}" + (" (beyond fp16's max, 65504)" if peak is not None and peak >= FP16_MAX
                                            else " (fp16's max is 65504)"))
-    if figures.skipped_steps and not figures.steps_after_calibration:
-        reasons.append(f"the loss scaler never found a working scale: {figures.skipped_steps} of "
-                       f"{figures.steps_done} steps skipped, none applied after the first skip")
+    if figures.ended_in_calibration:
+        # Its last steps all skipped: too many in a row (or every step) is a scaler that finds no
+        # scale; fewer is a trial that ended while the scaler backed off (recommend() says so).
+        backing_off = figures.calibration_skips
+        if backing_off == figures.steps_done or backing_off >= thresholds.consecutive_skips_max:
+            since = figures.steps_done - backing_off + 1
+            reasons.append(f"the loss scaler never found a working scale: "
+                           + (f"all {backing_off} steps skipped" if since == 1 else
+                              f"from step {since} on, all {backing_off} steps skipped to the end of the trial")
+                           + f" (monitor.consecutive_skips_max = {thresholds.consecutive_skips_max})")
     elif figures.steps_after_calibration:
         rate = figures.skipped_after_calibration / figures.steps_after_calibration
         if rate > thresholds.skip_rate_max or figures.most_consecutive_skips >= thresholds.consecutive_skips_max:
@@ -128,6 +135,11 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
         reasons.append(f"the hardware rule alone would pick {prior_trial.plan.name} ({prior_why}); {outcome}")
     if winner.support == EMULATED:
         reasons.append(f"{winner.plan.precision} is emulated on this machine ({winner.support_note})")
+    won = figures[winner.plan.name]
+    if won.ended_in_calibration:
+        reasons.append(f"{winner.plan.name}'s trial ended while its loss scaler was still calibrating (its last "
+                       f"{won.calibration_skips} of {won.steps_done} steps skipped as it backed off from "
+                       f"amp.init_scale): longer trials (--steps) would show whether it settles")
     return Recommendation(winner.plan.name, winner.plan.precision, winner.plan.adapter_dtype, reasons + rejections)
 
 

@@ -24,7 +24,7 @@ class TrialFigures:
     steps_done: int = 0
     nonfinite_loss_steps: int = 0
     skipped_steps: int = 0
-    calibration_skips: int = 0  # skips until the scaler first found a scale that works
+    calibration_skips: int = 0  # skips while the scaler backed off from its initial scale (see _calibration)
     skipped_after_calibration: int = 0
     steps_after_calibration: int = 0
     most_consecutive_skips: int = 0  # after calibration
@@ -42,6 +42,11 @@ class TrialFigures:
     stale_share: float | None = None  # the highest over the probes
     stale_module: str | None = None
     alerts: list[str] = field(default_factory=list)  # alert kinds the monitor raised during the trial
+
+    @property
+    def ended_in_calibration(self) -> bool:
+        """The trial ended while the loss scaler was still backing off: its last steps all skipped."""
+        return self.calibration_skips > 0 and not self.steps_after_calibration
 
 
 def trial_figures(events: list[dict]) -> TrialFigures:
@@ -79,17 +84,33 @@ def _loss_and_scaling(figures: TrialFigures, steps: list[dict]) -> None:
     figures.applied_steps = len(steps) - figures.skipped_steps
     if steps[-1].get("scale") is not None:
         figures.final_scale = as_float(steps[-1]["scale"])
-    # The scaler starts from a guess (amp.init_scale) and halves it on each overflow: calibration
-    # lasts until a step runs clean after the first backoff, i.e. until a working scale is found.
-    # Skips after that mean the gradients outgrew a scale that had worked.
+    _calibration(figures, skipped, scaled=figures.final_scale is not None)
+
+
+# The loss scaler starts from a guess (amp.init_scale) and halves it on each overflow. The LoRA
+# adapter starts at zero and the warmup raises the learning rate, so the gradients grow over the
+# first steps: on the built-in model the default initial scale first overflows at step 1 to 3
+# (batch size 1 to 4). Once the initial scale has run this many steps clean, it is a scale that works.
+INITIAL_SCALE_PROVEN_AFTER = 5
+
+
+def _calibration(figures: TrialFigures, skipped: list[bool], *, scaled: bool) -> None:
+    """Which skips are the scaler's calibration, and what came after it.
+
+    Calibration is the scaler backing off from its initial guess: it begins with a
+    skip in the very first steps (before the initial scale has run
+    INITIAL_SCALE_PROVEN_AFTER steps clean) and lasts until a step runs clean after
+    it. A skip after that, or a first skip after the initial scale had worked for
+    that many steps, is not calibration: the gradients outgrew a scale that worked.
+    A trial that ends before a step runs clean again ends in calibration: no step
+    comes after it (steps_after_calibration = 0). Without a loss scaler (fp32, bf16,
+    fp16 with amp.loss_scaling off) there is nothing to calibrate.
+    """
     first_skip = skipped.index(True) if True in skipped else None
-    if first_skip is None:
-        figures.steps_after_calibration = len(steps)
-        return
-    settled = next((i for i in range(first_skip, len(steps)) if not skipped[i]), None)
-    if settled is None:
-        figures.calibration_skips = figures.skipped_steps  # the scaler never found a working scale
-        return
+    if not scaled or first_skip is None or first_skip >= INITIAL_SCALE_PROVEN_AFTER:
+        settled = 0  # nothing to calibrate, or the initial scale worked
+    else:
+        settled = next((i for i in range(first_skip, len(skipped)) if not skipped[i]), len(skipped))
     figures.calibration_skips = sum(skipped[:settled])
     after = skipped[settled:]
     figures.steps_after_calibration = len(after)
