@@ -177,10 +177,23 @@ def test_fp16_rejected_for_underflow():
     assert "model.layers.0.mlp.up_proj" in result.reasons[0]
 
 
-def test_bf16_rejected_for_low_fidelity():
-    result = verdict("bf16", steps(6) + [health(3, fidelity=(0.95, {"relative_error": 0.3}))])
+def test_bf16_rejected_for_low_fidelity_where_the_monitor_only_warns():
+    # In a bf16 run the monitor marks this reading "warn" and raises no alert (bf16 has no underflow
+    # to fix); the advisor, choosing among precisions, rejects it all the same.
+    low = health(3, fidelity=(0.95, {"relative_error": 0.3}))
+    low["checks"]["fidelity"]["status"] = "warn"
+    result = verdict("bf16", steps(6) + [low])
     assert result.status == REJECTED
     assert "cosine 0.9500" in result.reasons[0] and "monitor.fidelity_min = 0.98" in result.reasons[0]
+    assert verdict("bf16-pure", steps(6) + [low]).status == REJECTED
+    at_threshold = health(3, fidelity=(THRESHOLDS.fidelity_min, {"relative_error": 0.01}))
+    assert verdict("bf16", steps(6) + [at_threshold]).status == HEALTHY
+
+
+def test_fidelity_rejects_fp16_too_but_never_the_fp32_reference():
+    low = [health(3, fidelity=(0.95, {"relative_error": 0.3}))]
+    assert verdict("fp16", steps(6, scale=65536.0) + low).status == REJECTED
+    assert verdict("fp32", steps(6) + low).status == HEALTHY
 
 
 def test_stale_share_rejects_only_pure_bf16_adapters():

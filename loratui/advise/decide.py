@@ -1,14 +1,26 @@
 """The decision rule: a verdict for each trial, then one recommendation with its reasons.
 
 The hardware rule (bf16 where native, fp16 with loss scaling on older GPUs) is
-the prior; the evidence decides. A trial is rejected on what the health
-monitor would alert on in the run, with the monitor's own thresholds:
-  fp16  activation headroom under monitor.fp16_headroom_min, or skips after the
-        loss scaler's calibration (rate over monitor.skip_rate_max, or
-        monitor.consecutive_skips_max in a row), or a loss scale below 1, or
-        gradient underflow over monitor.underflow_max
-  bf16 and fp16  gradient fidelity (cosine against fp32) under monitor.fidelity_min
-  pure-bf16 adapters  a stale-update share over monitor.stale_max
+the prior; the evidence decides, with the health monitor's thresholds
+(config.monitor). The monitor judges one run as it goes, and alerts only where
+a fix is called for; the advisor chooses among alternatives, so a precision
+with a weaker reading loses to one without it even where the monitor would
+only warn. A trial is rejected on:
+  fp16  activation headroom under monitor.fp16_headroom_min at any probe (the
+        monitor warns on it, and alerts when most rows of a batch are that
+        tight); skips after the loss scaler's calibration (rate over
+        monitor.skip_rate_max, or monitor.consecutive_skips_max in a row), with
+        calibration timed by the advisor (figures._calibration), not the
+        monitor's first monitor.calibration_steps steps, which would span a
+        whole trial; a scaler that found no working scale; a loss scale below 1;
+        gradient underflow over monitor.underflow_max (a monitor alert too)
+  bf16 and fp16  gradient fidelity (cosine against fp32) under
+        monitor.fidelity_min: a monitor alert in fp16, where it means underflow,
+        and only a warning in a bf16 run, which has no underflow to fix; here a
+        precision that computes the gradients more faithfully is the better choice
+  pure-bf16 adapters  a stale-update share over monitor.stale_max (the monitor
+        alerts on it with any adapter dtype; with fp32 adapters a stale share is
+        the learning rate's doing, not the precision's, and rejects none)
   any   a loss that was not finite, or a trial that could not run to the end
 Of the healthy trials the fastest wins, unless the hardware rule's choice is
 healthy and within SPEED_TOLERANCE of it: short trials time a few percent apart

@@ -3,8 +3,8 @@
 Nothing here measures anything: every figure is a summary of what the trainer
 and the health monitor reported during the trial, so the table can always be
 checked against the trial's events (advise/events.jsonl). Where probes ran
-several times, a figure is the worst reading, because the monitor alerts on
-any single probe: the advisor rejects what the monitor would alert on in the run.
+several times, a figure is the worst reading: the monitor judges each probe on
+its own, and so does the advisor.
 """
 
 from __future__ import annotations
