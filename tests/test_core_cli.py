@@ -1,6 +1,7 @@
 """The command line as a user runs it: three precisions headless, check, errors, no traceback."""
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ def test_example_config_trains_headless_in_each_precision(tmp_path, precision):
     assert lines[0].startswith("loratui: stdout is not a terminal; running headless") == (not flags)
     step_lines = [line for line in lines if line.startswith("step ")]
     assert [line.split()[1] for line in step_lines] == ["10/30", "20/30", "30/30"]
+    assert len([line for line in lines if re.fullmatch(r"data: \d+ examples from \d+ rows", line)]) == 1
     assert "Traceback" not in result.stderr and "it/s" not in result.stderr  # no progress bars
     events = read_events(tmp_path / "loratui-run" / "events.jsonl")
     steps = steps_of(events)

@@ -82,3 +82,30 @@ def test_console_prints_one_line_per_log_every_steps():
     assert "\r" not in out.getvalue()
     assert lines[0] == ("step 5/12 loss 0.2 grad_norm 0.5 lr 1.000e-03 precision fp16 scale 65536 "
                         "skipped 1 tok/s 1000 mem -")
+
+
+def test_console_says_how_many_rows_were_kept_skipped_and_dropped(tmp_path):
+    from helpers import make_config
+    from loratui.config import render_toml
+    from loratui.run_dir import prepare_run_dir
+    from loratui.train.trainer import Trainer
+
+    rows = tmp_path / "rows.jsonl"
+    good = [f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(6)]
+    too_long = '{"text": "' + " ".join(["a long row that goes on"] * 20) + '"}\n'
+    rows.write_text("".join(good) + "not json\n" + '{"text": ""}\n' + too_long)
+    config = make_config(tmp_path, [f'data.path="{rows}"', 'data.format="text"', 'data.on_bad_row="skip"',
+                                    'data.on_too_long="drop"', "data.max_length=32", "train.precision=fp32",
+                                    f'run.output_dir="{tmp_path}"'])
+    out = io.StringIO()
+    bus = EventBus()
+    bus.add_sink(ConsoleSink(log_every=10, max_steps=config.train.max_steps, stream=out))
+    trainer = Trainer(config, prepare_run_dir(config, resume=False, config_text=render_toml(config)), bus)
+    trainer.setup()
+    trainer.cleanup()
+    bus.close()
+    data_lines = [line for line in out.getvalue().splitlines() if line.startswith("data: ")]
+    assert len(data_lines) == 1
+    line = data_lines[0]
+    assert line.startswith("data: 6 examples from 9 rows; 2 bad rows skipped (1 "), line
+    assert line.endswith("; 1 dropped as longer than max_length"), line

@@ -56,6 +56,9 @@ class ConsoleSink:
                     f"mem {'-' if mem is None else f'{mem:.0f}MiB'}")
         if kind == "phase":
             return self._format_phase(event)
+        if kind == "data":
+            # Kept, skipped, dropped and truncated rows: a batch job's log must say what was trained on.
+            return f"data: {event['summary']}"
         if kind == "run_started":
             return (f"run started: precision {event['precision']} on {event['device']}, "
                     f"world size {event['world_size']}, {event['trainable_params']:,} trainable parameters")
