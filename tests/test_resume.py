@@ -22,19 +22,28 @@ def adapter(run_dir):
     return load_file(str(run_dir.adapter / "adapter_model.safetensors"))
 
 
+# 12 rows, 4 a batch: 3 batches an epoch, each epoch in its own shuffled order.
+SMALL = ["data.path=\"{small}\"", "data.format=\"text\"", "data.shuffle=true"]
+
+
 @pytest.mark.parametrize("stop_at,extra", [
     (5, []),                                     # between checkpoints: resumes from the stop's checkpoint
     (7, ["train.grad_accum=2"]),                 # with gradient accumulation
-    (9, ["data.path=\"{small}\"", "data.format=\"text\""]),  # across an epoch boundary (16 rows, 4 per batch)
-])
+    (7, SMALL),                                  # the first batch of epoch 2: the resumed part crosses into epoch 3
+    (9, SMALL),                                  # the last batch of epoch 2: the resumed part starts epoch 3
+], ids=["mid_run", "grad_accum", "resume_crosses_epoch", "stop_at_epoch_end"])
 def test_stop_and_resume_matches_uninterrupted(tmp_path, stop_at, extra):
     small = tmp_path / "small.jsonl"
-    small.write_text("".join(f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(16)))
+    small.write_text("".join(f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(12)))
+    small_data = extra == SMALL
     extra = [e.replace("{small}", str(small)) for e in extra]
     out = f"run.output_dir=\"{tmp_path / 'runs'}\""
     full_cfg = make_config(tmp_path, BASE + extra + [out, "run.name=full"])
     code, full_events, full_dir = train_in_process(full_cfg)
     assert code == 0
+    if small_data:  # the epochs fall where the cases above say
+        epochs = {e["step"]: e["epoch"] for e in steps_of(full_events)}
+        assert [epochs[step] for step in (1, 3, 4, 7, 9, 10, 12)] == [0, 0, 1, 2, 2, 3, 3]
 
     part_cfg = make_config(tmp_path, BASE + extra + [out, "run.name=part"])
     code, first, part_dir = train_in_process(part_cfg, monitor=StepHook({stop_at: command_at("stop")}))
