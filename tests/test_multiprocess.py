@@ -5,6 +5,13 @@ dashboard's `trainer_command` with `[launch] num_processes = 2`, and
 `accelerate launch ... -m loratui run CONFIG --headless`. Rank 0 alone writes
 events.jsonl; the other rank's part shows in the checkpoints (one RNG file per
 rank, written in the same save) and, for the signal test, in its exit code.
+The logged loss is global: step 1's loss is checked against both ranks'
+first-batch losses, recomputed in the test process from the same model and
+data shards.
+
+Not tested here: the refusal of FSDP and DeepSpeed (Trainer.setup). accelerate
+picks FSDP only on GPU process groups and DeepSpeed only off CPU with the
+deepspeed package installed, so neither engine can be selected on this machine.
 """
 
 from __future__ import annotations
@@ -90,7 +97,8 @@ def test_the_users_options_win(tmp_path):
                        "--dynamo_backend", "no"]
 
 
-def write_config(directory: Path, name: str) -> Path:
+def write_config(directory: Path, name: str, *, max_steps: int = 100000, every_steps: int = 100000,
+                 lora_dropout: float = 0.05) -> Path:
     rows = "".join(f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(64))
     (directory / "rows.jsonl").write_text(rows)
     path = directory / f"{name}.toml"
@@ -100,13 +108,15 @@ name = "{name}"
 [data]
 path = "rows.jsonl"
 format = "text"
+[lora]
+dropout = {lora_dropout}
 [train]
 precision = "fp32"
-max_steps = 100000
+max_steps = {max_steps}
 warmup_steps = 0
 batch_size = 4
 [checkpoint]
-every_steps = 100000
+every_steps = {every_steps}
 [monitor]
 log_every = 1000
 [launch]
@@ -243,3 +253,74 @@ def test_a_resumed_run_continues_and_a_signal_stops_every_rank(stopped_run):
     assert saved["step"] == continued[-1] and saved["reason"] == "signal" and saved["attempt"] == 1
     assert_every_rank_saved(Path(saved["path"]))
     assert events[-1]["type"] == "run_finished" and events[-1]["reason"] == "stopped by SIGTERM"
+
+
+FINISHED_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """`accelerate launch -m loratui run` left alone to reach max_steps; no dropout, so a step's loss
+    depends only on the weights and the batch (see test_the_logged_loss_is_the_mean_over_ranks)."""
+    directory = tmp_path_factory.mktemp("multiprocess-finished")
+    config_path = write_config(directory, "finished", max_steps=FINISHED_STEPS, every_steps=2, lora_dropout=0.0)
+    process = launch(LAUNCH + ["-m", "loratui", "run", str(config_path), "--headless"], directory / "run.log")
+    code, _ = wait_for_exit(process)
+    run_dir = RunDir(directory / "runs" / "finished")
+    return {"config_path": config_path, "run_dir": run_dir, "code": code, "log": directory / "run.log",
+            "events": read_events(run_dir.events)}
+
+
+def test_a_two_process_run_finishes_by_itself_and_saves_its_adapter_once(finished_run):
+    events, run_dir = finished_run["events"], finished_run["run_dir"]
+    assert finished_run["code"] == 0, finished_run["log"].read_text()[-3000:]
+    assert_one_consistent_log(events)
+    assert [e["step"] for e in steps_of(events)] == list(range(1, FINISHED_STEPS + 1))
+    saved = [(e["step"], e["reason"]) for e in events if e["type"] == "checkpoint"]
+    assert saved == [(0, "start"), (2, "interval"), (FINISHED_STEPS, "end")]
+    assert_every_rank_saved(run_dir.checkpoints / f"step-{FINISHED_STEPS:06d}")
+    ends = [e for e in events if e["type"] in ("run_finished", "run_failed")]
+    assert len(ends) == 1 and ends[0] == events[-1]
+    assert ends[0]["type"] == "run_finished" and ends[0]["reason"] == "completed"
+    assert ends[0]["step"] == FINISHED_STEPS
+    # The adapter is the one state every rank trained to: the same tensors as the end checkpoint.
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(run_dir.adapter / "adapter_model.safetensors"))
+    checkpointed = load_file(str(run_dir.checkpoints / f"step-{FINISHED_STEPS:06d}" / "adapter_model.safetensors"))
+    assert adapter.keys() == checkpointed.keys() and adapter
+    assert all(torch.equal(adapter[k], checkpointed[k]) for k in adapter)
+
+
+def first_batch_losses_per_rank(config_path: Path, tmp_path: Path) -> list[tuple[float, int]]:
+    """Each rank's step-1 loss and token count, recomputed in this process without the launcher.
+
+    Before the first update every rank holds the same weights (seeded LoRA init), so a
+    rank's step-1 loss is that model's loss on the rank's first batch (its share of the data).
+    """
+    import torch
+
+    from helpers import ready_trainer
+    from loratui.data.dataset import BatchStream
+
+    config = load_config(config_path, [f'run.output_dir="{tmp_path}"', 'run.name="per-rank"',
+                                       "launch.num_processes=1"])
+    trainer = ready_trainer(config)
+    per_rank = []
+    for rank in range(2):
+        stream = BatchStream(trainer.stream.examples, config.train.batch_size, seed=config.train.seed,
+                             shuffle=config.data.shuffle, pad_id=trainer.tokenizer.pad_token_id, rank=rank,
+                             world_size=2)
+        batch = stream.next_batch()
+        with torch.no_grad():
+            per_rank.append((float(trainer.model(**batch).loss), int(batch["attention_mask"].sum())))
+    return per_rank
+
+
+def test_the_logged_loss_is_the_mean_over_ranks(finished_run, tmp_path):
+    (loss0, tokens0), (loss1, tokens1) = first_batch_losses_per_rank(finished_run["config_path"], tmp_path)
+    assert abs(loss0 - loss1) > 1e-2, "the ranks' batches must differ for the check to mean anything"
+    first = steps_of(finished_run["events"])[0]
+    assert first["loss"] == pytest.approx((loss0 + loss1) / 2, rel=1e-5, abs=1e-6), (first["loss"], loss0, loss1)
+    assert first["tokens"] == tokens0 + tokens1
