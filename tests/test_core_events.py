@@ -1,4 +1,5 @@
-"""The event bus and log: strict JSON lines, non-finite numbers as strings, whole lines, console lines."""
+"""The event bus and log: strict JSON lines, non-finite numbers as strings, whole lines, console lines,
+and the fields of the trainer's run_started and step events."""
 
 import io
 import json
@@ -7,10 +8,14 @@ import threading
 
 import pytest
 
+from helpers import make_config, steps_of, train_in_process
+from loratui.config import render_toml
 from loratui.events.bus import EventBus
 from loratui.events.console import ConsoleSink
 from loratui.events.encode import as_float, decode_event, encode_event
 from loratui.events.jsonl import EventTailer, JsonlSink, read_events
+from loratui.run_dir import prepare_run_dir
+from loratui.train.trainer import Trainer
 
 
 def test_non_finite_numbers_become_strings_and_parse_back():
@@ -85,11 +90,6 @@ def test_console_prints_one_line_per_log_every_steps():
 
 
 def test_console_says_how_many_rows_were_kept_skipped_and_dropped(tmp_path):
-    from helpers import make_config
-    from loratui.config import render_toml
-    from loratui.run_dir import prepare_run_dir
-    from loratui.train.trainer import Trainer
-
     rows = tmp_path / "rows.jsonl"
     good = [f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(6)]
     too_long = '{"text": "' + " ".join(["a long row that goes on"] * 20) + '"}\n'
@@ -109,3 +109,57 @@ def test_console_says_how_many_rows_were_kept_skipped_and_dropped(tmp_path):
     line = data_lines[0]
     assert line.startswith("data: 6 examples from 9 rows; 2 bad rows skipped (1 "), line
     assert line.endswith("; 1 dropped as longer than max_length"), line
+
+
+NONFINITE = ("nan", "inf", "-inf")
+
+
+def has_kind(value, kind) -> bool:
+    """kind: None, "number" (a float or a non-finite string), or a type matched exactly (True is no int)."""
+    if kind is None:
+        return value is None
+    if kind == "number":
+        return type(value) is float or value in NONFINITE
+    return type(value) is kind
+
+
+def assert_fields(event: dict, fields: dict) -> None:
+    for name, kinds in fields.items():
+        assert name in event, f"{event['type']} event has no {name}: {event}"
+        assert any(has_kind(event[name], kind) for kind in kinds), \
+            f"{event['type']}.{name} = {event[name]!r}, expected one of {kinds}"
+
+
+COMMON_FIELDS = {"type": (str,), "time": (float,), "attempt": (int,), "step": (int,)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_run_started_and_step_events_have_every_documented_field(tmp_path, precision):
+    config = make_config(tmp_path, [f"train.precision={precision}", "train.max_steps=2", "train.batch_size=2",
+                                    f'run.output_dir="{tmp_path}"'])
+    code, events, _ = train_in_process(config)
+    assert code == 0
+    started = next(e for e in events if e["type"] == "run_started")
+    assert_fields(started, {**COMMON_FIELDS, "precision": (str,), "requested_precision": (str,), "device": (str,),
+                            "device_name": (str,), "world_size": (int,), "versions": (dict,),
+                            "trainable_params": (int,), "total_params": (int,), "loss_scaling": (bool,),
+                            "adapter_dtype": (str,), "max_steps": (int,), "capabilities": (dict,),
+                            "resumed_from": (None,), "config": (dict,), "run_dir": (str,), "pid": (int,)})
+    assert started["precision"] == started["requested_precision"] == precision
+    assert started["device"] == "cpu" and started["world_size"] == 1 and started["attempt"] == 0
+    assert set(started["versions"]) == {"loratui", "python", "torch", "transformers", "peft", "accelerate"}
+    assert all(type(v) is str and v for v in started["versions"].values())
+    assert 0 < started["trainable_params"] < started["total_params"]
+    assert started["loss_scaling"] == (precision == "fp16")
+    assert started["config"]["train"]["precision"] == precision and started["config"]["lora"]["r"] == config.lora.r
+    steps = steps_of(events)
+    assert [e["step"] for e in steps] == [1, 2]
+    for step in steps:
+        assert_fields(step, {**COMMON_FIELDS, "loss": ("number",), "grad_norm": ("number",), "lr": (float,),
+                             "precision": (str,), "scale": (float,) if precision == "fp16" else (None,),
+                             "skipped": (bool,), "nonfinite_grads": (int,), "tokens": (int,),
+                             "tokens_per_s": (float,), "step_time_s": (float,), "epoch": (int,),
+                             # Memory figures come from CUDA's allocator: null on CPU.
+                             "mem_allocated_mib": (None,), "mem_reserved_mib": (None,), "mem_peak_mib": (None,)})
+        assert step["precision"] == precision and step["attempt"] == 0
+        assert step["tokens"] > 0 and step["tokens_per_s"] > 0 and step["step_time_s"] > 0
