@@ -19,7 +19,7 @@ from loratui.train.trainer import Trainer
 FULL = os.environ.get("LORATUI_TORTURE") == "full"
 
 
-def train_monitored(config, *, on_event=None):
+def train_monitored(config, *, on_event=None, gradient_fault=None):
     """The real trainer with the monitor `loratui run` builds; returns (exit code, events, run_dir)."""
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
     bus = EventBus()
@@ -27,6 +27,8 @@ def train_monitored(config, *, on_event=None):
     if on_event is not None:
         bus.add_sink(CallbackSink(on_event))
     trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus))
+    if gradient_fault is not None:
+        bus.add_sink(CallbackSink(lambda event: gradient_fault.on_event(trainer, event)))
     try:
         code = trainer.run()
     finally:
@@ -37,6 +39,37 @@ def train_monitored(config, *, on_event=None):
 def scenario_config(tmp_path, name: str, overrides=()):
     scenario = [f"{key}={_toml(value)}" for key, value in SCENARIOS[name].overrides.items()]
     return make_config(tmp_path, [*scenario, f'run.output_dir="{tmp_path}"', f'run.name="{name}"', *overrides])
+
+
+class NonFiniteGradients:
+    """Test-only fault: on chosen steps one LoRA gradient value becomes inf while the loss stays finite.
+
+    What a backward pass that overflows, or meets an operation undefined at its input, hands
+    the optimizer. A tensor hook on the real trainer's first trainable parameter injects it
+    during the real backward (after loss scaling, as a real overflow would be), so skipping,
+    the GradScaler's backoff and the monitor all run as they do in training. `steps` are the
+    trainer's step numbers (a restart from step 0 goes through them again); `attempts` limits
+    the fault to some attempts. The hook is set once the model exists (run_started) and again
+    after a restart, which may rebuild the model.
+    """
+
+    def __init__(self, steps, attempts=None):
+        self.steps = set(steps)
+        self.attempts = attempts
+        self.handle = None
+
+    def on_event(self, trainer, event: dict) -> None:
+        if event["type"] in ("run_started", "restart"):
+            if self.handle is not None:
+                self.handle.remove()
+            self.handle = trainer.params[0].register_hook(lambda grad: self.poison(trainer, grad))
+
+    def poison(self, trainer, grad):
+        if trainer.step + 1 not in self.steps or (self.attempts is not None and trainer.attempt not in self.attempts):
+            return grad
+        grad = grad.clone()
+        grad.view(-1)[0] = math.inf
+        return grad
 
 
 class PersonAtTheKeys:

@@ -91,24 +91,36 @@ def test_divergence_is_caught_within_a_few_steps_of_the_turn():
 
 
 def test_skips_while_the_scale_calibrates_are_not_overflow():
-    watch = SkipWatch(calibration_steps=10, window=50, rate_max=0.1, consecutive_max=5)
-    watch.reset(applies=True)
-    readings = [watch.observe(5.0, True, 2.0 ** (16 - step), 3) for step in range(1, 11)]
+    watch = SkipWatch(window=50, rate_max=0.1, consecutive_max=5)
+    watch.reset(kind="overflow", calibration_steps=10)
+    readings = [watch.observe(step, 5.0, True, 2.0 ** (16 - step), 3) for step in range(1, 11)]
     assert readings == [None] * 10
     assert watch.check["summary"].startswith("calibrating")
     for step in range(11, 15):
-        assert not watch.observe(5.0, True, 8.0, 3).bad
-    assert watch.observe(5.0, True, 8.0, 3).bad  # five in a row after calibration
+        assert not watch.observe(step, 5.0, True, 8.0, 3).bad
+    reading = watch.observe(15, 5.0, True, 8.0, 3)
+    assert reading.bad and reading.kind == "overflow"  # five in a row after calibration
+    assert reading.details["first_skipped_step"] == 11  # calibration's skips are not in the window
     # A NaN loss is the forward's fault, not a gradient overflow.
-    assert watch.observe(float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0
+    assert watch.observe(16, float("nan"), True, 8.0, 9).details["consecutive_skips"] == 0
+
+
+def test_without_a_loss_scaler_every_skip_counts_from_the_first_step():
+    watch = SkipWatch(window=50, rate_max=0.1, consecutive_max=5)
+    watch.reset(kind="nonfinite_grads", calibration_steps=0)
+    readings = [watch.observe(step, 5.0, True, None, 1) for step in range(1, 6)]
+    assert [r.bad for r in readings] == [False] * 4 + [True]
+    assert readings[-1].kind == "nonfinite_grads" and readings[-1].details["scale"] is None
+    assert "non-finite gradients" in watch.check["summary"]
 
 
 def test_skip_rate_over_the_window():
-    watch = SkipWatch(calibration_steps=0, window=20, rate_max=0.1, consecutive_max=5)
-    watch.reset(applies=True)
-    readings = [watch.observe(4.0, step % 6 == 0, 1024.0, 0) for step in range(1, 41)]
+    watch = SkipWatch(window=20, rate_max=0.1, consecutive_max=5)
+    watch.reset(kind="overflow", calibration_steps=0)
+    readings = [watch.observe(step, 4.0, step % 6 == 0, 1024.0, 0) for step in range(1, 41)]
     assert not any(r.bad for r in readings[:19])  # a rate over fewer than 20 steps is not judged
     assert readings[-1].bad and readings[-1].details["skip_rate"] > 0.1
+    assert readings[-1].details["first_skipped_step"] == 24  # the oldest skip still in the 20-step window
 
 
 def test_scale_below_one_is_collapse():

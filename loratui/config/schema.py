@@ -15,6 +15,7 @@ ALERT_KINDS = (
     "overflow",
     "underflow",
     "nonfinite_loss",
+    "nonfinite_grads",
     "scale_collapse",
     "loss_spike",
     "stale_update",
@@ -121,7 +122,8 @@ class AutopilotSection:
     enabled: bool = key(False, "Apply fixes without a person (for headless runs).")
     max_actions: int = key(3, "Most fixes the autopilot may apply in one run.", min=0)
     actions: dict = key({"overflow": "switch_precision", "scale_collapse": "switch_precision",
-                         "nonfinite_loss": "switch_precision", "underflow": "switch_precision",
+                         "nonfinite_loss": "switch_precision", "nonfinite_grads": "lower_lr",
+                         "underflow": "switch_precision",
                          "stale_update": "switch_precision", "divergence": "lower_lr",
                          "loss_spike": "none", "checkpoint_failed": "none"},
                         "Alert kind -> action (switch_precision, lower_lr, rollback, stop, none).",
@@ -142,12 +144,12 @@ class MonitorSection:
                               "below this.", min=0, max=1)
     stale_max: float = key(0.25, "Alert when this share of adapter weights stops changing (update lost "
                            "to rounding).", min=0, max=1)
-    skip_rate_max: float = key(0.1, "fp16: alert when more than this share of steps is skipped after "
-                               "calibration.", min=0, max=1)
-    consecutive_skips_max: int = key(5, "fp16: alert after this many skipped steps in a row.", min=1)
-    skip_window: int = key(50, "fp16: the skip rate is measured over this many steps.", min=5)
-    calibration_steps: int = key(30, "fp16: skips in this many steps after a start or restart are "
-                                 "calibration, not alerts.", min=0)
+    skip_rate_max: float = key(0.1, "Alert when more than this share of steps is skipped for non-finite "
+                               "gradients (after calibration, with a loss scaler).", min=0, max=1)
+    consecutive_skips_max: int = key(5, "Alert after this many skipped steps in a row.", min=1)
+    skip_window: int = key(50, "The skip rate is measured over this many steps.", min=5)
+    calibration_steps: int = key(30, "fp16 with loss scaling: skips in this many steps after a start or "
+                                 "restart are the loss scale's calibration, not alerts.", min=0)
     spike_sigma: float = key(6.0, "Loss spike: above mean + this many standard deviations.",
                              min=0, min_exclusive=True)
     spike_window: int = key(50, "Loss spike: rolling window of finite losses.", min=5)

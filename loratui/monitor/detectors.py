@@ -10,6 +10,7 @@ rate, and a loss level that earlier steps say nothing about.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -31,53 +32,61 @@ NOT_YET = check("n/a", None, "no data yet")
 
 
 class SkipWatch:
-    """fp16 with a loss scaler: steps skipped because the *gradients* overflowed (the loss was finite).
+    """Steps skipped because the *gradients* were not finite while the loss was, in every precision.
 
-    While the scaler calibrates after a start or restart it halves its scale on
-    every overflow until the gradients fit; those skips are expected. After
-    `calibration_steps`, a skip rate above `skip_rate_max` over the last
-    `skip_window` steps, or `consecutive_skips_max` skips in a row, is overflow.
+    The trainer skips every step whose gradient norm is not finite, whatever the
+    precision, so a run can lose every update with a normal-looking loss. In
+    fp16 with a loss scaler some skips are expected: while the scaler
+    calibrates after a start or restart it halves its scale on every overflow
+    until the gradients fit, so skips in the first `calibration_steps` are not
+    judged. Without a scaler (fp16 with loss scaling off, bf16, fp32) there is
+    nothing to calibrate and every skip counts. A skip rate above
+    `skip_rate_max` over the last `skip_window` steps, or
+    `consecutive_skips_max` skips in a row, is an alert of the kind given at
+    reset: `overflow` in fp16, `nonfinite_grads` where the precision's range is
+    not the explanation.
     """
 
-    def __init__(self, *, calibration_steps: int, window: int, rate_max: float, consecutive_max: int):
-        self.calibration_steps = calibration_steps
+    def __init__(self, *, window: int, rate_max: float, consecutive_max: int):
         self.window = window
         self.rate_max = rate_max
         self.consecutive_max = consecutive_max
-        self.reset(applies=False)
+        self.reset(kind="overflow", calibration_steps=0)
 
-    def reset(self, *, applies: bool) -> None:
-        self.applies = applies
-        self.recent: deque[bool] = deque(maxlen=self.window)
+    def reset(self, *, kind: str, calibration_steps: int) -> None:
+        self.kind = kind
+        self.calibration_steps = calibration_steps
+        self.recent: deque[tuple[int, bool]] = deque(maxlen=self.window)  # (step, skipped with a finite loss)
         self.consecutive = 0
         self.steps = 0
         self.calibration_skips = 0
-        self.check = NOT_YET if applies else check("n/a", None, "no loss scaler in this precision")
+        self.check = NOT_YET
 
-    def observe(self, loss: float, skipped: bool, scale: float | None, nonfinite_grads: int) -> Reading | None:
-        if not self.applies:
-            return None
+    def observe(self, step: int, loss: float, skipped: bool, scale: float | None,
+                nonfinite_grads: int) -> Reading | None:
         self.steps += 1
-        gradient_overflow = skipped and math.isfinite(loss)  # a NaN loss is the forward's fault, not the scaler's
+        gradients_failed = skipped and math.isfinite(loss)  # a NaN loss is the forward's fault: its own alert
         if self.steps <= self.calibration_steps:
-            self.calibration_skips += gradient_overflow
+            self.calibration_skips += gradients_failed
             self.check = check("ok", None, f"calibrating the loss scale (step {self.steps} of "
                                f"{self.calibration_steps}); {self.calibration_skips} skip(s) so far are expected",
                                calibrating=True)
             return None
-        self.recent.append(gradient_overflow)
-        self.consecutive = self.consecutive + 1 if gradient_overflow else 0
-        skips = sum(self.recent)
-        rate = skips / len(self.recent)
+        self.recent.append((step, gradients_failed))
+        self.consecutive = self.consecutive + 1 if gradients_failed else 0
+        skipped_steps = [s for s, failed in self.recent if failed]
+        rate = len(skipped_steps) / len(self.recent)
         judged = len(self.recent) >= min(self.window, 20)  # a rate over a handful of steps says little
         bad = self.consecutive >= self.consecutive_max or (judged and rate > self.rate_max)
-        status = "alert" if bad else ("warn" if skips else "ok")
-        self.check = check(status, round(rate, 4), f"{skips} of the last {len(self.recent)} steps skipped "
-                           f"(gradient overflow), {self.consecutive} in a row", threshold=self.rate_max)
-        return Reading("overflow", "skips", bad, {
-            "skipped_steps": skips, "window_steps": len(self.recent), "skip_rate": round(rate, 4),
-            "consecutive_skips": self.consecutive, "scale": scale, "nonfinite_grads": nonfinite_grads,
-            "skip_rate_max": self.rate_max, "consecutive_skips_max": self.consecutive_max})
+        status = "alert" if bad else ("warn" if skipped_steps else "ok")
+        cause = "gradient overflow" if self.kind == "overflow" else "non-finite gradients"
+        self.check = check(status, round(rate, 4), f"{len(skipped_steps)} of the last {len(self.recent)} steps "
+                           f"skipped ({cause}), {self.consecutive} in a row", threshold=self.rate_max)
+        return Reading(self.kind, "skips", bad, {
+            "skipped_steps": len(skipped_steps), "window_steps": len(self.recent), "skip_rate": round(rate, 4),
+            "consecutive_skips": self.consecutive, "first_skipped_step": skipped_steps[0] if skipped_steps else None,
+            "scale": scale, "nonfinite_grads": nonfinite_grads, "skip_rate_max": self.rate_max,
+            "consecutive_skips_max": self.consecutive_max})
 
 
 class ScaleWatch:
@@ -129,12 +138,14 @@ class LossSpikes:
 
 
 class LossTrend:
-    """Divergence: the loss, averaged over a few steps, sustained well above the lowest such average.
+    """Divergence: the loss's median over a few steps, sustained well above the lowest such median.
 
-    Training loss is noisy step to step but its short averages only drift
-    down (or flatten) in a healthy run. When the average over the last
-    `window` finite losses stays `rise` (relative) above the lowest average
-    seen in this attempt for `patience` steps, the run has turned around.
+    Training loss is noisy step to step but its short-window medians only drift
+    down (or flatten) in a healthy run. When the median of the last `window`
+    finite losses stays `rise` (relative) above the lowest median seen in this
+    attempt for `patience` steps, the run has turned around. A median, not a
+    mean: one bad batch is a loss_spike, and must not drag the window's figure
+    up as if the whole run had turned (over 5 steps it takes 3 high losses).
     """
 
     def __init__(self, *, window: int, rise: float, patience: int = 2):
@@ -157,16 +168,16 @@ class LossTrend:
         self.recent.append(loss)
         if len(self.recent) < self.window:
             return None
-        mean = sum(self.recent) / len(self.recent)
-        ratio = mean / self.best if self.best < math.inf and self.best > 0 else 1.0
+        median = statistics.median(self.recent)
+        ratio = median / self.best if self.best < math.inf and self.best > 0 else 1.0
         self.rising = self.rising + 1 if ratio > 1 + self.rise else 0
         bad = self.rising >= self.patience
-        if mean < self.best:
-            self.best, self.best_step, self.best_lr = mean, step, lr
+        if median < self.best:
+            self.best, self.best_step, self.best_lr = median, step, lr
         status = "alert" if bad else ("warn" if ratio > 1 + self.rise / 2 else "ok")
-        self.check = check(status, round(ratio, 4), f"mean loss of the last {self.window} steps {mean:.4g}, "
+        self.check = check(status, round(ratio, 4), f"median loss of the last {self.window} steps {median:.4g}, "
                            f"lowest {self.best:.4g} (step {self.best_step})", threshold=round(1 + self.rise, 4))
         return Reading("divergence", "trend", bad, {
-            "recent_mean_loss": round(mean, 4), "lowest_mean_loss": round(self.best, 4),
+            "recent_median_loss": round(median, 4), "lowest_median_loss": round(self.best, 4),
             "lowest_at_step": self.best_step, "lr_at_lowest": self.best_lr, "lr": lr, "window_steps": self.window,
             "rise": round(ratio - 1, 4), "rise_max": self.rise, "rising_steps": self.rising})

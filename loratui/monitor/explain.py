@@ -11,8 +11,10 @@ from loratui.monitor import fixes
 from loratui.monitor.activations import FP16_MAX
 from loratui.monitor.alerts import Alert
 from loratui.monitor.diagnosis import Diagnosis
+from loratui.train.precision import DTYPES
 
 BF16_RANGE = "bf16 has fp32's range (up to 3.4e38), so it needs no loss scaling"
+RANGE_WORDS = {"bf16": "bf16 reaches 3.4e38, as fp32 does", "fp32": "fp32 reaches 3.4e38"}
 SIGNIFICANT_BITS = {"bfloat16": 8, "float16": 11, "float32": 24}
 
 
@@ -21,12 +23,17 @@ def _switch_fix(trainer, **kwargs) -> tuple[str, dict]:
     return ("switch_precision", {"precision": target}) if target else ("none", {})
 
 
-def _target_words(fix: dict) -> str:
+def _target_words(trainer, fix: dict) -> str:
+    """Why the suggested precision fixes it, true for the precision the run is in now."""
     precision = fix.get("precision")
     if precision == "bf16":
         return f"Restarting in bf16 fixes it: {BF16_RANGE}."
+    if precision == "fp32" and trainer.precision_name == "fp16":
+        # safer_precision moves fp16 to fp32 only where bf16 is not usable.
+        return "Restarting in fp32 fixes it (bf16 would too, but it is not native on this device)."
     if precision == "fp32":
-        return "Restarting in fp32 fixes it (bf16 is not native on this device)."
+        return (f"Restarting in fp32 fixes it: fp32 has {trainer.precision_name}'s range with 24 significant bits "
+                f"instead of {SIGNIFICANT_BITS[DTYPES[trainer.precision_name]]}.")
     return "There is no wider precision to move to."
 
 
@@ -46,25 +53,65 @@ def overflow_in_activations(trainer, step: int, peak, rows_over: int, rows: int,
     explanation = (f"fp16 tops out at 65504 and {peak.module} {verb} {peak.value:.3g} "
                    f"(measured in an fp32 recomputation of step {step}'s batch; {rows_over} of {rows} rows), "
                    f"{consequence}. Loss scaling cannot help: it scales gradients, not activations. "
-                   + _target_words(fix))
+                   + _target_words(trainer, fix))
     return Alert("overflow", "critical" if beyond else "warning", message, suggestion, fix, explanation,
                  {"module": peak.module, "where": peak.where, "value": peak.value, "fp16_max": FP16_MAX,
                   "headroom": FP16_MAX / peak.value if peak.value else None, "headroom_min": headroom_min,
                   "rows_over": rows_over, "rows": rows, "measured_in": "fp32 recomputation"}, step)
 
 
-def overflow_in_gradients(trainer, step: int, details: dict, calibration_steps: int) -> Alert:
-    suggestion, fix = _switch_fix(trainer)
+def _skips_words(details: dict) -> str:
     if details["consecutive_skips"] >= details["consecutive_skips_max"]:
-        what = f"{details['consecutive_skips']} steps in a row were skipped"
+        return f"{details['consecutive_skips']} steps in a row were skipped"
+    return f"{details['skipped_steps']} of the last {details['window_steps']} steps were skipped"
+
+
+def overflow_in_gradients(trainer, step: int, details: dict, calibration_steps: int) -> Alert:
+    """fp16 steps skipped for non-finite gradients with a finite loss: the gradients overflow fp16."""
+    suggestion, fix = _switch_fix(trainer)
+    what = _skips_words(details)
+    if details["scale"] is None:
+        message = f"fp16 gradients overflow: {what} (loss scaling is off)"
+        explanation = (f"{what.capitalize()} with finite losses: with loss scaling off (amp.loss_scaling = false) "
+                       f"the gradients, at their natural size, went past fp16's maximum of 65504 and became inf, "
+                       f"and the trainer skips every step whose gradients are not finite, so each one is a lost "
+                       f"update. " + _target_words(trainer, fix) + " Turning loss scaling on (amp.loss_scaling = "
+                       f"true) also lets these steps through: the GradScaler backs its scale off on every overflow "
+                       f"until the gradients fit, here below 1 (reported as scale_collapse), which then leaves "
+                       f"small gradients to underflow.")
     else:
-        what = f"{details['skipped_steps']} of the last {details['window_steps']} steps were skipped"
-    message = f"fp16 gradients overflow: {what} after the loss scale settled"
-    explanation = (f"The GradScaler skips a step whenever a gradient is inf or NaN and halves its scale; in the "
-                   f"first {calibration_steps} steps that is calibration, afterwards skips should be rare. Here "
-                   f"{what} with finite losses at scale {details['scale']:g}: the gradients exceed fp16's range "
-                   f"and every skipped step is a lost update. " + _target_words(fix))
+        message = f"fp16 gradients overflow: {what} after the loss scale settled"
+        explanation = (f"The GradScaler skips a step whenever a gradient is inf or NaN and halves its scale; in the "
+                       f"first {calibration_steps} steps that is calibration, afterwards skips should be rare. Here "
+                       f"{what} with finite losses at scale {details['scale']:g}: the gradients exceed fp16's "
+                       f"range and every skipped step is a lost update. " + _target_words(trainer, fix))
     return Alert("overflow", "critical", message, suggestion, fix, explanation, details, step)
+
+
+def nonfinite_gradients(trainer, step: int, details: dict, lr_factor: float) -> Alert:
+    """bf16 or fp32 steps skipped for non-finite gradients with a finite loss: not the precision's range."""
+    what = _skips_words(details)
+    precision = trainer.precision_name
+    # Every skipped step leaves the weights as they were, so the run is stuck at weights that give
+    # non-finite gradients. Rolling back alone would not help: from a checkpoint the trainer replays
+    # the same batches with the same weights and RNG, so it reaches the same state again. A lower
+    # learning rate from the last checkpoint before the skips takes another, gentler path there.
+    first = details.get("first_skipped_step")
+    start = fixes.checkpoint_at_or_before(trainer, first - 1 if first is not None else None)
+    new_lr = fixes.lowered_learning_rate(trainer, lr_factor)
+    fix = {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}
+    message = f"gradients are not finite: {what} in {precision}, with finite losses"
+    explanation = (f"{what.capitalize()} because their gradients held inf or NaN ({details['nonfinite_grads']} "
+                   f"value(s) on the last one) while the loss was finite; the trainer skips such steps, so each is "
+                   f"a lost update. This is not a range problem of {precision}: {RANGE_WORDS[precision]}. "
+                   f"Something in the backward pass produced them: weights or activations grown so large that "
+                   f"their gradients pass that range, or an operation undefined at the values it met (a square "
+                   f"root or logarithm at zero). Restart "
+                   + (f"from step {start}, the last checkpoint before the first skip (step {first}), "
+                      if start is not None else "")
+                   + f"with a {1 / lr_factor:g}x lower peak learning rate, {new_lr:.3g}: replaying the same steps "
+                     f"at the same rate would reach the same state again.")
+    return Alert("nonfinite_grads", "critical", message, "lower_lr", fix, explanation, details, step)
 
 
 def scale_collapse(trainer, step: int, details: dict) -> Alert:
@@ -73,7 +120,7 @@ def scale_collapse(trainer, step: int, details: dict) -> Alert:
     explanation = (f"The GradScaler halves its scale after every overflow; it started at "
                    f"{details['highest_scale']:g} and is now {details['scale']:g}. Below 1 the loss is scaled "
                    f"down, not up, so this is a real overflow, not calibration, and small gradients now also "
-                   f"underflow. " + _target_words(fix))
+                   f"underflow. " + _target_words(trainer, fix))
     return Alert("scale_collapse", "critical", message, suggestion, fix, explanation, details, step)
 
 
@@ -106,7 +153,7 @@ def nonfinite_loss(trainer, step: int, loss: float, diagnosis: Diagnosis) -> Ale
         explanation = (f"In fp32 the same rows give a finite loss ({row.fp32_loss:.4g} for {row.position}: "
                        f"\"{row.text}\"), so it is {trainer.precision_name}'s range, triggered by these rows: "
                        f"{module_words}. The step was skipped, so the adapter is intact, but every batch with "
-                       f"such rows will fail the same way. " + _target_words(fix))
+                       f"such rows will fail the same way. " + _target_words(trainer, fix))
         return Alert("nonfinite_loss", "critical", message, suggestion, fix, explanation, evidence, step)
     if len(fp32_rows) == diagnosis.rows:
         last_good = fixes.checkpoint_at_or_before(trainer, step - 1)
@@ -128,7 +175,7 @@ def nonfinite_loss(trainer, step: int, loss: float, diagnosis: Diagnosis) -> Ale
 
 def underflow(trainer, step: int, figures, underflow_max: float, fidelity_min: float, scale) -> Alert:
     suggestion, fix = _switch_fix(trainer)
-    scale_words = "loss scaling is off" if scale is None else f"the loss scale is {scale:g}"
+    scale_words = "loss scaling off" if scale is None else f"the loss scale at {scale:g}"
     share = figures.underflow_share or 0.0
     message = (f"fp16 gradients underflow: {share:.0%} of LoRA gradient values are zero or subnormal in fp16 "
                f"(nonzero in fp32)")
@@ -137,7 +184,7 @@ def underflow(trainer, step: int, figures, underflow_max: float, fidelity_min: f
                    f"there (most in {figures.worst_module}); against an fp32 recomputation of the same batch the "
                    f"gradients have cosine {_fmt(figures.cosine)} and relative error {_fmt(figures.relative_error)}. "
                    f"Dynamic loss scaling (amp.loss_scaling = true) lifts gradients into fp16's range. "
-                   + _target_words(fix))
+                   + _target_words(trainer, fix))
     evidence = {"underflow_share": share, "underflow_max": underflow_max, "underflowed": figures.underflowed,
                 "compared": figures.compared, "module": figures.worst_module,
                 "module_underflow_share": figures.worst_module_share, "fidelity_cosine": figures.cosine,
@@ -180,8 +227,8 @@ def divergence(trainer, step: int, details: dict, lr_factor: float) -> Alert:
     start = fixes.checkpoint_at_or_before(trainer, lowest_at)
     new_lr = fixes.lowered_learning_rate(trainer, lr_factor)
     fix = {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}
-    message = (f"the loss is diverging: mean {details['recent_mean_loss']:.4g} over the last "
-               f"{details['window_steps']} steps, up {details['rise']:.0%} from {details['lowest_mean_loss']:.4g} "
+    message = (f"the loss is diverging: median {details['recent_median_loss']:.4g} over the last "
+               f"{details['window_steps']} steps, up {details['rise']:.0%} from {details['lowest_median_loss']:.4g} "
                f"at step {lowest_at}")
     explanation = (f"The loss fell until step {lowest_at} (lr {details['lr_at_lowest']:.3g}) and has climbed since: "
                    f"the learning rate (peak {trainer.learning_rate:.3g}) is too high for this model. Restart "

@@ -41,13 +41,14 @@ class HealthMonitor:
         self.config = config
         self.bus = bus
         self.book = AlertBook(publish=bus.publish, on_alert=self._on_alert)
-        self.skips = SkipWatch(calibration_steps=config.calibration_steps, window=config.skip_window,
-                               rate_max=config.skip_rate_max, consecutive_max=config.consecutive_skips_max)
+        self.skips = SkipWatch(window=config.skip_window, rate_max=config.skip_rate_max,
+                               consecutive_max=config.consecutive_skips_max)
         self.scale = ScaleWatch()
         self.spikes = LossSpikes(sigma=config.spike_sigma, window=config.spike_window)
         self.trend = LossTrend(window=config.divergence_window, rise=config.divergence_rise)
         self.capture = GradientCapture()
         self.updates = UpdateWatch()
+        self.lr_factor = lr_factor
         self.autopilot = Autopilot(config.autopilot, lower_lr_factor=lr_factor)
         self.trainer = None
         self.probe: ProbeResults | None = None
@@ -70,7 +71,10 @@ class HealthMonitor:
 
     def start_attempt(self, trainer) -> None:
         loss_scaling = trainer.precision.scaler is not None
-        self.skips.reset(applies=loss_scaling)
+        # Skips are watched in every precision (the trainer skips any step with non-finite gradients);
+        # only a loss scaler has a calibration whose skips are expected.
+        self.skips.reset(kind="overflow" if trainer.precision_name == "fp16" else "nonfinite_grads",
+                         calibration_steps=self.config.calibration_steps if loss_scaling else 0)
         self.scale.reset(applies=loss_scaling)
         self.spikes.reset()
         self.trend.reset()
@@ -118,7 +122,8 @@ class HealthMonitor:
         self._report_refusals(trainer)
         checks = self._probe_checks(trainer, figures, probe) if probe is not None else None
         self._judge_loss(trainer, step, figures)
-        readings = (self.skips.observe(figures.loss, figures.skipped, figures.scale, figures.nonfinite_grads),
+        readings = (self.skips.observe(step, figures.loss, figures.skipped, figures.scale,
+                                       figures.nonfinite_grads),
                     self.scale.observe(figures.scale),
                     self.spikes.observe(figures.loss),
                     self.trend.observe(step, figures.loss, figures.lr))
@@ -148,7 +153,8 @@ class HealthMonitor:
             return
         build = {
             "overflow": lambda: explain.overflow_in_gradients(trainer, step, reading.details,
-                                                              self.config.calibration_steps),
+                                                              self.skips.calibration_steps),
+            "nonfinite_grads": lambda: explain.nonfinite_gradients(trainer, step, reading.details, self.lr_factor),
             "scale_collapse": lambda: explain.scale_collapse(trainer, step, reading.details),
             "loss_spike": lambda: explain.loss_spike(trainer, step, reading.details),
             "divergence": lambda: explain.divergence(trainer, step, reading.details,
