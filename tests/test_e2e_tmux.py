@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -23,6 +24,7 @@ from test_ui_support import recorded_run
 
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
+from loratui.train import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.example.toml"
@@ -124,6 +126,12 @@ def dashboard_pids(marker: str) -> list[str]:
     """The dashboard processes whose command line holds `marker` (the trainer's does not)."""
     found = subprocess.run(["pgrep", "-f", f"loratui run .*{marker}"], capture_output=True, text=True).stdout
     return found.split()
+
+
+def dashboard_processes(marker: str) -> list[int]:
+    """The dashboards themselves (not the shells around them) whose command line holds `marker`."""
+    pattern = f"^{re.escape(sys.executable)} -m loratui run .*{marker}"
+    return [int(pid) for pid in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
 
 
 def alive(pid: int) -> bool:
@@ -282,3 +290,27 @@ def test_d_detaches_at_once_and_training_goes_on(tmp_path, terminal, trainers):
     send_command(run_dir / "control.jsonl", "stop", reason="test: done")
     wait_for_events(run_dir, lambda ev: ev[-1]["type"] == "run_finished", "the stopped run's run_finished")
     wait_until_gone(pid, "the trainer after a stop command")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_dashboard_stops_the_training_with_a_checkpoint(tmp_path, terminal, trainers, signum, code):
+    """SIGTERM/SIGINT to `loratui run`: the trainer saves a checkpoint and stops; the dashboard exits with its code."""
+    name = f"e2e-{signum.name.lower()}"
+    run_dir = tmp_path / "runs" / name
+    trainers.append(run_dir)
+    seed = random.SystemRandom().randrange(2**31)
+    step = random.Random(seed).randint(2, 12)
+    print(f"{signum.name} at step {step} (seed {seed})")
+    term = terminal()
+    term.start([*LORATUI, "run", *run_args(tmp_path, name, "train.precision=fp32", "train.max_steps=2000",
+                                            "checkpoint.every_steps=1000")])
+    wait_for_events(run_dir, lambda ev: any(e["type"] == "step" and e["step"] >= step for e in ev), f"step {step}")
+    pid = trainer_pid(run_dir)
+    [dashboard] = dashboard_processes(f"run.name={name}")
+    os.kill(dashboard, signum)
+    assert term.exit_code(timeout=60) == code
+    finished = read_events(run_dir / "events.jsonl")[-1]
+    assert (finished["type"], finished["reason"]) == ("run_finished", f"stopped by {signum.name}")
+    assert ckpt.list_complete(run_dir / "checkpoints")[0].step == finished["step"] >= step  # what --resume takes
+    wait_until_gone(pid, "the trainer")
+    assert not alive(dashboard)

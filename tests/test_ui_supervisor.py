@@ -1,17 +1,20 @@
 """The dashboard as the trainer's supervisor: a child process in its own session, its output in trainer.log.
 
 A stand-in trainer (a few lines of Python) keeps these tests fast; the real
-trainer is supervised in the tmux end-to-end tests.
+trainer is supervised in test_ui_real_trainer.py and the tmux end-to-end tests.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from test_ui_support import caught_up, recorded_run, run_async, screen_text, wait_for
 
+from loratui.run_dir import RunDir
 from loratui.ui.app import DashboardApp
+from loratui.ui.launch import report_exit
 from loratui.ui.supervisor import TrainerProcess
 
 CRASHING_TRAINER = """
@@ -64,3 +67,32 @@ async def test_a_trainer_that_cannot_start_is_a_failed_run(tmp_path):
         assert "could not start the trainer" in screen_text(app)
         await pilot.press("q")
     assert app.return_value == 1
+
+
+@run_async
+async def test_a_stop_signal_before_the_trainer_can_catch_it_is_still_a_stop(tmp_path):
+    """SIGTERM to the dashboard is passed on; a trainer still importing torch dies of it: a stop, exit 143."""
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=5)
+    trainer = TrainerProcess([sys.executable, "-c", "import time; time.sleep(120)"], run_dir / "trainer.log")
+    app = DashboardApp(run_dir, trainer=trainer)
+    async with app.run_test() as pilot:
+        await caught_up(app, pilot)
+        await wait_for(pilot, lambda: trainer.pid is not None, "the trainer's start")
+        app.stop_for_signal(signal.SIGTERM)
+        assert app.view.header.state == "stopping"
+        await wait_for(pilot, lambda: not app.is_running, "the dashboard to exit with the trainer")
+    assert trainer.exit_code == -signal.SIGTERM
+    assert app.model.state_detail == "stopped by SIGTERM, exit 143" and app.return_value == 143
+
+
+@run_async
+async def test_a_signal_to_watch_detaches_and_leaves_the_run_alone(tmp_path, capsys):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
+    app = DashboardApp(run_dir)
+    async with app.run_test() as pilot:
+        await caught_up(app, pilot)
+        app.stop_for_signal(signal.SIGINT)
+    assert app.detached and app.return_value == 130
+    assert (run_dir / "control.jsonl").read_text() == ""
+    assert report_exit(app, RunDir(run_dir), app.return_value) == 130
+    assert f"detached; training goes on. Re-attach with: loratui watch {run_dir}" in capsys.readouterr().err

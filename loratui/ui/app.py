@@ -20,6 +20,21 @@ Keys:
 | d      | detach: quit the dashboard, training goes on                          |
 | q      | quit: stop the training (with a checkpoint), detach, or cancel        |
 | ?      | these keys                                                            |
+
+Signals sent to the dashboard process (the trainer, in its own session, never
+sees the terminal's):
+| signal  | under `loratui run`                                  | under `loratui watch`       |
+|---------|------------------------------------------------------|-----------------------------|
+| SIGTERM | passed on to the trainer: it saves a checkpoint and  | detach, exit 143            |
+|         | stops; the dashboard exits with its code, 143        |                             |
+| SIGINT  | the same, exit 130; a second SIGINT, passed on too,  | detach, exit 130            |
+|         | makes the trainer exit at once                       |                             |
+| SIGHUP  | detach (the terminal is gone): training goes on, 129 | detach, exit 129            |
+
+How the trainer ended decides the exit code of `loratui run`: its own code
+(0 done, 1 failed, 2 bad input, 128 + N after a signal it caught and stopped
+for); killed outright by a signal the dashboard did not pass on (SIGKILL from
+the out-of-memory killer), it failed: the dashboard names the signal and exits 1.
 """
 
 from __future__ import annotations
@@ -44,7 +59,7 @@ from loratui.ui import run_model as states
 from loratui.ui.event_follower import EventFollower
 from loratui.ui.messages import EventsRead, HistoryCaughtUp, TrainerExited
 from loratui.ui.run_files import list_checkpoints, read_advice, tail_lines
-from loratui.ui.run_model import RunModel, RunView
+from loratui.ui.run_model import EXIT_TRAINING_FAILED, RunModel, RunView, TrainerEnding
 from loratui.ui.screens.alert_details import AlertDetails
 from loratui.ui.screens.help_screen import HelpScreen
 from loratui.ui.screens.learning_rate_dialog import LearningRateDialog
@@ -67,8 +82,9 @@ CHART_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
 TRAINER_POLL_SECONDS = 0.2  # how long a detach may wait for the trainer's supervisor to let go
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
+TRAINER_LOG_LINES = 15  # of trainer.log, shown with a failure
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_DETACHED = 0
-EXIT_TRAINING_FAILED = 1
 EXIT_HANGUP = 129
 HANGUP_EXIT_SECONDS = 2.0
 CONTROL_ACTIONS = ("switch_precision", "lower_lr", "rollback", "save", "pause", "resume")
@@ -154,7 +170,6 @@ class DashboardApp(App[int]):
         self.model = RunModel(self.run_dir.root.name, state=states.STARTING if trainer else states.WAITING)
         self.view: RunView | None = None
         self.caught_up = asyncio.Event()
-        self.detached = False
         self.hung_up = False
         self.exit_when_run_ends = False
         self._drawn_version = -1
@@ -188,7 +203,10 @@ class DashboardApp(App[int]):
         self.set_interval(REDRAW_SECONDS, self.redraw)
         self.call_after_refresh(self.start_workers)
         try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self.hang_up)
+            for signum in STOP_SIGNALS:
+                loop.add_signal_handler(signum, self.stop_for_signal, signum)
         except (NotImplementedError, RuntimeError):
             pass  # no signal handling here (not the main thread, or not Unix): nothing to detach from
 
@@ -212,6 +230,8 @@ class DashboardApp(App[int]):
         except OSError as exc:  # the command itself could not start: say so, as a failed run
             with self.trainer.log_path.open("a") as log:
                 log.write(f"loratui: could not start the trainer: {exc}\n")
+            with self.model.lock:
+                self.model.failure = {"error": f"could not start the trainer: {exc}", "traceback": None}
             self.post_message(TrainerExited(EXIT_TRAINING_FAILED))
             return
         self.model.note_action(f"trainer started (pid {self.trainer.pid}), output in trainer.log",
@@ -261,12 +281,17 @@ class DashboardApp(App[int]):
         # Let the follower read the trainer's last lines before the exit is folded in.
         self.set_timer(POLL_SECONDS * 3, lambda: self.fold_trainer_exit(message.exit_code))
 
-    def fold_trainer_exit(self, code: int) -> None:
+    def fold_trainer_exit(self, returncode: int) -> None:
+        ending = TrainerEnding.from_returncode(returncode, self.trainer.passed_signal if self.trainer else None)
         with self.model.lock:
-            self.model.trainer_exited(code, tail_lines(self.run_dir.trainer_log, 15), str(self.run_dir.trainer_log))
+            self.model.trainer_exited(ending, *self.trainer_log())
         self.redraw()
         if self.exit_when_run_ends:
-            self.exit(code)
+            self.exit(self.outcome_code())
+
+    def trainer_log(self) -> tuple[str, str]:
+        """trainer.log's last lines and its path."""
+        return tail_lines(self.run_dir.trainer_log, TRAINER_LOG_LINES), str(self.run_dir.trainer_log)
 
     # ------------------------------------------------------------ redraw
 
@@ -295,8 +320,16 @@ class DashboardApp(App[int]):
         if view.header.state != self._drawn_state:
             self._drawn_state = view.header.state
             self.refresh_bindings()
+            if view.header.state == states.FAILED and self.trainer is None:
+                self.show_trainer_log_of_failed_run()
             if self.exit_when_run_ends and self.trainer is None and view.header.state in states.ENDED:
                 self.exit(self.outcome_code())
+
+    def show_trainer_log_of_failed_run(self) -> None:
+        """In `watch`: a run the dashboard started (and was detached from) has its trainer.log."""
+        if self.run_dir.trainer_log.is_file():
+            with self.model.lock:
+                self.model.attach_log(*self.trainer_log())
 
     def redraw_charts(self) -> None:
         """Hand the latest history to the charts, once a CHART_SECONDS at most."""
@@ -314,7 +347,11 @@ class DashboardApp(App[int]):
 
     @property
     def state(self) -> str:
-        return self.model.state
+        return self.model.shown_state
+
+    @property
+    def detached(self) -> bool:
+        return self.model.detached
 
     def trainer_alive(self) -> bool:
         if self.trainer is not None:
@@ -446,10 +483,14 @@ class DashboardApp(App[int]):
         self.push_screen(HelpScreen([b for b in self.BINDINGS if isinstance(b, Binding)], str(self.run_dir.root)))
 
     def action_detach(self) -> None:
-        with self.model.lock:
-            self.model.note_action("detached: training goes on", states.DETACHED)
-        self.detached = True
+        self.detach()
         self.exit(EXIT_DETACHED if self.trainer_alive() else self.outcome_code())
+
+    def detach(self) -> None:
+        """Let go of the run: the dashboard exits, the training goes on (`loratui watch` re-attaches)."""
+        with self.model.lock:
+            self.model.detached = True
+            self.model.note_action("detached: training goes on")
 
     def action_quit_dialog(self) -> None:
         if not self.trainer_alive():
@@ -477,8 +518,31 @@ class DashboardApp(App[int]):
         process and the dashboard has nothing left to write.
         """
         self.hung_up = True
-        self.detached = True
+        self.detach()
         fallback = threading.Timer(HANGUP_EXIT_SECONDS, os._exit, args=(EXIT_HANGUP,))
         fallback.daemon = True
         fallback.start()
         self.exit(EXIT_DETACHED)
+
+    def stop_for_signal(self, signum: int) -> None:
+        """SIGINT or SIGTERM sent to the dashboard: what the same signal means to a headless run.
+
+        Under `loratui run` it is passed on to the trainer, which saves a checkpoint and exits
+        128 + N (130, 143); the dashboard shows the stop and exits with the trainer's code once
+        it has ended. A second SIGINT is passed on too, and makes the trainer exit at once (its
+        newest complete checkpoint stays). Under `loratui watch` the run is not the dashboard's
+        to stop: it detaches and exits 128 + N.
+        """
+        if self.trainer is None:
+            self.detach()
+            self.exit(128 + signum)
+            return
+        if not self.trainer_alive():
+            self.exit(self.outcome_code())
+            return
+        self.exit_when_run_ends = True
+        self.trainer.pass_signal(signum)
+        with self.model.lock:
+            self.model.note_action(f"{signal.Signals(signum).name} received: passed on to the trainer, which "
+                                   f"saves a checkpoint and stops", states.STOPPING, "saving a checkpoint")
+        self.redraw()

@@ -13,6 +13,7 @@ from pathlib import Path
 from loratui.config import render_toml
 from loratui.launcher import trainer_command
 from loratui.run_dir import RunDir, prepare_run_dir
+from loratui.ui.run_model import FAILED
 
 
 def run_dashboard(config, *, resume: bool) -> int:
@@ -27,7 +28,7 @@ def run_dashboard(config, *, resume: bool) -> int:
     trainer = TrainerProcess(trainer_command(config, run_dir, resume=resume), run_dir.trainer_log, cwd=Path.cwd())
     app = DashboardApp(run_dir.root, trainer=trainer)
     code = app.run()
-    return _after_exit(app, run_dir, code)
+    return report_exit(app, run_dir, code)
 
 
 def watch_dashboard(path: Path) -> int:
@@ -36,26 +37,31 @@ def watch_dashboard(path: Path) -> int:
 
     app = DashboardApp(Path(path))
     code = app.run()
-    return _after_exit(app, RunDir(Path(path)), code)
+    return report_exit(app, RunDir(Path(path)), code)
 
 
-def _after_exit(app, run_dir: RunDir, code: int | None) -> int:
-    """Say what happened to the training once the terminal is ours again."""
+def report_exit(app, run_dir: RunDir, code: int | None) -> int:
+    """Say what happened to the training once the terminal is ours again; returns the exit code."""
     if app.hung_up:
         return 129  # nobody is left to read a message
-    trainer = app.trainer
+    if code is None and app.trainer_alive():  # the app ended without choosing (an error inside the UI)
+        print(f"loratui: the dashboard stopped; training goes on. Re-attach with: loratui watch {run_dir.root}",
+              file=sys.stderr)
+        return 0
     if app.detached and app.trainer_alive():
+        trainer = app.trainer
         pid = f" (pid {trainer.pid})" if trainer is not None and trainer.pid else ""
         print(f"loratui: detached; training goes on{pid}. Re-attach with: loratui watch {run_dir.root}",
               file=sys.stderr)
-        return 0
-    if code is None:  # the app ended without choosing (an error inside the UI): the trainer is unharmed
-        if app.trainer_alive():
-            print(f"loratui: the dashboard stopped; training goes on. Re-attach with: loratui watch "
-                  f"{run_dir.root}", file=sys.stderr)
-            return 0
-        return app.outcome_code()
-    if code == 1 and app.model.failure:
-        print(f"loratui: training failed: {app.model.failure.get('error', '').strip().splitlines()[0]}\n"
-              f"  the trainer's output: {run_dir.trainer_log}", file=sys.stderr)
-    return code
+        return code or 0  # 0 for d; 128 + N when a signal closed `loratui watch`
+    failure = app.model.failure
+    if failure and app.model.state == FAILED:
+        how = f" (the trainer {failure['ending']})" if failure.get("ending") else ""
+        log = f"\n  the trainer's output: {run_dir.trainer_log}" if run_dir.trainer_log.is_file() else ""
+        print(f"loratui: training failed{how}: {_first_line(failure.get('error'))}{log}", file=sys.stderr)
+    return app.outcome_code() if code is None else code
+
+
+def _first_line(text) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else "unknown error"

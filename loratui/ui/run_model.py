@@ -8,6 +8,7 @@ buckets (history.py), the event list keeps the newest entries only.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
@@ -27,6 +28,8 @@ STARTING, WAITING, LOADING, RUNNING, PAUSED, RESTARTING, STOPPING, FINISHED, FAI
     "starting", "waiting", "loading", "running", "paused", "restarting", "stopping", "finished", "failed",
     "detached")
 ENDED = (FINISHED, FAILED)
+EXIT_TRAINING_FAILED = 1
+TRAINER_STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)  # it saves a checkpoint, exits 128 + N
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,32 @@ class Entry:
     text: str
     fix_key: str | None = None
     alert: dict | None = None  # the alert event, for its details
+
+
+@dataclass(frozen=True)
+class TrainerEnding:
+    """How the trainer process ended, in the dashboard's terms."""
+
+    code: int  # the code the dashboard exits with
+    failed: bool
+    text: str  # "exited with code 0", "stopped by SIGTERM, exit 143", "killed by SIGKILL"
+
+    @classmethod
+    def from_returncode(cls, returncode: int, passed_signal: int | None = None) -> TrainerEnding:
+        """Popen's return code (negative: killed by that signal) and the signal the dashboard passed on, if any.
+
+        The trainer answers SIGINT/SIGTERM/SIGHUP with a checkpoint and 128 + N: a stop. Killed
+        outright by a signal, it failed (exit 1), unless the signal is the one the dashboard passed
+        on and it came before the trainer could catch it (while importing torch): a stop as well.
+        """
+        if returncode < 0:
+            signum = -returncode
+            if signum == passed_signal:
+                return cls(128 + signum, False, f"stopped by {_signal_name(signum)}, exit {128 + signum}")
+            return cls(EXIT_TRAINING_FAILED, True, f"killed by {_signal_name(signum)}")
+        if returncode - 128 in TRAINER_STOP_SIGNALS:
+            return cls(returncode, False, f"stopped by {_signal_name(returncode - 128)}, exit {returncode}")
+        return cls(returncode, returncode != 0, f"exited with code {returncode}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ class RunModel:
     failure: dict | None = None
     finish_reason: str | None = None
     exit_code: int | None = None
+    detached: bool = False  # the dashboard let go of the run (it is exiting; the training goes on)
     bad_lines: int = 0
     reading: float | None = None
     _seq: int = 0
@@ -286,24 +316,33 @@ class RunModel:
         self._add({}, "info", text, kind="ui")
         self.version += 1
 
-    def trainer_exited(self, code: int, log_tail: str, log_path: str) -> None:
-        self.exit_code = code
-        if self.state in ENDED and code in (0, None):
-            self.version += 1
-            return
-        if code == 0:
-            self.state, self.state_detail = FINISHED, self.finish_reason or "exited"
-        elif code in (129, 130, 143):
-            self.state, self.state_detail = FINISHED, f"stopped by a signal (exit {code})"
+    def trainer_exited(self, ending: TrainerEnding, log_tail: str, log_path: str) -> None:
+        """How the supervised trainer ended: the state it leaves, and the code the dashboard exits with."""
+        self.exit_code = ending.code
+        if not ending.failed:
+            if self.state not in ENDED or ending.code != 0:  # run_finished already said why it ended
+                self.state, self.state_detail = FINISHED, (self.finish_reason or ending.text) if ending.code == 0 \
+                    else ending.text
         else:
-            self.state, self.state_detail = FAILED, f"trainer exited with code {code}"
-            failure = dict(self.failure or {"error": f"the trainer exited with code {code} before it "
-                                                     f"reported an error", "traceback": None})
-            failure.update(log_tail=log_tail, log_path=log_path, exit_code=code)
-            self.failure = failure
-        self._add({}, "critical" if self.state == FAILED else "info",
-                  f"trainer process exited with code {code}", kind="ui")
+            reported = self.failure is not None  # by a run_failed event, or by the dashboard (could not start)
+            if not reported:
+                hint = " (SIGKILL: often the kernel's out-of-memory killer; see dmesg)" if "SIGKILL" in ending.text \
+                    else ""
+                self.failure = {"error": f"the trainer {ending.text} before it reported an error{hint}",
+                                "traceback": None}
+            if self.state != FAILED:
+                self.state = FAILED
+                self.state_detail = _first_line(self.failure["error"]) if reported else ending.text
+            self.attach_log(log_tail, log_path)
+            self.failure.update(ending=ending.text, exit_code=ending.code)
+        self._add({}, "critical" if ending.failed else "info", f"trainer process {ending.text}", kind="ui")
         self.version += 1
+
+    def attach_log(self, log_tail: str, log_path: str) -> None:
+        """The failure's trainer.log: its last lines and where the whole log is."""
+        if self.failure is not None:
+            self.failure.update(log_tail=log_tail, log_path=log_path)
+            self.version += 1
 
     def reset(self, *, keep_history: bool = False) -> None:
         """Forget what was read (the log was replaced, or is read again in order); the lock stays.
@@ -311,13 +350,19 @@ class RunModel:
         With keep_history the step buckets stay (they do not depend on reading order) and
         only the restart marks go, as the restart events that made them are read again.
         """
-        keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code, "_seq": self._seq}
+        keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code,
+                "detached": self.detached, "_seq": self._seq}
         if keep_history:
             keep["history"] = self.history
             self.history.restarts.clear()
         self.__dict__.update({**RunModel(self.run_name).__dict__, **keep})
 
     # -------------------------------------------------------------- reads
+
+    @property
+    def shown_state(self) -> str:
+        """The state to show: once detached it says so, whatever is read meanwhile, unless the run ended."""
+        return DETACHED if self.detached and self.state not in ENDED else self.state
 
     @property
     def loss_scaling_configured(self) -> bool:
@@ -339,7 +384,7 @@ class RunModel:
     def snapshot(self) -> RunView:
         started = self.run_started or {}
         elapsed = (self.last_time - self.first_time) if self.first_time and self.last_time else None
-        header = HeaderView(self.run_name, self.state, self.state_detail, self.precision, self.loss_scaling,
+        header = HeaderView(self.run_name, self.shown_state, self.state_detail, self.precision, self.loss_scaling,
                             self.step, self.max_steps, self.eta_seconds(), elapsed, self.tokens_per_s, self.lr,
                             self.attempt, self.phase, self.reading, len(self.active_alerts))
         caps = self.capabilities
@@ -363,6 +408,13 @@ class RunModel:
                 self.first_time = when
             if self.last_time is None or when > self.last_time:
                 self.last_time = when
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _float(value) -> float | None:

@@ -2,8 +2,9 @@
 
 Its own session (start_new_session) means the terminal's signals (a hang-up
 when SSH drops, Ctrl+C) never reach it, and nothing the dashboard does or
-suffers can take it down; the dashboard only ever talks to it through
-control.jsonl. Waiting for it happens in a worker thread, in short waits: the
+suffers can take it down; the dashboard talks to it through control.jsonl,
+and passes on a SIGINT or SIGTERM sent to the dashboard itself (`pass_signal`),
+which the trainer answers as it would headless. Waiting for it happens in a worker thread, in short waits: the
 app's shutdown waits for its worker threads, so a thread blocked until the
 trainer ends would hold a detaching dashboard open for the rest of the run.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 
@@ -21,13 +23,25 @@ class TrainerProcess:
         self.log_path = Path(log_path)
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
+        self.passed_signal: int | None = None  # the first signal passed on to the trainer
+        self._starting = threading.Lock()  # a signal passed on while the process starts is sent once
 
     def start(self) -> None:
         fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "ab") as log:
+        with self._starting, os.fdopen(fd, "ab") as log:
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd,
                                             env=_trainer_environment())
+            if self.passed_signal is not None:  # it came before the process existed
+                self.process.send_signal(self.passed_signal)
+
+    def pass_signal(self, signum: int) -> None:
+        """Send the trainer this signal now, or as soon as it has started."""
+        with self._starting:
+            if self.passed_signal is None:
+                self.passed_signal = signum
+            if self.process is not None:
+                self.process.send_signal(signum)  # a no-op once the process has been reaped
 
     @property
     def pid(self) -> int | None:

@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from loratui.ui.run_model import EXIT_TRAINING_FAILED
+
 
 class FailurePanel(Widget):
     DEFAULT_CSS = """
@@ -29,8 +31,8 @@ class FailurePanel(Widget):
 
     def watch_failure(self, failure: dict | None) -> None:
         self.set_class(failure is not None, "-failed")
-        if failure and failure.get("exit_code") is not None:
-            self.border_title = f"Training failed · exit code {failure['exit_code']}"
+        if failure and failure.get("ending"):
+            self.border_title = f"Training failed · the trainer {failure['ending']}"
 
     def render(self) -> Text:
         failure = self.failure or {}
@@ -46,5 +48,6 @@ class FailurePanel(Widget):
             text.append(failure["log_tail"])
         elif failure.get("log_path"):
             text.append(f"\n\ntrainer.log: {failure['log_path']} (empty)", style="dim")
-        text.append("\nThe last complete checkpoint is intact. Press q to quit (exit code 1).", style="italic")
+        code = failure.get("exit_code", EXIT_TRAINING_FAILED)
+        text.append(f"\nThe last complete checkpoint is intact. Press q to quit (exit code {code}).", style="italic")
         return text
