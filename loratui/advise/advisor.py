@@ -17,6 +17,7 @@ from loratui.advise.decide import judge, recommend
 from loratui.advise.figures import trial_figures
 from loratui.advise.report import WORKSPACE, build_advice, write_advice
 from loratui.advise.trials import Progress, run_trials
+from loratui.errors import Problem, UserInputError
 from loratui.hardware import Capabilities, resolve_precision
 from loratui.run_dir import PRIVATE_DIR, RunDir
 
@@ -25,10 +26,7 @@ DEFAULT_STEPS = 30
 
 def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progress: Progress) -> dict:
     """Run the trials, decide, write advice.json into `run_root`; returns the advice."""
-    ensure_private_dir(run_root)
-    workspace = RunDir(run_root / WORKSPACE)
-    shutil.rmtree(workspace.root, ignore_errors=True)  # the previous advice's evidence goes with it
-    workspace.create()
+    workspace = prepare_workspace(run_root)
     try:
         records = run_trials(config, workspace, capabilities, steps, progress)
     finally:
@@ -41,8 +39,25 @@ def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progr
     prior_why = capabilities.notes.get(prior) or f"{prior} is {capabilities.support.get(prior)} here"
     choice = recommend(records, figures, verdicts, prior, prior_why)
     advice = build_advice(config, records, figures, verdicts, choice, capabilities, prior, prior_why, steps)
-    write_advice(RunDir(run_root).advice, advice)
+    path = RunDir(run_root).advice
+    try:
+        write_advice(path, advice)
+    except OSError as exc:
+        raise UserInputError(Problem("run.output_dir", f"cannot write {path}: {exc.strerror or exc}")) from None
     return advice
+
+
+def prepare_workspace(run_root: Path) -> RunDir:
+    """The run directory, and in it a fresh advise/ for the trials; a place that cannot be written is bad input."""
+    workspace = RunDir(run_root / WORKSPACE)
+    try:
+        ensure_private_dir(run_root)
+        shutil.rmtree(workspace.root, ignore_errors=True)  # the previous advice's evidence goes with it
+        workspace.create()
+    except OSError as exc:  # output_dir is a file, read-only, on a full disk...
+        raise UserInputError(Problem("run.output_dir", f"cannot write the advice into {run_root}: "
+                                     f"{exc.strerror or exc}")) from None
+    return workspace
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from loratui.advise.trials import TrialPlan
-from loratui.errors import Problem, UserInputError
+from loratui.advise.trials import TrialPlan, TrialsFailed
+from loratui.errors import EXIT_TRAINING_FAILED, Problem, UserInputError
 
 LINE_EVERY = 10  # steps between progress lines when stderr is not a terminal
 
@@ -39,7 +39,7 @@ class ConsoleProgress:
 
 def advise_command(config_path: str, overrides: list[str], *, steps: int, as_json: bool) -> int:
     from loratui.advise.advisor import advise
-    from loratui.advise.report import to_json
+    from loratui.advise.report import TRIALS_EVENTS, to_json
     from loratui.config import load_config
     from loratui.hardware import detect
     from loratui.run_dir import run_dir_for
@@ -58,6 +58,9 @@ def advise_command(config_path: str, overrides: list[str], *, steps: int, as_jso
     except StopTraining as stop:
         print(f"advise: {stop.reason}", file=sys.stderr)
         return stop.exit_code
+    except TrialsFailed as failure:
+        print(f"advise: {failure} (the traceback: {run_root / TRIALS_EVENTS})", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
     if as_json:
         print(to_json(advice))
     elif sys.stdout.isatty():

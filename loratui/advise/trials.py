@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,6 +50,10 @@ class TrialRecord:
     error: str | None = None  # why it stopped early (out of memory, an op this dtype lacks)
 
 
+class TrialsFailed(Exception):
+    """No trial could run: the shared setup failed (out of memory loading the first model)."""
+
+
 class Progress(Protocol):
     def trial_step(self, plan: TrialPlan, index: int, count: int, step: int, steps: int) -> None: ...
 
@@ -77,6 +82,7 @@ def trial_config(config, first: TrialPlan):
     trial.monitor.probe_every = PROBE_EVERY
     trial.monitor.probe_first_steps = 1
     trial.monitor.autopilot.enabled = False  # a trial measures; it never changes course
+    trial.checkpoint.on_error = "stop"  # every trial starts from the step-0 checkpoint: none, no trials
     return trial
 
 
@@ -113,7 +119,7 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
     # it would end the process's accelerate state, which the caller may still be using.
     trainer.signals.install()
     try:
-        trainer.setup()
+        _setup(trainer, bus, records[0].plan)
         start = ckpt.list_complete(workspace.checkpoints)[0]
         memory = PeakMemory(trainer.device)
         for index, record in enumerate(records):
@@ -128,6 +134,25 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
         current.clear()
         trainer.signals.uninstall()
         bus.close()
+
+
+def _setup(trainer, bus: EventBus, first: TrialPlan) -> None:
+    """The tokenizer, the data, the model in the first trial's precision and the step-0 checkpoint.
+
+    Bad input (config, data, model path) and a stop are the caller's, as in a run.
+    Anything else (out of memory loading the model) leaves no start state for any
+    trial: the advice fails as a whole, with the traceback in the trials' event log.
+    """
+    from loratui.errors import UserInputError
+    from loratui.train.trainer import StopTraining
+
+    try:
+        trainer.setup()
+    except (UserInputError, StopTraining):
+        raise
+    except Exception as exc:
+        bus.publish("run_failed", step=0, error=_first_line(exc), traceback=traceback.format_exc())
+        raise TrialsFailed(f"the trials could not start ({first.name} first): {_first_line(exc)}") from exc
 
 
 def _run_one(trainer, record: TrialRecord, index: int, count: int, steps: int, start, memory,
