@@ -250,3 +250,21 @@ def test_loss_spikes_are_silent_while_the_loss_diverges(tmp_path):
     detector = LossSpikes(sigma=6.0, window=50)
     readings = [detector.observe(loss) for loss in flat + rising + spikes]
     assert readings[-3].bad and readings[-1].bad
+
+
+# ------------------------------------------------------------------ fp16 headroom
+
+def test_headroom_names_a_module_with_its_own_peak_and_the_largest_apart(tmp_path):
+    """A 20000x margin puts layer 0's norm output (about 3.4) past it first, while lm_head's output (about 11) is
+    the largest activation: the named module comes with its own value, the largest with its own names."""
+    _, events = run(tmp_path, ["train.precision=fp16", "train.max_steps=1", "monitor.fp16_headroom_min=20000"])
+    check = of_type(events, "health")[0]["checks"]["fp16_headroom"]
+    assert check["module"] == "model.layers.0.input_layernorm" and check["largest_module"] == "lm_head"
+    assert 65504 / 20000 <= check["peak"] < check["largest_peak"]
+    assert check["value"] == pytest.approx(65504 / check["largest_peak"], rel=1e-4)  # the headroom: to the largest
+    assert check["summary"].startswith(f"{check['module']} {check['where']} peaks at {check['peak']:.3g}: ")
+    assert f"(largest: lm_head output, {check['largest_peak']:.3g})" in check["summary"]
+    alert = of_type(events, "alert")[0]
+    evidence = alert["evidence"]
+    assert (evidence["module"], evidence["where"], evidence["value"]) == (check["module"], check["where"],
+                                                                          check["peak"])

@@ -206,17 +206,23 @@ class HealthMonitor:
     def _headroom(self, trainer, step: int, figures, peaks: Peaks | None) -> dict:
         if peaks is None or peaks.worst is None:
             return check("n/a", None, "measured only in fp16 and bf16 runs (fp32 recomputation)")
-        worst = peaks.worst
-        headroom = FP16_MAX / worst.value if worst.value > 0 else math.inf
+        largest = peaks.worst
+        headroom = FP16_MAX / largest.value if largest.value > 0 else math.inf
         minimum = self.config.fp16_headroom_min
         rows = len(peaks.row_peaks)
         rows_tight = len(peaks.rows_over(FP16_MAX / minimum))
         rows_beyond = len(peaks.rows_over(FP16_MAX))
-        first = peaks.first_over(FP16_MAX / minimum) or worst
-        extra = dict(module=first.module, where=first.where, peak=worst.value, threshold=minimum,
+        # The module named is the first past the margin (later modules inherit its values), else the
+        # largest; `peak` is always the named module's own value. The check's value, the headroom,
+        # is measured against the largest activation anywhere: that one is reported as largest_*.
+        named = peaks.first_over(FP16_MAX / minimum) or largest
+        extra = dict(module=named.module, where=named.where, peak=named.value, largest_module=largest.module,
+                     largest_where=largest.where, largest_peak=largest.value, threshold=minimum,
                      rows_over=rows_tight, rows=rows)
-        summary = (f"{first.module} {first.where} peaks at {first.value:.3g}: "
-                   f"{FP16_MAX / first.value if first.value else math.inf:.3g}x headroom to fp16's 65504")
+        summary = (f"{named.module} {named.where} peaks at {named.value:.3g}: "
+                   f"{FP16_MAX / named.value if named.value else math.inf:.3g}x headroom to fp16's 65504")
+        if named is not largest:
+            summary += f" (largest: {largest.module} {largest.where}, {largest.value:.3g})"
         if trainer.precision_name != "fp16":
             return check("n/a", round(headroom, 4), f"not running fp16 ({summary})", **extra)
         # Most rows past the margin: the model itself is too close to fp16's limit. A few rows: those
@@ -224,7 +230,7 @@ class HealthMonitor:
         structural = rows_tight * 2 > rows
         if structural:
             self.book.bad("overflow", "probe:headroom", lambda: explain.overflow_in_activations(
-                trainer, step, first, rows_tight, rows, minimum, loss_finite=math.isfinite(figures.loss)),
+                trainer, step, named, rows_tight, rows, minimum, loss_finite=math.isfinite(figures.loss)),
                 healthy_needed=1)
         else:
             self.book.healthy("overflow", "probe:headroom", step)
