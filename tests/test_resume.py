@@ -108,8 +108,6 @@ def forget_in_checkpoint_state(checkpoint, key: str) -> None:
     (checkpoint / ckpt.MANIFEST).write_text(json.dumps(manifest))
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.pick_resume_checkpoint must compare identities with "
-                                       "loading.identity_mismatches (it reads a missing key as a change)")
 def test_a_checkpoint_from_before_lora_alpha_was_recorded_still_resumes(tmp_path):
     out = f"run.output_dir=\"{tmp_path / 'runs'}\""
     code, _, run_dir = train_in_process(make_config(tmp_path, ["train.precision=fp32", "train.max_steps=2", out]))

@@ -615,7 +615,7 @@ class Trainer:
 
         None when the run never saved one (stopped or killed while loading): nothing was trained yet.
         """
-        from loratui.model.loading import model_identity
+        from loratui.model.loading import identity_mismatches, model_identity
 
         damaged = []
 
@@ -633,7 +633,7 @@ class Trainer:
         newest = available[0]
         recorded = newest.state.get("identity", {})
         current = model_identity(self.config, self.tokenizer)
-        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items() if recorded.get(k) != v]
+        changed = identity_mismatches(recorded, current)
         if changed:
             raise UserInputError(Problem(str(newest.path), "cannot resume: the config changes what the "
                                          "checkpoint was trained with (" + "; ".join(changed) + "). Learning "
