@@ -8,6 +8,7 @@ appended to events.jsonl by the test, as the trainer would write them.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -288,6 +289,32 @@ async def test_resizing_collapses_and_expands_the_layout(live_run):
     async with app.run_test(size=(80, 24)) as pilot:
         await caught_up(app, pilot)
         assert app.screen.has_class("compact")
+        assert app.query_one("#body").styles.layout.name == "vertical"  # charts above health and events
         await pilot.resize_terminal(160, 48)
         await pilot.pause()
         assert not app.screen.has_class("compact")
+        assert app.query_one("#body").styles.layout.name == "horizontal"  # charts beside them
+
+
+@run_async
+async def test_resizing_under_a_dialog_relayouts_the_dashboard_not_the_dialog(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await caught_up(app, pilot)
+        dashboard = app.screen
+        await pilot.press("p")
+        dialog = app.screen
+        assert isinstance(dialog, PrecisionDialog)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert dashboard.has_class("compact") and not dialog.has_class("compact")
+        assert app.query_one("#body").styles.layout.name == "vertical"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is dashboard
+        assert re.search(r"loss +grad norm \(log\)", screen_text(app))  # the charts side by side, as at 80x24
+        await pilot.press("r")
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert not dashboard.has_class("compact") and not app.screen.has_class("compact")
+        assert app.query_one("#body").styles.layout.name == "horizontal"

@@ -212,7 +212,7 @@ class DashboardApp(App[int]):
 
     def on_resize(self, event: events.Resize) -> None:
         compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
-        self.screen.set_class(compact, "compact")
+        self.screen_stack[0].set_class(compact, "compact")  # the dashboard itself, under any open dialog
         self.query_one(Footer).compact = compact
 
     def start_workers(self) -> None:
