@@ -105,7 +105,12 @@ def prepare_run_dir(config, *, resume: bool, config_text: str) -> RunDir:
     if resume and not run_dir.exists():
         raise UserInputError(Problem(str(run_dir.root), "nothing to resume: the run directory does not exist "
                                      "(drop --resume to start a new run)"))
-    run_dir.create()
+    try:
+        run_dir.create()
+    except OSError as exc:  # output_dir is a file, read-only, full: say where, not a traceback
+        raise UserInputError(Problem(f"run.output_dir = {str(config.run.output_dir)!r}",
+                                     f"cannot create the run directory {run_dir.root}: "
+                                     f"{exc.strerror or exc}")) from None
     # A refused resume (changed model, say) must leave the run's own config as it was.
     run_dir.write_private(run_dir.pending_config if resume else run_dir.config, config_text)
     return run_dir
