@@ -6,7 +6,9 @@ the reason and exit 128 + N within 60 s; then `--resume` continues from that
 checkpoint. A second SIGINT during the (slowed) save exits at once and leaves
 the newest complete checkpoint as it was. A signal while loading stops before
 training, and --resume then starts from step 0; under nohup a hangup changes
-nothing; a signal to every process of a two-process job stops both ranks.
+nothing; a signal to every process of a two-process job stops both ranks. Under
+a launcher, the launcher's copy of a SIGINT (judged by when it arrived, within
+a second of the first) is not a second interrupt; a later one still is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from helpers import steps_of, train_in_process
@@ -112,6 +116,79 @@ def test_second_sigint_exits_at_once_and_leaves_the_newest_checkpoint_intact(tmp
     assert not partial_dirs(run.checkpoints), "the half-written save is cleaned up on resume"
 
 
+# The real SignalWatcher in a small process that interrupts itself: SIGINT, then another after each gap.
+INTERRUPTS = r"""
+import os, signal, sys, time
+from loratui.train.signals import SignalWatcher
+
+watcher = SignalWatcher()
+watcher.install()
+for gap in map(float, sys.argv[1:]):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(gap)
+print("still running after", watcher.name, flush=True)
+"""
+
+
+def interrupted(gaps: list[float], *, launched: bool, program: str = INTERRUPTS) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK")}
+    if launched:
+        env.update(RANK="1", LOCAL_RANK="1")  # what torchrun sets for a rank
+    return subprocess.run([sys.executable, "-c", program, *map(str, gaps)], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_second_sigint_outside_a_launcher_exits_at_once():
+    result = interrupted([0.1, 0.3], launched=False)
+    assert result.returncode == 130 and "second interrupt" in result.stderr
+    assert "still running" not in result.stdout
+
+
+def test_under_a_launcher_the_launchers_copy_of_a_sigint_is_not_a_second_one():
+    """torchrun passes on the SIGINT a scheduler also sent the rank directly: one interrupt, not two."""
+    result = interrupted([0.1, 0.3], launched=True)
+    assert result.returncode == 0, result.stderr
+    assert "still running after SIGINT" in result.stdout
+
+
+def test_under_a_launcher_a_deliberate_second_sigint_still_exits_at_once():
+    result = interrupted([1.5, 0.3], launched=True)
+    assert result.returncode == 130 and "second interrupt" in result.stderr
+
+
+# The copy arrives 0.1 s after the first SIGINT, while the main thread is in one long C call (as a rank
+# waiting in a collective for rank 0's checkpoint is): Python runs its handler only seconds later.
+COPY_DURING_A_LONG_CALL = r"""
+import hashlib, os, signal, sys, threading, time
+from loratui.train.signals import SignalWatcher
+
+def hash_rounds(rounds):
+    started = time.monotonic()
+    hashlib.pbkdf2_hmac("sha256", b"x", b"salt", rounds)
+    return time.monotonic() - started
+
+rounds = int(100_000 * 2.5 / hash_rounds(100_000))  # about 2.5 s in one call
+watcher = SignalWatcher()
+watcher.install()
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.05)
+threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+print("blocked for", hash_rounds(rounds), flush=True)
+time.sleep(0.3)
+print("still running after", watcher.name, flush=True)
+"""
+
+
+def test_the_copy_is_judged_by_when_it_arrived_not_when_its_handler_ran():
+    from loratui.train.signals import DUPLICATE_WINDOW_S
+
+    result = interrupted([], launched=True, program=COPY_DURING_A_LONG_CALL)
+    assert result.returncode == 0, result.stderr
+    blocked = float(result.stdout.split("blocked for")[1].split()[0])
+    assert blocked > DUPLICATE_WINDOW_S, "the handler must have run later than the window for this to test it"
+    assert "still running after SIGINT" in result.stdout
+
+
 def test_a_signal_while_loading_stops_before_training_and_resume_starts_from_step_0(tmp_path):
     """Preempted during start-up: nothing is trained or saved yet, and --resume must not be stuck on that."""
     config = write_run_config(tmp_path)
@@ -168,25 +245,33 @@ sys.exit(code)
 
 @pytest.mark.slow
 def test_a_signal_to_every_process_of_a_two_process_run(tmp_path):
-    """Ctrl-C in a terminal or a batch scheduler signals the whole job: launcher and both ranks.
+    """A batch scheduler (or Ctrl-C in a terminal) signals the whole job: both ranks and the launcher.
 
-    Each rank gets the signal twice (directly, and the launcher's SIGTERM after it);
-    both must stop at the same step with one checkpoint, the first signal's code and no hang.
+    Each rank gets the signal twice: directly, and from the launcher, which passes the same
+    signal on. Here the ranks get it first and the launcher 0.3 s later, while the ranks save
+    (slowed), so the copy reaches them as a signal of its own. Both must stop at the same step
+    with one checkpoint, the signal's code and no hang. The default variant sends SIGINT, whose
+    copy must not count as a second Ctrl-C.
     """
     rng = seeded_random("signal to a two-process job")
-    signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    for signum in signals if FULL else [rng.choice(signals)]:
+    for signum in [signal.SIGINT, signal.SIGTERM, signal.SIGHUP] if FULL else [signal.SIGINT]:
         directory = tmp_path / signum.name
         directory.mkdir()
-        config = write_run_config(directory)
+        config = write_run_config(directory, every_steps=1000)
         probe = directory / "rank_exit_code.py"
         probe.write_text(RANK_EXIT_CODE)
         (directory / "exit-codes").mkdir()
         run = HeadlessRun(config, args=[*TWO_PROCESS_LAUNCH, str(probe), "run", str(config), "--headless"],
-                          env={"EXIT_CODES_DIR": str(directory / "exit-codes")})
+                          env={"EXIT_CODES_DIR": str(directory / "exit-codes"),
+                               "LORATUI_TEST_SLOW_CHECKPOINT": "0.3"})
         try:
             run.wait_for_step(rng.randint(2, 8))
-            os.killpg(run.pid, signum)
+            ranks = [p for p in psutil.Process(run.pid).children(recursive=True) if str(probe) in p.cmdline()]
+            assert len(ranks) == 2, ranks
+            for rank in ranks:
+                rank.send_signal(signum)
+            time.sleep(0.3)
+            run.send(signum)
             run.finish(timeout=HANG_LIMIT_S)
             leftovers = subprocess.run(["pgrep", "-s", str(run.pid)], capture_output=True, text=True).stdout
             assert not leftovers.split(), f"processes of the job still running: {leftovers}"
