@@ -5,21 +5,19 @@ Gradients that are not finite while the loss is come from NonFiniteGradients (te
 hook in the real backward pass; a loss spike comes from a batch of junk rows in the data.
 """
 
-import json
 import random
-import string
 
 import pytest
 
 from helpers import make_config, steps_of
 from loratui.control import send_command
-from loratui.data.builtin_data import builtin_dataset_path
 from loratui.events.bus import CallbackSink, EventBus
 from loratui.monitor import build_monitor
 from loratui.monitor.detectors import LossSpikes
 from loratui.run_dir import prepare_run_dir
 from loratui.train.trainer import StepFigures, Trainer
-from test_monitor_support import NonFiniteGradients, PersonAtTheKeys, finite, of_type, train_monitored
+from test_monitor_support import (NonFiniteGradients, PersonAtTheKeys, finite, junk_batch_data, of_type,
+                                  train_monitored)
 
 QUICK = ["train.batch_size=2", "train.warmup_steps=5", "checkpoint.every_steps=1000", "monitor.probe_every=1000"]
 
@@ -51,7 +49,7 @@ def test_skipped_steps_raise_an_alert_without_a_loss_scaler(tmp_path, precision,
     (steps 5-9) are the alert, and what it blames depends on the precision."""
     config, events = run(tmp_path, [f"train.precision={precision}", "train.max_steps=12", "checkpoint.every_steps=2",
                                     "monitor.probe_every=6", *extra],
-                         gradient_fault=NonFiniteGradients(range(5, 13)))
+                         fault=NonFiniteGradients(range(5, 13)))
     steps = steps_of(events)
     assert [e["step"] for e in steps if e["skipped"]] == list(range(5, 13))
     assert all(finite(e["loss"]) for e in steps)  # the loss alone shows nothing wrong
@@ -87,7 +85,7 @@ def test_the_nonfinite_gradients_fix_resolves_the_alert_at_the_restart(tmp_path)
     """The person applies the suggested lower_lr fix: the episode closes at the restart and the run trains on."""
     person = PersonAtTheKeys()
     config, events = run(tmp_path, ["train.precision=fp32", "train.max_steps=12"], on_event=person,
-                         gradient_fault=NonFiniteGradients(range(3, 13), attempts={0}))
+                         fault=NonFiniteGradients(range(3, 13), attempts={0}))
     assert kinds(events) == [("nonfinite_grads", 7)]
     restart = of_type(events, "restart")
     assert len(restart) == 1 and restart[0]["from_step"] == 0
@@ -103,7 +101,7 @@ def test_skipped_steps_alert_resolves_once_the_skips_leave_the_window(tmp_path):
     """Skips at steps 3-8, then clean steps: the 10-step window is clear of them from step 17 (1 skip in 10 is
     not over skip_rate_max = 0.1), and 10 healthy steps later the episode is resolved."""
     _, events = run(tmp_path, ["train.precision=fp32", "train.max_steps=28", "monitor.skip_window=10"],
-                    gradient_fault=NonFiniteGradients(range(3, 9)))
+                    fault=NonFiniteGradients(range(3, 9)))
     assert kinds(events) == [("nonfinite_grads", 7)]
     resolved = of_type(events, "alert_resolved")
     assert [(e["kind"], e["step"], e["opened_at"]) for e in resolved] == [("nonfinite_grads", 26, 7)]
@@ -118,7 +116,7 @@ def test_overflow_after_calibration_is_one_alert_and_silences_scale_collapse(tmp
     it follows from the overflow already reported."""
     _, events = run(tmp_path, ["train.precision=fp16", "train.max_steps=17", "amp.init_scale=1024",
                                "monitor.calibration_steps=4"],
-                    gradient_fault=NonFiniteGradients(range(5, 18)))
+                    fault=NonFiniteGradients(range(5, 18)))
     steps = steps_of(events)
     assert [e["step"] for e in steps if e["skipped"]] == list(range(5, 18))
     assert [e["step"] for e in steps if e["scale"] < 1] == [16, 17]
@@ -139,7 +137,7 @@ def test_scale_collapse_alert_even_while_calibrating(tmp_path):
     """Steps 1-6 overflow at a scale that starts at 8: skips inside calibration are no alert, but the scale below 1
     (0.5 at step 5) is a real overflow, reported once for the whole episode."""
     _, events = run(tmp_path, ["train.precision=fp16", "train.max_steps=8", "amp.init_scale=8"],
-                    gradient_fault=NonFiniteGradients(range(1, 7)))
+                    fault=NonFiniteGradients(range(1, 7)))
     assert [e["scale"] for e in steps_of(events)] == [8, 4, 2, 1, 0.5, 0.25, 0.125, 0.125]
     assert kinds(events) == [("scale_collapse", 5)]
     alert = of_type(events, "alert")[0]
@@ -169,7 +167,7 @@ def test_calibration_starts_over_after_a_restart(tmp_path):
     of the monitor's life: counted from the run's start they would be overflow, counted from the restart they
     are the new scaler's calibration."""
     _, events = run(tmp_path, ["train.precision=fp16", "train.max_steps=8", "monitor.calibration_steps=5"],
-                    on_event=RestartAt(7), gradient_fault=NonFiniteGradients(range(1, 6)))
+                    on_event=RestartAt(7), fault=NonFiniteGradients(range(1, 6)))
     assert len(of_type(events, "restart")) == 1
     for attempt in (0, 1):
         assert [e["step"] for e in steps_of(events, attempt) if e["skipped"]] == [1, 2, 3, 4, 5]
@@ -179,18 +177,6 @@ def test_calibration_starts_over_after_a_restart(tmp_path):
 
 
 # ------------------------------------------------------------------ loss spikes
-
-def junk_batch_data(tmp_path, *, at_step: int, batch_size: int):
-    """The bundled text rows, in order, with one batch of random characters served at step `at_step`."""
-    rng = random.Random(0)
-    rows = builtin_dataset_path("builtin:tiny-text").read_text().splitlines()[:200]
-    junk = [json.dumps({"text": "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(120))})
-            for _ in range(batch_size)]
-    before = (at_step - 1) * batch_size
-    path = tmp_path / "with-junk.jsonl"
-    path.write_text("\n".join(rows[:before] + junk + rows[before:]) + "\n")
-    return path
-
 
 def test_a_loss_spike_is_one_alert_then_resolved_and_no_divergence(tmp_path):
     """One batch of junk at step 26: one loss far above the last 25, a warning with no fix, resolved after

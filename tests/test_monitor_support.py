@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
+import string
 
 from helpers import make_config
 from loratui.config import render_toml
 from loratui.control import send_command
+from loratui.data.builtin_data import builtin_dataset_path
 from loratui.events.bus import CallbackSink, EventBus
 from loratui.events.jsonl import JsonlSink, read_events
 from loratui.monitor import build_monitor
@@ -19,7 +23,7 @@ from loratui.train.trainer import Trainer
 FULL = os.environ.get("LORATUI_TORTURE") == "full"
 
 
-def train_monitored(config, *, on_event=None, gradient_fault=None):
+def train_monitored(config, *, on_event=None, fault=None):
     """The real trainer with the monitor `loratui run` builds; returns (exit code, events, run_dir)."""
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
     bus = EventBus()
@@ -27,8 +31,8 @@ def train_monitored(config, *, on_event=None, gradient_fault=None):
     if on_event is not None:
         bus.add_sink(CallbackSink(on_event))
     trainer = Trainer(config, run_dir, bus, monitor=build_monitor(config, bus))
-    if gradient_fault is not None:
-        bus.add_sink(CallbackSink(lambda event: gradient_fault.on_event(trainer, event)))
+    if fault is not None:  # a test-only fault that needs the trainer (NonFiniteGradients, DamagedWeights)
+        bus.add_sink(CallbackSink(lambda event: fault.on_event(trainer, event)))
     try:
         code = trainer.run()
     finally:
@@ -70,6 +74,33 @@ class NonFiniteGradients:
         grad = grad.clone()
         grad.view(-1)[0] = math.inf
         return grad
+
+
+class DamagedWeights:
+    """Test-only fault: after step `after` of attempt 0, one LoRA weight becomes inf, as a corrupted update would
+    leave it; every row's loss is then non-finite, in fp32 too. A restart loads intact weights again."""
+
+    def __init__(self, after: int):
+        self.after = after
+
+    def on_event(self, trainer, event: dict) -> None:
+        if event["type"] == "step" and event["attempt"] == 0 and event["step"] == self.after:
+            import torch
+
+            with torch.no_grad():
+                trainer.params[0].view(-1)[0] = math.inf
+
+
+def junk_batch_data(tmp_path, *, at_step: int, batch_size: int):
+    """The bundled text rows, in order (data.shuffle = false), with one batch of random characters at `at_step`."""
+    rng = random.Random(0)
+    rows = builtin_dataset_path("builtin:tiny-text").read_text().splitlines()[:200]
+    junk = [json.dumps({"text": "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(120))})
+            for _ in range(batch_size)]
+    before = (at_step - 1) * batch_size
+    path = tmp_path / "with-junk.jsonl"
+    path.write_text("\n".join(rows[:before] + junk + rows[before:]) + "\n")
+    return path
 
 
 class PersonAtTheKeys:

@@ -6,8 +6,10 @@ import pytest
 
 from helpers import make_config, steps_of, train_in_process
 from loratui.monitor.health import CHECK_NAMES
+from loratui.errors import UserInputError
 from loratui.train import checkpoint as ckpt
-from test_monitor_support import FULL, of_type, scenario_config, train_monitored
+from test_monitor_support import (FULL, DamagedWeights, NonFiniteGradients, junk_batch_data, of_type, scenario_config,
+                                  train_monitored)
 
 QUICK = ["train.warmup_steps=5", "checkpoint.every_steps=1000"]
 
@@ -111,3 +113,85 @@ def test_autopilot_stops_at_its_limit(tmp_path):
     assert restart[0]["learning_rate"] == pytest.approx(config.train.learning_rate * config.train.lr_factor)
     notices = [e["message"] for e in of_type(events, "notice") if e.get("source") == "autopilot"]
     assert len(notices) == 2 and "limit of 1 action(s) reached" in notices[1]
+
+
+def autopilot_run(tmp_path, actions: str, overrides=(), **kwargs):
+    config = make_config(tmp_path, ["train.precision=fp32", "train.batch_size=2", "train.max_steps=10",
+                                    "checkpoint.every_steps=2", "monitor.probe_every=1000",
+                                    "monitor.autopilot.enabled=true", f"monitor.autopilot.actions={actions}",
+                                    "train.warmup_steps=5", f'run.output_dir="{tmp_path}"', *overrides])
+    code, events, run_dir = train_monitored(config, **kwargs)
+    notices = [e for e in of_type(events, "notice") if e.get("source") == "autopilot"]
+    return code, events, notices
+
+
+def test_autopilot_rolls_back_damaged_weights(tmp_path):
+    """A weight turns inf after step 5: every row's loss is NaN in fp32 too, the alert suggests rolling back to
+    step 4, and the autopilot mapped to rollback applies exactly that."""
+    code, events, notices = autopilot_run(tmp_path, '{nonfinite_loss = "rollback"}', fault=DamagedWeights(after=5))
+    assert code == 0
+    alert = of_type(events, "alert")[0]
+    assert (alert["kind"], alert["step"], alert["suggestion"], alert["fix"]) == ("nonfinite_loss", 6, "rollback",
+                                                                                 {"from_step": 4})
+    assert len(notices) == 1 and "-> action 1 of 3: rollback (from_step=4). Why: the loss is nan" in notices[0]["message"]
+    restart = of_type(events, "restart")
+    assert len(restart) == 1
+    configured_lr = of_type(events, "run_started")[0]["config"]["train"]["learning_rate"]
+    assert (restart[0]["from_step"], restart[0]["precision"], restart[0]["learning_rate"]) == (4, "fp32", configured_lr)
+    assert restart[0]["reason"].startswith("autopilot: nonfinite_loss at step 6")
+    assert [e["step"] for e in steps_of(events, attempt=1)] == list(range(5, 11))
+    assert all(math.isfinite(e["loss"]) for e in steps_of(events, attempt=1))
+    assert of_type(events, "alert", attempt=1) == []
+
+
+def test_autopilot_never_switches_precision_against_the_evidence(tmp_path):
+    """The default maps nonfinite_loss to switch_precision; an alert that blames the weights (every row fails in
+    fp32) gets no precision switch, and the notice says why and what to map instead."""
+    code, events, notices = autopilot_run(tmp_path, "{}", ["train.max_steps=8"], fault=DamagedWeights(after=5))
+    assert code == 0
+    assert [(e["kind"], e["suggestion"]) for e in of_type(events, "alert")] == [("nonfinite_loss", "rollback")]
+    assert of_type(events, "restart") == []
+    assert len(notices) == 1 and notices[0]["action"] == "switch_precision"
+    assert ("-> the evidence points to rollback (from_step=4), not to the precision: switching precision would go "
+            "against it, so not acting (map nonfinite_loss to \"rollback\"") in notices[0]["message"]
+
+
+def test_autopilot_stops_the_run(tmp_path):
+    """Non-finite gradients from step 3 on, mapped to stop: the run stops at the next step boundary, saying why."""
+    code, events, notices = autopilot_run(tmp_path, '{nonfinite_grads = "stop"}',
+                                          fault=NonFiniteGradients(range(3, 11)))
+    assert code == 0
+    assert [(e["kind"], e["step"]) for e in of_type(events, "alert")] == [("nonfinite_grads", 7)]
+    assert [n["action"] for n in notices] == ["stop"] and "-> action 1 of 3: stop. Why:" in notices[0]["message"]
+    assert [e["step"] for e in steps_of(events)][-1] == 7
+    finished = of_type(events, "run_finished")[0]
+    assert finished["reason"].startswith("autopilot: nonfinite_grads at step 7: gradients are not finite")
+    assert of_type(events, "checkpoint")[-1]["reason"] == "stop"
+
+
+def test_autopilot_does_not_act_on_an_alert_that_suggests_nothing(tmp_path):
+    """A loss spike suggests no fix (one bad batch; watch it): even mapped to lower_lr, the autopilot leaves the
+    run alone and says so."""
+    data = junk_batch_data(tmp_path, at_step=26, batch_size=8)
+    code, events, notices = autopilot_run(tmp_path, '{loss_spike = "lower_lr"}', [
+        "train.max_steps=28", "train.batch_size=8", "data.shuffle=false", f'data.path="{data}"',
+        'data.format="text"'])
+    assert code == 0
+    assert [(e["kind"], e["suggestion"]) for e in of_type(events, "alert")] == [("loss_spike", "none")]
+    assert of_type(events, "restart") == []
+    assert len(notices) == 1 and notices[0]["action"] == "lower_lr"
+    assert "-> the evidence points to no restart that would help: not acting. Why: loss spiked to" in \
+        notices[0]["message"]
+
+
+@pytest.mark.parametrize("action", ["stop", "rollback", "switch_precision", "lower_lr"])
+def test_no_autopilot_action_for_checkpoint_failed(tmp_path, action):
+    """The trainer raises checkpoint_failed itself, past the monitor: an action for it could never run."""
+    with pytest.raises(UserInputError) as raised:
+        make_config(tmp_path, [f'monitor.autopilot.actions={{checkpoint_failed = "{action}"}}'])
+    assert (f'monitor.autopilot.actions.checkpoint_failed = "{action}" is not allowed: the trainer raises it '
+            f'itself') in raised.value.render()
+    assert 'checkpoint.on_error = "stop" or "continue"' in raised.value.render()
+    # Configs written before the rule list it as "none": still accepted.
+    config = make_config(tmp_path, ['monitor.autopilot.actions={checkpoint_failed = "none"}'])
+    assert config.monitor.autopilot.actions["checkpoint_failed"] == "none"

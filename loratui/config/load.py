@@ -18,6 +18,7 @@ from typing import Any
 from loratui.config.schema import (
     ALERT_KINDS,
     AUTOPILOT_ACTIONS,
+    AUTOPILOT_UNSEEN,
     Config,
     is_section,
     section_fields,
@@ -208,6 +209,9 @@ def _check_value(value: Any, value_type: Any, rules: dict, dotted: str, where: K
                 problems.append(Problem(where(f"{dotted}.{alert}"),
                                         f"{dotted}.{alert} = {_show(action)} is not allowed: "
                                         f"use one of {', '.join(AUTOPILOT_ACTIONS)}"))
+            elif alert in AUTOPILOT_UNSEEN and action != "none":
+                problems.append(Problem(where(f"{dotted}.{alert}"), f"{dotted}.{alert} = {_show(action)} is not "
+                                        f"allowed: {AUTOPILOT_UNSEEN[alert]}"))
         return merged
 
     if value_type is bool:

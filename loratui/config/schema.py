@@ -23,6 +23,11 @@ ALERT_KINDS = (
     "checkpoint_failed",
 )
 AUTOPILOT_ACTIONS = ("switch_precision", "lower_lr", "rollback", "stop", "none")
+# Alerts the trainer raises itself, past the monitor: the autopilot never sees them, so only "none" may be
+# mapped to them (configs written before this rule list checkpoint_failed = "none").
+AUTOPILOT_UNSEEN = {"checkpoint_failed": 'the trainer raises it itself and the autopilot cannot act on it; '
+                                         'checkpoint.on_error = "stop" or "continue" decides what a failed '
+                                         'checkpoint does'}
 
 
 def key(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
@@ -125,7 +130,7 @@ class AutopilotSection:
                          "nonfinite_loss": "switch_precision", "nonfinite_grads": "lower_lr",
                          "underflow": "switch_precision",
                          "stale_update": "switch_precision", "divergence": "lower_lr",
-                         "loss_spike": "none", "checkpoint_failed": "none"},
+                         "loss_spike": "none"},
                         "Alert kind -> action (switch_precision, lower_lr, rollback, stop, none).",
                         kind="action_map")
 

@@ -6,6 +6,18 @@ most `max_actions` of them in a run and one at a time (nothing more until
 the trainer has obeyed the last). Each decision is logged as a `notice`
 event that says which alert, which action and why; the restart it causes
 carries the same reason.
+
+The configured action never overrides what the alert's own evidence says:
+- an alert that suggests `none` found nothing a restart would fix (rows of
+  bad data, a single loss spike to watch): the autopilot only stops for it,
+  when the action is `stop`, and otherwise says why it does not act;
+- an alert that suggests anything but `switch_precision` (rollback for
+  damaged weights, lower_lr for divergence or non-finite gradients in bf16 or
+  fp32) found a cause the precision does not explain: the autopilot never
+  switches precision for it. Other actions (lower_lr, rollback, stop) are a
+  person's choice of remedy and are taken as configured.
+Alerts the trainer raises itself (checkpoint_failed) never reach the
+autopilot; the config refuses actions for them (checkpoint.on_error decides).
 """
 
 from __future__ import annotations
@@ -29,8 +41,9 @@ class Autopilot:
         action = self.config.actions.get(alert.kind, "none")
         if action == "none":
             return
-        if alert.suggestion == "none" and action != "stop":
-            self.log(trainer, alert, action, "the evidence points to no restart that would help: not acting")
+        refusal = contradiction(alert, action)
+        if refusal:
+            self.log(trainer, alert, action, refusal)
             return
         if self.pending is not None:
             self.log(trainer, alert, action, "waiting for the previous fix to take effect: not acting")
@@ -53,8 +66,8 @@ class Autopilot:
         else:
             send_command(trainer.run_dir.control, "restart", reason=reason, id=command_id, **args)
         self.pending = command_id
-        self.log(trainer, alert, action, f"action {self.taken} of {self.config.max_actions}: {action} "
-                                         f"{_describe(args)}", command=command_id, args=args)
+        self.log(trainer, alert, action, f"action {self.taken} of {self.config.max_actions}: "
+                                         f"{_describe(action, args)}", command=command_id, args=args)
 
     def arguments(self, trainer, alert: Alert, action: str) -> dict | None:
         """The restart arguments for `action`: the alert's own fix when it suggested this action."""
@@ -88,5 +101,17 @@ class Autopilot:
                                     f"Why: {alert.message}", **fields)
 
 
-def _describe(args: dict) -> str:
-    return "(" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")" if args else ""
+def contradiction(alert: Alert, action: str) -> str | None:
+    """Why `action` would go against the alert's own evidence (see the module's docstring); None if it does not."""
+    if alert.suggestion == "none" and action != "stop":
+        return "the evidence points to no restart that would help: not acting"
+    if action == "switch_precision" and alert.suggestion != "switch_precision":
+        return (f"the evidence points to {_describe(alert.suggestion, alert.fix)}, not to the precision: switching "
+                f"precision would go against it, so not acting (map {alert.kind} to \"{alert.suggestion}\" to let "
+                f"the autopilot apply that)")
+    return None
+
+
+def _describe(action: str, args: dict) -> str:
+    """e.g. "rollback (from_step=4)", or "stop"."""
+    return action + (" (" + ", ".join(f"{k}={v}" for k, v in args.items()) + ")" if args else "")
