@@ -53,6 +53,10 @@ class Terminal:
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "main")
 
+    def styled_screen(self) -> str:
+        """The screen with its SGR escape sequences (colours, bold, reverse) as tmux holds them."""
+        return self.tmux("capture-pane", "-p", "-e", "-t", "main")
+
     def text(self) -> str:
         """The screen with wrapped lines joined: a long message reads as one line."""
         return self.tmux("capture-pane", "-p", "-J", "-t", "main")
@@ -221,13 +225,42 @@ def test_quit_with_stop_saves_a_final_checkpoint_and_exits_0(tmp_path, terminal)
     assert (Path(final[0]["path"]) / "manifest.json").is_file()
 
 
-def test_watch_shows_a_finished_runs_whole_history(tmp_path, terminal):
+def colour_codes(styled: str) -> list[str]:
+    """The SGR parameters that set a colour: 30-37/40-47/90-97/100-107, 38;5;N / 48;5;N, 38;2;R;G;B / 48;2;R;G;B.
+
+    39 and 49 (back to the terminal's default colours) set none.
+    """
+    found = []
+    for sequence in re.findall(r"\x1b\[([0-9;:]*)m", styled):
+        params = [int(p) if p.isdigit() else 0 for p in re.split(r"[;:]", sequence)]
+        index = 0
+        while index < len(params):
+            param = params[index]
+            if param in (38, 48):
+                width = 3 if params[index + 1:index + 2] == [5] else 5
+                found.append(";".join(map(str, params[index:index + width])))
+                index += width
+                continue
+            if 30 <= param <= 37 or 40 <= param <= 47 or 90 <= param <= 97 or 100 <= param <= 107:
+                found.append(str(param))
+            index += 1
+    return found
+
+
+@pytest.mark.parametrize("no_color", [True, False], ids=["NO_COLOR", "colour"])
+def test_watch_shows_a_finished_runs_whole_history(tmp_path, terminal, no_color):
     run_dir = recorded_run("restart_bf16", tmp_path)
     term = terminal(width=80, height=24)
-    term.start([*LORATUI, "watch", str(run_dir)], env={"NO_COLOR": "1"})
+    term.start([*LORATUI, "watch", str(run_dir)], env={"NO_COLOR": "1"} if no_color else {})
     term.wait_for(r"FINISHED", "the finished state")
     screen = term.wait_for(r"step 60/60", "the last step of the history").string
     assert "restart from step 20" in screen  # the event list holds the restart, newest first
+    assert re.search(r"✓ OK", screen)  # statuses are spelled out, not only coloured
+    colours = colour_codes(term.styled_screen())
+    if no_color:
+        assert colours == [], f"colour codes under NO_COLOR: {sorted(set(colours))}"
+    else:
+        assert len(set(colours)) > 3, colours  # the check above can see colours when there are some
     term.press("q")
     assert term.exit_code(timeout=20) == 0
 

@@ -318,3 +318,15 @@ async def test_resizing_under_a_dialog_relayouts_the_dashboard_not_the_dialog(li
         await pilot.pause()
         assert not dashboard.has_class("compact") and not app.screen.has_class("compact")
         assert app.query_one("#body").styles.layout.name == "horizontal"
+
+
+@run_async
+async def test_no_color_marks_the_highlighted_choice_by_its_style(live_run, monkeypatch):
+    """NO_COLOR drops every colour (tmux test), so a list's highlighted row needs a text style of its own."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("p")
+        highlighted = app.screen.query_one("#choices").get_component_rich_style("option-list--option-highlighted")
+        assert highlighted.underline and highlighted.bold

@@ -143,6 +143,10 @@ class DashboardApp(App[int]):
         width: 1fr;
         height: 1fr;
     }
+    /* NO_COLOR: the highlighted row stands out by its text style (its colours are gone). */
+    OptionList:nocolor > .option-list--option-highlighted {
+        text-style: bold underline;
+    }
     """
 
     BINDINGS = [
@@ -164,7 +168,9 @@ class DashboardApp(App[int]):
     ]
 
     def __init__(self, run_dir: Path, *, trainer: TrainerProcess | None = None):
-        super().__init__()
+        # With NO_COLOR, Textual greys its truecolours unless it runs on the terminal's own ANSI
+        # colours, which it then drops: no colour codes at all, only bold, dim, underline, reverse.
+        super().__init__(ansi_color=True if "NO_COLOR" in os.environ else None)
         self.run_dir = RunDir(Path(run_dir))
         self.trainer = trainer
         self.model = RunModel(self.run_dir.root.name, state=states.STARTING if trainer else states.WAITING)
