@@ -15,7 +15,9 @@ import pytest
 from test_ui_support import (append_event, caught_up, commands, overflow_alert, recorded_run, run_async,
                               screen_text, wait_for)
 
+from loratui.run_dir import RunDir
 from loratui.ui.app import DashboardApp
+from loratui.ui.launch import report_exit
 from loratui.ui.screens.alert_details import AlertDetails
 from loratui.ui.screens.help_screen import HelpScreen
 from loratui.ui.screens.learning_rate_dialog import LearningRateDialog
@@ -279,8 +281,29 @@ async def test_a_failed_run_shows_its_error_and_quits_with_1(tmp_path):
         assert app.view.header.state == "failed"
         shown = screen_text(app)
         assert "Training failed" in shown and "CUDA error: out of memory" in shown
+        assert "trainer.log" not in shown  # a headless run has none: its output went to its own terminal
         await pilot.press("q")
     assert app.return_value == 1
+
+
+@run_async
+async def test_watch_on_a_failed_run_started_by_the_dashboard_shows_its_trainer_log(tmp_path, capsys):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=30)
+    (run_dir / "trainer.log").write_text("".join(f"log line {n}\n" for n in range(40)) + "RuntimeError: CUDA error\n")
+    append_event(run_dir, {"type": "run_failed", "step": 30, "error": "RuntimeError: CUDA error: out of memory",
+                           "traceback": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error"})
+    app = DashboardApp(run_dir)  # as `loratui watch` makes it: no trainer of its own
+    async with app.run_test(size=(120, 48)) as pilot:
+        await caught_up(app, pilot)
+        await wait_for(pilot, lambda: (app.view.failure or {}).get("log_tail"), "the trainer.log tail")
+        await pilot.pause()
+        shown = screen_text(app)
+        assert f"last lines of {run_dir / 'trainer.log'}" in shown.replace("\n", "")
+        assert "log line 39" in shown and "log line 20" not in shown  # the tail only
+        await pilot.press("q")
+    assert report_exit(app, RunDir(run_dir), app.return_value) == 1
+    err = capsys.readouterr().err
+    assert "training failed: RuntimeError: CUDA error: out of memory" in err and str(run_dir / "trainer.log") in err
 
 
 @run_async
