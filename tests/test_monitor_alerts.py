@@ -5,14 +5,19 @@ Gradients that are not finite while the loss is come from NonFiniteGradients (te
 hook in the real backward pass; a loss spike comes from a batch of junk rows in the data.
 """
 
+import math
 import random
+from contextlib import contextmanager
 
 import pytest
 
 from helpers import make_config, steps_of
 from loratui.control import send_command
 from loratui.events.bus import CallbackSink, EventBus
-from loratui.monitor import build_monitor
+from loratui.hardware import Capabilities
+from loratui.monitor import build_monitor, explain
+from loratui.monitor.activations import ModulePeak
+from loratui.monitor.diagnosis import Diagnosis, RowReport
 from loratui.monitor.detectors import LossSpikes
 from loratui.run_dir import prepare_run_dir
 from loratui.train.trainer import StepFigures, Trainer
@@ -199,10 +204,12 @@ def test_a_loss_spike_is_one_alert_then_resolved_and_no_divergence(tmp_path):
     assert [(e["kind"], e["step"], e["opened_at"]) for e in resolved] == [("loss_spike", 36, 26)]
 
 
-def feed(tmp_path, losses):
-    """The real monitor on a real, set-up trainer, fed one StepFigures per loss through after_step."""
-    tmp_path.mkdir()
-    config = make_config(tmp_path, [*QUICK, "train.precision=fp32", f'run.output_dir="{tmp_path}"'])
+@contextmanager
+def set_up_trainer(tmp_path, overrides=()):
+    """A real trainer, set up (model, data, the monitor attached, the step-0 checkpoint) but not training; yields
+    (trainer, monitor, the events published so far and from now on)."""
+    tmp_path.mkdir(exist_ok=True)
+    config = make_config(tmp_path, [*QUICK, f'run.output_dir="{tmp_path}"', *overrides])
     run_dir = prepare_run_dir(config, resume=False, config_text="")
     bus = EventBus()
     events = []
@@ -211,13 +218,19 @@ def feed(tmp_path, losses):
     trainer = Trainer(config, run_dir, bus, monitor=monitor)
     trainer.setup()
     try:
+        yield trainer, monitor, events
+    finally:
+        trainer.cleanup()
+        bus.close()
+
+
+def feed(tmp_path, losses):
+    """The real monitor, fed one StepFigures per loss through after_step; returns the events."""
+    with set_up_trainer(tmp_path, ["train.precision=fp32"]) as (trainer, monitor, events):
         for step, loss in enumerate(losses, start=1):
             trainer.step = step
             monitor.after_step(trainer, StepFigures(loss=loss, grad_norm=1.0, scale=None, skipped=False,
                                                     nonfinite_grads=0, tokens=64, lr=1e-3, seconds=0.01))
-    finally:
-        trainer.cleanup()
-        bus.close()
     return events
 
 
@@ -254,3 +267,42 @@ def test_headroom_names_a_module_with_its_own_peak_and_the_largest_apart(tmp_pat
     evidence = alert["evidence"]
     assert (evidence["module"], evidence["where"], evidence["value"]) == (check["module"], check["where"],
                                                                           check["peak"])
+
+
+# ------------------------------------------------------------------ explanations true to the precision
+
+COLLAPSE = {"scale": 0.5, "highest_scale": 65536.0}
+
+
+def test_fp16_fixes_name_bf16_where_it_is_usable(tmp_path):
+    with set_up_trainer(tmp_path, ["train.precision=fp16"]) as (trainer, _, _events):
+        alert = explain.scale_collapse(trainer, 3, COLLAPSE)  # on CPU, bf16 computes exactly (emulated)
+    assert alert.fix == {"precision": "bf16"}
+    assert alert.explanation.endswith("Restarting in bf16 fixes it: bf16 has fp32's range (up to 3.4e38), so it "
+                                      "needs no loss scaling.")
+
+
+def test_fp16_fixes_name_fp32_where_bf16_is_not_native(tmp_path):
+    with set_up_trainer(tmp_path, ["train.precision=fp16"]) as (trainer, _, _events):
+        trainer.capabilities = Capabilities("cuda", "Tesla T4", (7, 5), support={"fp32": "native", "fp16": "native",
+                                                                                  "bf16": "emulated"})
+        alert = explain.scale_collapse(trainer, 3, COLLAPSE)
+    assert alert.fix == {"precision": "fp32"}
+    assert alert.explanation.endswith("Restarting in fp32 fixes it (bf16 would too, but it is not native on this "
+                                      "device).")
+
+
+def test_bf16_fixes_never_blame_the_device_or_bf16s_range(tmp_path):
+    """From bf16 the fix is fp32 on any device, and rows failing only in bf16 are its rounding, not its range."""
+    with set_up_trainer(tmp_path, ["train.precision=bf16"]) as (trainer, _, _events):
+        diagnosis = Diagnosis(rows=4, failing=[RowReport(0, "epoch 0, batch 0, row 0", math.nan, 2.5, 9.0e4, "Hi")],
+                              peak_module=ModulePeak("model.layers.1.mlp.down_proj", "input", 9.0e4, 7),
+                              largest=9.0e4)
+        alert = explain.nonfinite_loss(trainer, 2, math.nan, diagnosis)
+    assert (alert.suggestion, alert.fix) == ("switch_precision", {"precision": "fp32"})
+    assert alert.message == ("the loss is nan at step 2: 1 of 4 rows fail only in bf16 "
+                             "(model.layers.1.mlp.down_proj receives 9e+04)")
+    assert "so it is bf16's rounding (it keeps 8 significant bits; its range is fp32's)" in alert.explanation
+    assert alert.explanation.endswith("Restarting in fp32 fixes it: fp32 has bf16's range with 24 significant bits "
+                                      "instead of 8.")
+    assert "native" not in alert.explanation and "range, triggered" not in alert.explanation

@@ -147,11 +147,17 @@ def nonfinite_loss(trainer, step: int, loss: float, diagnosis: Diagnosis) -> Ale
         module = diagnosis.peak_module
         module_words = (f"{module.module} {'receives' if module.where == 'input' else 'produces'} "
                         f"{diagnosis.largest:.3g}" if module else f"activations reach {diagnosis.largest:.3g}")
-        limit = "fp16's maximum of 65504" if trainer.precision_name == "fp16" else f"{trainer.precision_name}'s range"
-        message = (f"the loss is {loss} at step {step}: {where} overflow {trainer.precision_name} "
-                   f"({module_words}, beyond {limit})")
+        precision = trainer.precision_name
+        if precision == "fp16":
+            message = (f"the loss is {loss} at step {step}: {where} overflow fp16 ({module_words}, beyond fp16's "
+                       f"maximum of 65504)")
+            cause = "fp16's range"
+        else:  # bf16 has fp32's range: what fails only in bf16 is its rounding
+            message = f"the loss is {loss} at step {step}: {where} fail only in {precision} ({module_words})"
+            cause = (f"{precision}'s rounding (it keeps {SIGNIFICANT_BITS[DTYPES[precision]]} significant bits; "
+                     f"its range is fp32's)")
         explanation = (f"In fp32 the same rows give a finite loss ({row.fp32_loss:.4g} for {row.position}: "
-                       f"\"{row.text}\"), so it is {trainer.precision_name}'s range, triggered by these rows: "
+                       f"\"{row.text}\"), so it is {cause}, triggered by these rows: "
                        f"{module_words}. The step was skipped, so the adapter is intact, but every batch with "
                        f"such rows will fail the same way. " + _target_words(trainer, fix))
         return Alert("nonfinite_loss", "critical", message, suggestion, fix, explanation, evidence, step)
