@@ -11,7 +11,8 @@ and publishes `gpu` events:
       "power_w": 412.5, "process_mem_mib": 29876.0}]}
 
 A figure the device does not report is null. Without NVML nothing is sampled and
-one `notice` says why.
+one `notice` says why. The bus stops the sampler (`stop`) before it publishes
+run_finished or run_failed, so no reading follows the run's last word.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import threading
 from typing import Callable
 
 MIB = 1 << 20
+# How long the run's end waits for a reading in progress (NVML answers in milliseconds).
+STOP_WAIT_S = 5.0
 
 
 class NvmlUnavailable(Exception):
@@ -130,6 +133,7 @@ class GpuSampler:
         self._interval = interval
         self._step: int | None = None
         self._stopped = threading.Event()
+        self._abandoned = False
         self._thread: threading.Thread | None = None
 
     def write(self, event: dict) -> None:
@@ -138,8 +142,17 @@ class GpuSampler:
         if event["type"] == "run_started" and self._thread is None:
             self._thread = threading.Thread(target=self._sample, name="loratui-gpu-sampler", daemon=True)
             self._thread.start()
-        elif event["type"] in ("run_finished", "run_failed"):
-            self._stopped.set()  # the run's last word stays last in the log
+
+    def stop(self) -> None:
+        """End sampling and wait for the thread's last event: the bus calls this before the run's last word.
+
+        A reading in progress is finished and published first; one that hangs (a wedged
+        driver) is waited for only so long, and is then dropped unpublished.
+        """
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_WAIT_S)
+            self._abandoned = self._thread.is_alive()
 
     def close(self) -> None:
         # No join: the bus holds its lock while closing sinks, and the thread may be waiting for

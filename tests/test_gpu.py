@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -147,6 +148,39 @@ def test_sampler_publishes_gpu_events_from_the_run_start_to_its_end():
     assert all(set(device) == DEVICE_FIELDS for sample in samples for device in sample["devices"])
     assert samples[-1]["step"] == 3 and [d["index"] for d in samples[-1]["devices"]] == [0, 1]
     assert events[-1]["type"] == "run_finished"  # sampling ends with the run
+
+
+class SlowReadingNvml(FakeNvml):
+    """Once armed, the next reading takes 0.3 s and says when it has begun."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+        self.reading = threading.Event()
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if self.armed and handle == 0:
+            self.armed = False
+            self.reading.set()
+            time.sleep(0.3)
+        return super().nvmlDeviceGetMemoryInfo(handle)
+
+
+@pytest.mark.parametrize("last_word", ["run_finished", "run_failed"])
+def test_a_reading_in_progress_at_the_end_is_published_before_the_runs_last_word(last_word):
+    nvml = SlowReadingNvml()
+    bus, events = sampled_bus(nvml)
+    bus.publish("run_started", step=0)
+    wait_for(lambda: any(e["type"] == "gpu" for e in events))
+    nvml.armed = True
+    assert nvml.reading.wait(10)
+    bus.publish(last_word, step=3)  # while the sampler thread is inside its reading
+    sessions_left = nvml.open_sessions
+    time.sleep(0.4)  # a straggling reading would land now
+    bus.close()
+    assert events[-1]["type"] == last_word, [e["type"] for e in events[-3:]]
+    assert events[-2]["type"] == "gpu"  # the reading in progress was not lost either
+    assert sessions_left == 0, "the sampler had stopped, NVML closed, when publish returned"
 
 
 def test_closing_the_bus_stops_the_sampler():

@@ -15,7 +15,14 @@ import time
 from typing import Callable, Protocol
 
 
+# The run's last word: nothing may follow it in the log.
+FINAL_EVENTS = ("run_finished", "run_failed")
+
+
 class Sink(Protocol):
+    """write and close; a sink that publishes from a thread of its own (the GPU sampler) also
+    has `stop()`, which ends that thread and returns once it has published its last event."""
+
     def write(self, event: dict) -> None: ...
 
     def close(self) -> None: ...
@@ -39,6 +46,8 @@ class EventBus:
         event = {"type": type, "time": round(time.time(), 3), "attempt": self.attempt, **fields}
         if not self.enabled:
             return event
+        if type in FINAL_EVENTS:
+            self._stop_background_publishers()
         with self._lock:
             for sink in self._sinks:
                 try:
@@ -46,6 +55,13 @@ class EventBus:
                 except OSError as exc:
                     self._sink_failed(sink, exc)
         return event
+
+    def _stop_background_publishers(self) -> None:
+        """Outside the lock: a sampler thread waiting for it must get its event out to finish."""
+        for sink in list(self._sinks):
+            stop = getattr(sink, "stop", None)
+            if stop is not None:
+                stop()
 
     def _sink_failed(self, sink: Sink, exc: OSError) -> None:
         """A sink the disk or a closed stream refuses (the console's trainer.log on a full disk, say).
