@@ -232,12 +232,30 @@ async def test_q_detach_and_cancel(live_run):
 
 
 @run_async
-async def test_d_detaches(live_run):
+async def test_d_detaches(live_run, capsys):
     app = DashboardApp(live_run)
     async with app.run_test() as pilot:
         await caught_up(app, pilot)
         await pilot.press("d")
     assert app.detached and app.return_value == 0 and commands(live_run) == []
+    assert app.state == "detached" and app.view.header.state == "detached"  # the last frame says so
+    with app.model.lock:  # a step read while the dashboard exits does not bring "running" back
+        app.model.apply_events([{"type": "step", "step": 46, "attempt": 0, "loss": 2.0, "lr": 1e-3}])
+    assert app.state == "detached"
+    assert report_exit(app, RunDir(live_run), app.return_value) == 0
+    assert capsys.readouterr().err == f"loratui: detached; training goes on. Re-attach with: loratui watch {live_run}\n"
+
+
+@run_async
+async def test_d_on_a_finished_run_is_a_plain_quit(tmp_path, capsys):
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    app = DashboardApp(run_dir)
+    async with app.run_test() as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("d")
+    assert app.state == "finished" and app.return_value == 0
+    assert report_exit(app, RunDir(run_dir), app.return_value) == 0
+    assert capsys.readouterr().err == ""  # nothing goes on: no "training goes on"
 
 
 @run_async

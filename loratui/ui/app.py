@@ -497,6 +497,7 @@ class DashboardApp(App[int]):
         with self.model.lock:
             self.model.detached = True
             self.model.note_action("detached: training goes on")
+        self.redraw()  # the last frame says so
 
     def action_quit_dialog(self) -> None:
         if not self.trainer_alive():
