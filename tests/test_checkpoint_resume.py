@@ -278,3 +278,17 @@ def test_a_save_over_a_damaged_copy_of_its_step_replaces_it(workdir):
     assert [e["step"] for e in events if e["type"] == "checkpoint" and e["attempt"] == 1] == [6, 7]
     assert ckpt.verify(checkpoint(workdir, 6)) is None
     assert not [p for p in (workdir / RUN / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_resuming_with_precision_advise_continues_in_the_checkpoints_precision_without_measuring(workdir):
+    """Extending a run (a larger max_steps) must not re-run the advisor: the checkpoint's precision stays."""
+    code, events, run_dir = resume(workdir, 'train.precision="advise"')
+    assert code == 0
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    resumed = [e for e in events if e["attempt"] == started["attempt"]]
+    assert not [e for e in resumed if e["type"] == "advice"]
+    assert not (run_dir.root / "advise").exists(), "no trials were run"
+    notices = [e["message"] for e in resumed if e["type"] == "notice" and "advise" in e["message"]]
+    assert len(notices) == 1 and "continuing in fp32, the precision of step-000006" in notices[0], notices
+    assert (started["requested_precision"], started["precision"]) == ("advise", "fp32")
+    assert [(e["step"], e["precision"]) for e in steps_of(events, started["attempt"])] == [(7, "fp32")]

@@ -133,15 +133,13 @@ class Trainer:
             self.attempt = next_attempt(self.run_dir.events)
             self.bus.attempt = self.attempt
         self.precision_name = resolve_precision(self.config.train.precision, self.capabilities)
-        if self.precision_name == "advise":
-            from loratui.advise.run import choose_precision_for_run
-
-            self.precision_name = choose_precision_for_run(self.config, self.run_dir, self.bus)
         self.setup_tokenizer_and_data()
         self.check_interrupted()
         resume_from = self.pick_resume_checkpoint() if self.resume else None
         if self.resume and self.is_main:
             self.run_dir.adopt_pending_config()  # the resume is accepted: its config is the run's now
+        if self.precision_name == "advise":
+            self.precision_name = self.advised_precision(resume_from)
         if resume_from is not None:
             self.carry_over_precision(resume_from)
         self.setup_model(self.precision_name)
@@ -662,6 +660,23 @@ class Trainer:
         self.precision_name = carried
         if carried != "bf16" and self.adapter_dtype_name == "bf16":
             self.adapter_dtype_name = "fp32"  # pure-bf16 adapters only make sense under bf16, as in restart
+
+    def advised_precision(self, resume_from: ckpt.CheckpointInfo | None) -> str:
+        """train.precision = "advise": the advisor's choice for a new run; a resumed run keeps its precision.
+
+        Measuring again on a resume (to train longer, say) would take minutes only to be
+        overruled by the checkpoint's precision, which a run keeps (see carry_over_precision).
+        """
+        from loratui.hardware import UNSUPPORTED
+
+        kept = resume_from.state.get("precision") if resume_from is not None else None
+        if kept is None or self.capabilities.support.get(kept) == UNSUPPORTED:
+            from loratui.advise.run import choose_precision_for_run
+
+            return choose_precision_for_run(self.config, self.run_dir, self.bus)
+        self.notice(f'train.precision = "advise": continuing in {kept}, the precision of {resume_from.path.name}, '
+                    f"without measuring again (the advisor runs when a run starts; to switch, set train.precision)")
+        return kept
 
     def resume_learning_rate(self, info: ckpt.CheckpointInfo) -> float:
         """The config's learning rate if it was changed for this resume, else the checkpoint's.
