@@ -1,4 +1,4 @@
-"""Record the real runs that the dashboard's tests and screenshots replay (tests/data/ui_*).
+"""Record the real runs that the dashboard's tests and screenshots replay (tests/data/ui_*, advice_cpu.json).
 
 Each recording is a small run directory: events.jsonl, config.toml and each
 checkpoint's trainer_state.json and manifest.json (the JSON the rollback
@@ -13,6 +13,8 @@ Recordings:
   healthy_fp16   `loratui demo` in fp16: 60 steps, checkpoints every 20
   restart_bf16   the same run; at step 32 a restart command switches to bf16 from step 20
   fp16_overflow  `loratui demo --scenario fp16-overflow`: 60 steps of overflowing fp16, the monitor's alerts
+  advice         `loratui advise --json` on config.example.toml (10-step trials): the advice.json that
+                 the precision dialog reads, kept as tests/data/advice_cpu.json
 """
 
 from __future__ import annotations
@@ -58,8 +60,21 @@ def record_fp16_overflow(work: Path) -> Path | None:
     return run_demo(work, "ui-fp16-overflow", COMMON, scenario="fp16-overflow")
 
 
+def record_advice(work: Path) -> None:
+    """`loratui advise --json`'s output, as written to advice.json (it holds no paths of this machine's)."""
+    command = [sys.executable, "-m", "loratui", "advise", str(ROOT / "config.example.toml"), "--steps", "10",
+               "--json", "--set", f"run.output_dir={work}", "--set", "train.batch_size=4"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"advice: loratui advise exited with {result.returncode}:\n{result.stderr[-2000:]}")
+    advice = json.loads(result.stdout)
+    target = DATA / "advice_cpu.json"
+    target.write_text(json.dumps(advice, indent=2) + "\n")
+    print(f"{target.relative_to(ROOT)}: recommends {advice['recommendation']}, trials {', '.join(advice['trials'])}")
+
+
 RECORDINGS = {"healthy_fp16": record_healthy_fp16, "restart_bf16": record_restart_bf16,
-              "fp16_overflow": record_fp16_overflow}
+              "fp16_overflow": record_fp16_overflow, "advice": record_advice}
 
 
 def run_demo(work: Path, name: str, overrides: list[str], *, scenario: str = "healthy", on_event=None) -> Path:
@@ -103,7 +118,7 @@ def main(names: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix="loratui-record-") as tmp:
             work = Path(tmp)
             run_dir = RECORDINGS[name](work)
-            if run_dir is not None:
+            if run_dir is not None:  # a run to keep (the advice writes its own file)
                 keep(run_dir, work, DATA / f"ui_{name}")
     return 0
 

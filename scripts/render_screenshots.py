@@ -3,7 +3,9 @@
 The real dashboard app is fed recorded real runs (tests/data/ui_*, made by
 scripts/record_event_logs.py), driven with Textual's pilot and exported as
 SVG. PNG copies are made with rsvg-convert, cairosvg or inkscape, whichever
-is installed; without one there are only SVGs.
+is installed; without one there are only SVGs. A missing recording is an
+error (exit 1, before anything is rendered), and so is a recording without
+the alert its screenshot opens: the README would show stale pictures.
 
     python scripts/render_screenshots.py      (or: make screenshots)
 """
@@ -24,17 +26,32 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 OUT = ROOT / "screenshots"
 SIZE = (160, 48)
+# name: (recording, options for render)
+SCREENSHOTS = {
+    "healthy-fp16": ("healthy_fp16", {"until_step": 45}),
+    "overflow-alert": ("fp16_overflow", {"open_alert": True}),
+    "precision-dialog": ("healthy_fp16", {"until_step": 45, "keys": ("p",)}),
+    "after-switch-to-bf16": ("restart_bf16", {"until_step": 50}),
+}
+
+
+class CannotRender(Exception):
+    """A screenshot's recording is missing or lacks what the screenshot shows."""
+
+
+def missing_recordings() -> list[str]:
+    from test_ui_support import DATA
+
+    return sorted({f"tests/data/ui_{recording}" for recording, _ in SCREENSHOTS.values()
+                   if not (DATA / f"ui_{recording}" / "events.jsonl").is_file()})
 
 
 async def render(name: str, recording: str, *, until_step: int | None = None, keys: tuple[str, ...] = (),
-                 open_alert: bool = False) -> Path | None:
-    from test_ui_support import DATA, caught_up, recorded_run
+                 open_alert: bool = False) -> Path:
+    from test_ui_support import caught_up, recorded_run
 
     from loratui.ui.app import DashboardApp
 
-    if not (DATA / f"ui_{recording}").is_dir():
-        print(f"{name}: skipped, no recording tests/data/ui_{recording} (see scripts/record_event_logs.py)")
-        return None
     with tempfile.TemporaryDirectory() as tmp:
         app = DashboardApp(recorded_run(recording, Path(tmp), until_step=until_step))
         async with app.run_test(size=SIZE) as pilot:
@@ -43,8 +60,7 @@ async def render(name: str, recording: str, *, until_step: int | None = None, ke
             if open_alert:
                 alerts = [entry.alert for entry in app.view.entries if entry.alert]
                 if not alerts:
-                    print(f"{name}: skipped, the recording holds no alert")
-                    return None
+                    raise CannotRender(f"{name}: the recording tests/data/ui_{recording} holds no alert")
                 app.show_alert(alerts[0])
             for key in keys:
                 await pilot.press(key)
@@ -74,15 +90,19 @@ def to_png(svg: Path) -> Path | None:
 async def main() -> int:
     os.environ["TZ"] = "UTC"  # event times show as UTC clock times: the same picture anywhere
     time.tzset()
+    missing = missing_recordings()
+    if missing:
+        print(f"render_screenshots: missing recordings: {', '.join(missing)}; make them with "
+              f"`python scripts/record_event_logs.py`", file=sys.stderr)
+        return 1
     OUT.mkdir(exist_ok=True)
-    rendered = [
-        await render("healthy-fp16", "healthy_fp16", until_step=45),
-        await render("overflow-alert", "fp16_overflow", open_alert=True),
-        await render("precision-dialog", "healthy_fp16", until_step=45, keys=("p",)),
-        await render("after-switch-to-bf16", "restart_bf16", until_step=50),
-    ]
-    pngs = [to_png(svg) for svg in rendered if svg is not None]
-    if pngs and pngs[0] is None:
+    try:
+        rendered = [await render(name, recording, **options) for name, (recording, options) in SCREENSHOTS.items()]
+    except CannotRender as exc:
+        print(f"render_screenshots: {exc}", file=sys.stderr)
+        return 1
+    pngs = [to_png(svg) for svg in rendered]
+    if pngs[0] is None:
         print("no SVG converter (rsvg-convert, inkscape or cairosvg): SVG only")
     return 0
 

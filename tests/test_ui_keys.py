@@ -8,14 +8,17 @@ appended to events.jsonl by the test, as the trainer would write them.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
 
 import pytest
-from test_ui_support import (append_event, caught_up, commands, overflow_alert, recorded_run, run_async,
+from test_ui_support import (DATA, append_event, caught_up, commands, overflow_alert, recorded_run, run_async,
                               screen_text, wait_for)
 
 from loratui.run_dir import RunDir
+from loratui.ui import format as fmt
 from loratui.ui.app import DashboardApp
 from loratui.ui.launch import report_exit
 from loratui.ui.screens.alert_details import AlertDetails
@@ -100,19 +103,24 @@ async def test_p_switches_precision_through_the_dialog(live_run):
 
 @run_async
 async def test_precision_dialog_shows_advice_figures(live_run):
-    (live_run / "advice.json").write_text(
-        '{"recommendation": "fp32", "reasons": ["fp16 overflowed in 4 of 30 steps"], '
-        '"trials": {"fp32": {"steps_per_s": 15.2, "final_loss": 3.1}, '
-        '"bf16": {"steps_per_s": 4.1, "final_loss": 3.2}, "fp16": {"steps_per_s": 3.9, "skipped": 4}}}')
+    """advice.json as `loratui advise --json` writes it (recorded by scripts/record_event_logs.py advice)."""
+    shutil.copy(DATA / "advice_cpu.json", live_run / "advice.json")
+    advice = json.loads((live_run / "advice.json").read_text())
     app = DashboardApp(live_run)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 48)) as pilot:
         await caught_up(app, pilot)
         await pilot.press("p")
         dialog = app.screen
-        assert dialog.ordered()[0] == "fp32"  # the advice's recommendation comes first
+        assert dialog.ordered()[0] == advice["recommendation"]  # the advice's recommendation comes first
         shown = screen_text(app)
-        for figure in ("steps per s", "15.2", "final loss", "skipped", "fp16 overflowed in 4 of 30 steps"):
-            assert figure in shown
+        assert "suggested: measured by loratui advise" in shown
+        assert f"loratui advise recommends {advice['recommendation']}" in shown
+        for figure in ("verdict", "tokens_per_s", "final_loss", "skipped_after_calibration", "peak_memory_mib"):
+            cells = [advice["trials"][trial][figure] for trial in ("fp32", "bf16", "fp16")]  # the columns' order
+            row = re.escape(figure.replace("_", " ")) + "".join(
+                r" +" + re.escape(cell if isinstance(cell, str) else fmt.number(cell, 3)) for cell in cells)
+            assert re.search(row, shown), (figure, cells)
+        assert advice["reasons"][0][:60] in shown.replace("\n", " ")
         await pilot.press("escape")
         assert not isinstance(app.screen, PrecisionDialog)
         assert commands(live_run) == []

@@ -5,7 +5,8 @@ is `python -m loratui.train.entry` in its own session, as `loratui run` starts
 it. Each test ends the trainer one way: killed outright by SIGKILL (as the
 out-of-memory killer does), crashed by an exception inside a training step
 (the test-only fault injection of loratui/train/faults.py), or stopped by a
-SIGTERM sent to it rather than to the dashboard.
+SIGTERM sent to it rather than to the dashboard (a run in fp32 throughout, which
+also shows no loss-scale chart).
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ async def test_sigterm_to_the_trainer_stops_it_with_a_checkpoint_and_its_code(re
     app, run_dir = real_run("trainer-sigterm")
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for_steps(app, pilot)
+        await wait_for(pilot, lambda: app.query_one("#chart-loss").data is not None, "the charts' first picture")
+        await pilot.pause()
+        # fp32 from the start: no loss scale to chart (an fp16 run shows one: test_ui_keys)
+        assert not app.view.charts.fp16_seen and not app.query_one("#chart-scale").display
+        assert "loss" in screen_text(app) and "scale (log2)" not in screen_text(app)
         os.kill(app.trainer.pid, signal.SIGTERM)
         await wait_for(pilot, lambda: app.model.exit_code is not None, "the trainer's exit", timeout=PATIENCE_S)
         await pilot.pause()
