@@ -43,7 +43,8 @@ def test_example_config_trains_headless_in_each_precision(tmp_path, precision):
             else event["scale"] is None
     assert sum(e["skipped"] for e in steps) <= 2
     assert [e["type"] for e in events][-1] == "run_finished"
-    assert any(e["type"] == "phase" and e["name"] == "tokenizing" for e in events)
+    tokenizing = [(e["done"], e["total"]) for e in events if e["type"] == "phase" and e["name"] == "tokenizing"]
+    assert tokenizing[-1] == (1000, 1000)  # the bundled file's 1000 rows, none counted twice
     assert (tmp_path / "loratui-run" / "adapter" / "adapter_model.safetensors").is_file()
     resolved = (tmp_path / "loratui-run" / "config.toml").read_text()
     assert f'precision = "{precision}"' in resolved and "max_steps = 30" in resolved

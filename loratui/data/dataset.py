@@ -121,7 +121,8 @@ def _read_lines(file: Path) -> list[tuple[int, str]]:
     except OSError as exc:
         raise UserInputError(Problem(str(file), f"cannot be read: {exc.strerror}")) from None
     lines = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    # A file's final newline ends its last row; it does not start another (progress counts rows).
+    for number, raw in enumerate(data.removesuffix(b"\n").split(b"\n"), start=1):
         try:
             lines.append((number, raw.decode("utf-8")))
         except UnicodeDecodeError as exc:
