@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loratui",
         description="A terminal dashboard for live, precision-monitored LoRA training.",
         epilog="Exit codes: 0 done, 1 training failed, 2 bad config or input, 130/143/129 after "
-               "SIGINT/SIGTERM/SIGHUP (a checkpoint is saved first).")
+               "SIGINT/SIGTERM/SIGHUP (a checkpoint is saved first; the dashboard passes SIGINT and "
+               "SIGTERM on to the trainer and detaches on SIGHUP).")
     from loratui import __version__
 
     parser.add_argument("--version", action="version", version=f"loratui {__version__}")

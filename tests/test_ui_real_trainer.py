@@ -77,7 +77,7 @@ async def test_a_trainer_killed_by_sigkill_is_a_failed_run_named_by_its_signal(r
         await pilot.press("q")  # the trainer has ended: quit at once
     assert app.return_value == 1
     assert report_exit(app, run_dir, app.return_value) == 1
-    assert f"loratui: training failed (the trainer killed by SIGKILL)" in capsys.readouterr().err
+    assert "loratui: training failed (the trainer killed by SIGKILL)" in capsys.readouterr().err
 
 
 @run_async
