@@ -24,17 +24,22 @@ def healthy_run(tmp_path, precision, seed, steps, extra=()):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_a_healthy_run_raises_no_alert(tmp_path, precision):
-    # Short and small, but probing often: every probe is a chance for a false alarm.
-    events = healthy_run(tmp_path, precision, seed=1, steps=30,
-                         extra=["train.batch_size=2", "monitor.probe_every=6", *QUICK])
+def test_a_healthy_run_of_300_steps_raises_no_alert(tmp_path, precision):
+    """One seed of the full matrix below, at batch size 2 (a noisier loss) and probing every 10 steps: every step
+    is a chance for the detectors to cry wolf, and every probe one for the probes. 300 steps give the spike and
+    trend detectors some 275 judgements each and fp16's scaler 270 steps after calibration."""
+    events = healthy_run(tmp_path, precision, seed=1, steps=300,
+                         extra=["train.batch_size=2", "monitor.probe_every=10", *QUICK])
     assert of_type(events, "alert") == []
+    losses = [e["loss"] for e in steps_of(events)]
+    assert all(map(math.isfinite, losses)) and sum(losses[-20:]) < sum(losses[:20])
     health = of_type(events, "health")
-    assert [e["step"] for e in health] == [1, 2, 3, 6, 12, 18, 24, 30]
+    assert [e["step"] for e in health] == [1, 2, 3, *range(10, 301, 10)]
     for event in health:
         assert set(event["checks"]) == set(CHECK_NAMES)
         assert all(check["status"] != "alert" for check in event["checks"].values()), event
     last = health[-1]["checks"]
+    assert last["loss_trend"]["value"] is not None and last["skip_rate"]["value"] is not None  # both judging
     if precision == "fp16":
         assert last["fp16_headroom"]["status"] == "ok" and last["fp16_headroom"]["value"] > 100
         assert last["fidelity"]["value"] > 0.999 and last["underflow"]["value"] < 0.01
@@ -44,12 +49,13 @@ def test_a_healthy_run_raises_no_alert(tmp_path, precision):
         assert last["fidelity"]["value"] > 0.99
     if precision == "fp32":
         assert {last[name]["status"] for name in ("fp16_headroom", "underflow", "fidelity", "loss_scale")} == {"n/a"}
-    assert last["stale_update"]["value"] < 0.05
+    # Mid-run (not at the cosine schedule's end, where the rate nears 0 and fp32 rounding eats a few updates).
+    assert next(e for e in health if e["step"] == 150)["checks"]["stale_update"]["value"] < 0.05
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FULL, reason="the full matrix runs under `make torture` (LORATUI_TORTURE=full)")
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3])  # as shipped: batch size 8, probes every 50 steps
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_healthy_runs_of_300_steps_raise_no_alert(tmp_path, precision, seed):
     events = healthy_run(tmp_path, precision, seed, steps=300)
