@@ -76,7 +76,8 @@ def test_skipped_steps_raise_an_alert_without_a_loss_scaler(tmp_path, precision,
         return
     # bf16 and fp32 have fp32's range: no precision is blamed, and no other alert either.
     assert kinds(events) == [(kind, 9)]
-    assert alert["message"] == f"gradients are not finite: 5 steps in a row were skipped in {precision}, with finite losses"
+    assert alert["message"] == (f"gradients are not finite: 5 steps in a row were skipped in {precision}, "
+                                f"with finite losses")
     assert f"This is not a range problem of {precision}" in alert["explanation"]
     assert "fp16" not in alert["explanation"] and "precision" not in alert["fix"]
     # A lower rate from the newest checkpoint before the first skip (checkpoints every 2 steps: step 4).

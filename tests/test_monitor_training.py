@@ -139,7 +139,8 @@ def test_autopilot_rolls_back_damaged_weights(tmp_path):
     alert = of_type(events, "alert")[0]
     assert (alert["kind"], alert["step"], alert["suggestion"], alert["fix"]) == ("nonfinite_loss", 6, "rollback",
                                                                                  {"from_step": 4})
-    assert len(notices) == 1 and "-> action 1 of 3: rollback (from_step=4). Why: the loss is nan" in notices[0]["message"]
+    assert len(notices) == 1
+    assert "-> action 1 of 3: rollback (from_step=4). Why: the loss is nan" in notices[0]["message"]
     restart = of_type(events, "restart")
     assert len(restart) == 1
     configured_lr = of_type(events, "run_started")[0]["config"]["train"]["learning_rate"]
