@@ -277,13 +277,17 @@ class HealthMonitor:
             self.updates.discard()
             return check("n/a", None, "step skipped: no update to measure")
         stale = self.updates.figures()
-        bad = stale.share > self.config.stale_max
+        over = stale.share > self.config.stale_max
+        # Only half-precision adapter weights make this an alert: the fix is fp32 weights. fp32 weights
+        # lose updates only when the update is ~1e-7 of the weight (a cosine schedule's last steps),
+        # which the schedule meant to be negligible; shown as a warning, never an alert.
+        bad = over and stale.dtype != "float32"
         if bad:
             self.book.bad("stale_update", "probe:stale", lambda: explain.stale_update(
                 trainer, step, stale, self.config.stale_max, figures.lr), healthy_needed=1)
         else:
             self.book.healthy("stale_update", "probe:stale", step)
-        return check("alert" if bad else "ok", round(stale.share, 6),
+        return check("alert" if bad else ("warn" if over else "ok"), round(stale.share, 6),
                      f"{stale.stale} of {stale.intended} intended updates lost to {stale.dtype} rounding",
                      module=stale.worst_module, threshold=self.config.stale_max)
 
