@@ -51,18 +51,22 @@ class TmuxTerminal:
             self.tmux("send-keys", "-t", "main", key)
             time.sleep(0.3)
 
-    def wait_until(self, test, what: str, timeout: float = 120) -> str:
-        """Poll the screen until `test(screen)` holds; returns that screen."""
+    def wait_until(self, test, what: str, timeout: float = 120, poll: float = POLL_SECONDS) -> str:
+        """Poll the screen until `test(screen)` holds; returns that screen.
+
+        Each poll starts a tmux client (a few ms of CPU): a benchmark that times the
+        training, not the frame, must poll slowly or it measures its own polling.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             screen = self.screen()
             if test(screen):
                 return screen
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}; the screen:\n{self.screen()}")
 
-    def wait_for(self, pattern: str, what: str, timeout: float = 120) -> str:
-        return self.wait_until(lambda screen: re.search(pattern, screen) is not None, what, timeout)
+    def wait_for(self, pattern: str, what: str, timeout: float = 120, poll: float = POLL_SECONDS) -> str:
+        return self.wait_until(lambda screen: re.search(pattern, screen) is not None, what, timeout, poll)
 
     def exit_code(self, timeout: float = 120) -> int:
         screen = self.wait_for(r"EXIT=\d+", "the command to exit", timeout)

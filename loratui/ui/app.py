@@ -57,7 +57,7 @@ from loratui.control import send_command
 from loratui.run_dir import RunDir
 from loratui.ui import run_model as states
 from loratui.ui.event_follower import EventFollower
-from loratui.ui.messages import EventsRead, HistoryCaughtUp, TrainerExited
+from loratui.ui.messages import HistoryCaughtUp, TrainerExited
 from loratui.ui.run_files import list_checkpoints, read_advice, tail_lines
 from loratui.ui.run_model import EXIT_TRAINING_FAILED, RunModel, RunView, TrainerEnding
 from loratui.ui.screens.alert_details import AlertDetails
@@ -242,7 +242,6 @@ class DashboardApp(App[int]):
             return
         self.model.note_action(f"trainer started (pid {self.trainer.pid}), output in trainer.log",
                                states.STARTING, "importing torch")
-        self.post_message(EventsRead(self.model.version))
         worker = get_current_worker()
         # Short waits, never one long one: the app's shutdown (a detach) joins this thread, and
         # cancels this worker, which must then let go of the trainer and leave it running.
@@ -257,9 +256,9 @@ class DashboardApp(App[int]):
         follower = EventFollower(self.run_dir.events, self.model)
         announced = False
         while not worker.is_cancelled:
+            # No message per block: the redraw timer reads the model, so a flood of events costs
+            # the UI thread nothing until the next redraw.
             consumed = follower.read_block()
-            if consumed:
-                self.post_message(EventsRead(self.model.version))
             if follower.caught_up and not announced:
                 announced = True
                 self.post_message(HistoryCaughtUp())
@@ -274,9 +273,6 @@ class DashboardApp(App[int]):
         with self.model.lock:
             self.model.note_action(f"{event.worker.name} worker failed: {type(error).__name__}: {error}")
         self.notify(f"{event.worker.name}: {error}", title="dashboard error", severity="error", timeout=10)
-
-    def on_events_read(self, message: EventsRead) -> None:
-        """Nothing to do per event: the redraw timer reads the model."""
 
     def on_history_caught_up(self, message: HistoryCaughtUp) -> None:
         self.caught_up.set()

@@ -1,20 +1,14 @@
-"""Messages from the dashboard's workers to the app: small dataclasses, floods merged."""
+"""Messages from the dashboard's workers to the app: small dataclasses, one per rare happening.
+
+New events send none: the follower folds them into the run model and the redraw timer
+reads it, so a flood of events never floods the message queue.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from textual.message import Message
-
-
-@dataclass
-class EventsRead(Message):
-    """New events were folded into the run model (the redraw timer picks them up)."""
-
-    version: int
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, EventsRead)
 
 
 @dataclass
