@@ -24,7 +24,8 @@ from loratui.train.trainer import StepFigures, Trainer
 from test_monitor_support import (NonFiniteGradients, PersonAtTheKeys, finite, junk_batch_data, of_type,
                                   train_monitored)
 
-QUICK = ["train.batch_size=2", "train.warmup_steps=5", "checkpoint.every_steps=1000", "monitor.probe_every=1000"]
+QUICK = ["train.batch_size=2", "train.warmup_steps=5", "checkpoint.every_steps=1000", "monitor.probe_every=1000",
+         "monitor.probe_budget=1.0"]  # probes where a test puts them, whatever they cost
 
 
 def run(tmp_path, overrides, **kwargs):

@@ -27,9 +27,10 @@ def healthy_run(tmp_path, precision, seed, steps, extra=()):
 def test_a_healthy_run_of_300_steps_raises_no_alert(tmp_path, precision):
     """One seed of the full matrix below, at batch size 2 (a noisier loss) and probing every 10 steps: every step
     is a chance for the detectors to cry wolf, and every probe one for the probes. 300 steps give the spike and
-    trend detectors some 275 judgements each and fp16's scaler 270 steps after calibration."""
+    trend detectors some 275 judgements each and fp16's scaler 270 steps after calibration. No probe budget:
+    this run is here to be probed, whatever it costs."""
     events = healthy_run(tmp_path, precision, seed=1, steps=300,
-                         extra=["train.batch_size=2", "monitor.probe_every=10", *QUICK])
+                         extra=["train.batch_size=2", "monitor.probe_every=10", "monitor.probe_budget=1.0", *QUICK])
     assert of_type(events, "alert") == []
     losses = [e["loss"] for e in steps_of(events)]
     assert all(map(math.isfinite, losses)) and sum(losses[-20:]) < sum(losses[:20])
@@ -63,6 +64,23 @@ def test_healthy_runs_of_300_steps_raise_no_alert(tmp_path, precision, seed):
     assert all(math.isfinite(e["loss"]) for e in steps_of(events))
 
 
+def test_probes_dearer_than_their_budget_come_less_often(tmp_path):
+    """bf16's probe recomputes a micro-batch in fp32 (most of a step here); at 5% of the training time and
+    probe_every 2, the real run measures that cost and spaces its probes out, saying where the next one is."""
+    events = healthy_run(tmp_path, "bf16", seed=1, steps=40,
+                         extra=["train.batch_size=2", "monitor.probe_every=2", "monitor.probe_first_steps=1",
+                                "monitor.probe_budget=0.05", *QUICK])
+    health = of_type(events, "health")
+    steps = [e["step"] for e in health]
+    # Step 1 starts the attempt, step 2 is the first multiple (nothing unprobed to compare with yet),
+    # step 4 the first probe with a measured cost: from there on, spacing beyond probe_every.
+    assert steps[:3] == [1, 2, 4]
+    for event in health[2:]:
+        assert event["next_probe_step"] > event["step"] + 2 and event["next_probe_step"] % 2 == 0
+    assert [e["next_probe_step"] for e in health[2:-1]] == steps[3:]  # each came where the last one said
+    assert health[-1]["next_probe_step"] > 40
+
+
 def test_fp32_adapter_updates_below_its_resolution_warn_but_never_alert(tmp_path):
     """A rate so small (a cosine schedule's last steps) that fp32 rounds the updates away is what the schedule
     meant; only half-precision adapter weights make lost updates an alert (their fix is fp32 weights)."""
@@ -78,7 +96,7 @@ def test_fp32_adapter_updates_below_its_resolution_warn_but_never_alert(tmp_path
 def test_the_monitor_does_not_change_training(tmp_path):
     """Probing every step (fp32 recomputation, replayed RNG) leaves the run bit for bit as it was."""
     overrides = ["train.precision=fp16", "train.max_steps=4", "train.batch_size=2", "train.grad_accum=2",
-                 "monitor.probe_every=1", *QUICK]
+                 "monitor.probe_every=1", "monitor.probe_budget=1.0", *QUICK]
     for name in ("plain", "watched"):
         (tmp_path / name).mkdir()
     plain = make_config(tmp_path / "plain", [*overrides, f'run.output_dir="{tmp_path / "plain"}"'])

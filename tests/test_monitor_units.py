@@ -12,6 +12,7 @@ from loratui.monitor.detectors import LossSpikes, LossTrend, ScaleWatch, SkipWat
 from loratui.monitor.diagnosis import row_losses
 from loratui.monitor.fp32_math import fp32_math
 from loratui.monitor.gradients import compare_gradients
+from loratui.monitor.schedule import ProbeSchedule
 from loratui.monitor.staleness import UpdateWatch
 
 
@@ -234,3 +235,38 @@ def test_row_losses_average_like_the_models_loss():
     flat = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
     counts = torch.tensor([4.0, 2.0])
     assert torch.allclose((per_row * counts).sum() / counts.sum(), flat)
+
+
+def probed_steps(schedule, step_seconds, probe_seconds, last, first=1):
+    """The steps a ProbeSchedule probes from `first` to `last`, each of `step_seconds`, a probe adding `probe_seconds`."""
+    probed = []
+    for step in range(first, last + 1):
+        due = schedule.due(step)
+        probed += [step] if due else []
+        schedule.observe(step, step_seconds + (probe_seconds if due else 0.0), probe_seconds if due else None)
+    return probed
+
+
+def test_cheap_probes_keep_their_cadence():
+    schedule = ProbeSchedule(every=50, first_steps=3, budget=0.02)
+    # A probe worth half a step over 50 steps is 1%: within the budget.
+    assert probed_steps(schedule, 0.1, 0.05, 300) == [1, 2, 3, 50, 100, 150, 200, 250, 300]
+
+
+def test_a_probe_dearer_than_its_budget_moves_the_next_to_a_later_multiple():
+    schedule = ProbeSchedule(every=50, first_steps=3, budget=0.02)
+    # A probe worth 3 steps needs 150 steps to stay within 2%: every third multiple of 50.
+    assert probed_steps(schedule, 0.1, 0.3, 500) == [1, 2, 3, 50, 200, 350, 500]
+
+
+def test_a_restart_probes_its_first_steps_and_goes_on_from_the_next_multiple():
+    schedule = ProbeSchedule(every=50, first_steps=2, budget=0.02)
+    probed_steps(schedule, 0.1, 0.01, 60)
+    schedule.start_attempt(20)  # back to the checkpoint at step 20
+    assert probed_steps(schedule, 0.1, 0.01, 120, first=21) == [21, 22, 50, 100]
+
+
+def test_start_of_attempt_probes_are_outside_the_budget():
+    schedule = ProbeSchedule(every=10, first_steps=3, budget=0.01)
+    # Three costly probes at the start, nothing unprobed yet to compare with: the first multiple stays due.
+    assert probed_steps(schedule, 0.1, 1.0, 10) == [1, 2, 3, 10]

@@ -74,7 +74,7 @@ def fingerprint(config, capabilities: Capabilities, steps: int) -> str:
     train.pop("precision")
     # Trials probe on their own cadence and never apply fixes: only the monitor's thresholds count.
     thresholds = {k: v for k, v in settings["monitor"].items()
-                  if k not in ("log_every", "probe_every", "probe_first_steps", "autopilot")}
+                  if k not in ("log_every", "probe_every", "probe_first_steps", "probe_budget", "autopilot")}
     measured = {"model": settings["model"], "data": settings["data"], "lora": settings["lora"], "train": train,
                 "amp": settings["amp"], "monitor": thresholds, "steps": steps,
                 "device": [capabilities.device, capabilities.device_name, capabilities.torch_version]}

@@ -81,6 +81,7 @@ def trial_config(config, first: TrialPlan):
     trial.train.adapter_dtype = first.adapter_dtype
     trial.monitor.probe_every = PROBE_EVERY
     trial.monitor.probe_first_steps = 1
+    trial.monitor.probe_budget = 1.0  # a trial is there to be measured: its probes keep their cadence
     trial.monitor.autopilot.enabled = False  # a trial measures; it never changes course
     trial.checkpoint.on_error = "stop"  # every trial starts from the step-0 checkpoint: none, no trials
     return trial

@@ -138,7 +138,11 @@ class AutopilotSection:
 @dataclass
 class MonitorSection:
     log_every: int = key(10, "Headless: print one line every this many steps.", min=1)
-    probe_every: int = key(50, "Run the health probes every this many steps.", min=1)
+    probe_every: int = key(50, "Run the health probes every this many steps (or at a later multiple of it "
+                           "when probe_budget requires).", min=1)
+    probe_budget: float = key(0.02, "Most of the training time the periodic probes may take: a probe that "
+                              "costs more than this share of the steps since the last one pushes the next "
+                              "to a later multiple of probe_every.", min=0, max=1, min_exclusive=True)
     probe_first_steps: int = key(3, "Also probe the first this many steps of every attempt, so a fault that "
                                  "a config or a restart brings shows at once.", min=0)
     fp16_headroom_min: float = key(4.0, "Alert when fp16's max (65504) is less than this many times the "

@@ -3,7 +3,8 @@
 Every step costs only Python arithmetic on the figures the trainer already
 read in its one host sync. Probe steps (the first `probe_first_steps` of
 every attempt, so that a fault a config or a restart brings shows at once,
-then every `probe_every` steps) add an fp32 recomputation of the last
+then every `probe_every` steps, further apart when a probe would take more than
+`probe_budget` of the training time: schedule.py) add an fp32 recomputation of the last
 micro-batch in fp16 and bf16 runs (headroom, underflow, fidelity) and a copy of
 the adapter around the optimizer step (stale updates). A non-finite loss
 adds a replay of that step's batch to say why. A `health` event reports
@@ -22,6 +23,7 @@ from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
 from loratui.monitor.detectors import LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
+from loratui.monitor.schedule import ProbeSchedule
 from loratui.monitor.staleness import UpdateWatch
 
 CHECK_NAMES = ("fp16_headroom", "underflow", "fidelity", "stale_update", "loss_scale", "skip_rate", "loss_trend")
@@ -53,7 +55,8 @@ class HealthMonitor:
         self.trainer = None
         self.probe: ProbeResults | None = None
         self.step_start_position = None
-        self.steps_in_attempt = 0
+        self.schedule = ProbeSchedule(every=config.probe_every, first_steps=config.probe_first_steps,
+                                      budget=config.probe_budget)
         self.refusals: list[str] = []
         self.last_checks: dict = {}
 
@@ -78,13 +81,13 @@ class HealthMonitor:
         self.scale.reset(applies=loss_scaling)
         self.spikes.reset()
         self.trend.reset()
-        self.steps_in_attempt = 0
+        self.schedule.start_attempt(trainer.step)
         self.param_names = [display_name(name) for name, param in trainer.unwrapped_model.named_parameters()
                             if param.requires_grad]
 
     def wants_probe(self, trainer, step: int) -> bool:
         self.step_start_position = trainer.stream.position  # replaced, never mutated: safe to keep
-        due = self.steps_in_attempt < self.config.probe_first_steps or step % self.config.probe_every == 0
+        due = self.schedule.due(step)
         self.probe = ProbeResults(step) if due else None
         if due:
             self.capture.start(trainer.model, trainer.params)
@@ -117,8 +120,8 @@ class HealthMonitor:
 
     def after_step(self, trainer, figures) -> None:
         step = trainer.step
-        self.steps_in_attempt += 1
         probe, self.probe = self.probe, None
+        self.schedule.observe(step, figures.seconds, probe.seconds if probe is not None else None)
         self._report_refusals(trainer)
         checks = self._probe_checks(trainer, figures, probe) if probe is not None else None
         self._judge_loss(trainer, step, figures)
@@ -134,7 +137,8 @@ class HealthMonitor:
             checks.update(loss_scale=self.scale.check, skip_rate=self.skips.check, loss_trend=self.trend.check)
             self.last_checks = {name: checks[name] for name in CHECK_NAMES}
             self.bus.publish("health", step=step, precision=trainer.precision_name, checks=self.last_checks,
-                             probe_seconds=round(probe.seconds, 4), open_alerts=self.book.open_kinds())
+                             probe_seconds=round(probe.seconds, 4), next_probe_step=self.schedule.next_step,
+                             open_alerts=self.book.open_kinds())
 
     def health_summary(self) -> dict:
         return {"open_alerts": self.book.open_kinds(), "alerts_raised": self.book.raised,
