@@ -13,7 +13,7 @@ share of the monitored runs' time (their `health` events' probe_seconds over
 the wall time of the same steps), measured inside the run. Prints one table;
 asserts nothing.
 
-    python bench/bench_probe_overhead.py [--steps 160] [--warmup 10] [--runs 3] [--batch-size 8] [--threads N]
+    python bench/bench_probe_overhead.py [--steps 310] [--warmup 10] [--runs 3] [--batch-size 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def mean_step_seconds(work: Path, precision: str, monitored: bool, args, run: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=310)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
