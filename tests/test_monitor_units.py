@@ -270,3 +270,9 @@ def test_start_of_attempt_probes_are_outside_the_budget():
     schedule = ProbeSchedule(every=10, first_steps=3, budget=0.01)
     # Three costly probes at the start, nothing unprobed yet to compare with: the first multiple stays due.
     assert probed_steps(schedule, 0.1, 1.0, 10) == [1, 2, 3, 10]
+
+
+def test_a_budget_of_one_keeps_the_cadence_whatever_a_probe_costs():
+    schedule = ProbeSchedule(every=10, first_steps=1, budget=1.0)
+    # A probe worth 20 steps (a stall on a busy machine, say) would otherwise push the next one out.
+    assert probed_steps(schedule, 0.1, 2.0, 40) == [1, 10, 20, 30, 40]

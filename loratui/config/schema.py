@@ -142,7 +142,8 @@ class MonitorSection:
                            "when probe_budget requires).", min=1)
     probe_budget: float = key(0.02, "Most of the training time the periodic probes may take: a probe that "
                               "costs more than this share of the steps since the last one pushes the next "
-                              "to a later multiple of probe_every.", min=0, max=1, min_exclusive=True)
+                              "to a later multiple of probe_every (1: no budget).", min=0, max=1,
+                              min_exclusive=True)
     probe_first_steps: int = key(3, "Also probe the first this many steps of every attempt, so a fault that "
                                  "a config or a restart brings shows at once.", min=0)
     fp16_headroom_min: float = key(4.0, "Alert when fp16's max (65504) is less than this many times the "

@@ -8,6 +8,8 @@ cost depends on the hardware as much as on the model (its fp32 recomputation
 is a fraction of a step on a CPU and can be many bf16 steps on a GPU whose
 fp32 matmuls are slow), so it is measured, not assumed: the probed step's
 time minus a typical unprobed step's (the median of the recent ones).
+A budget of 1 (all of the time) turns the budget off: multiples of `every`,
+whatever a probe costs, for runs that are there to be probed.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class ProbeSchedule:
         if step < self.next_step:
             return  # a start-of-attempt probe: outside the budget, and the cadence stays as it was
         spacing = self.every
-        if self.unprobed_seconds:
+        if self.unprobed_seconds and self.budget < 1:
             typical = statistics.median(self.unprobed_seconds)
             cost = max(probe_seconds, seconds - typical)
             # Rounded first: a spacing of exactly 150 must not become 151 through float error.
