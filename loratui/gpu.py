@@ -167,7 +167,10 @@ class GpuSampler:
             return
         try:
             while not self._stopped.is_set():
-                self._publish("gpu", step=self._step, devices=self._reader.devices())
+                devices = self._reader.devices()
+                if self._abandoned:
+                    break  # stop() gave up on this reading: the run's last word is out already
+                self._publish("gpu", step=self._step, devices=devices)
                 self._stopped.wait(self._interval)
         finally:
             self._reader.close()

@@ -17,6 +17,7 @@ import pytest
 
 from loratui.cli import main as loratui_main
 from loratui.events.bus import CallbackSink, EventBus
+from loratui import gpu
 from loratui.gpu import GpuSampler, NvmlReader, NvmlUnavailable
 
 MIB = 1 << 20
@@ -181,6 +182,22 @@ def test_a_reading_in_progress_at_the_end_is_published_before_the_runs_last_word
     assert events[-1]["type"] == last_word, [e["type"] for e in events[-3:]]
     assert events[-2]["type"] == "gpu"  # the reading in progress was not lost either
     assert sessions_left == 0, "the sampler had stopped, NVML closed, when publish returned"
+
+
+def test_a_reading_that_hangs_past_the_stop_wait_is_dropped(monkeypatch):
+    monkeypatch.setattr(gpu, "STOP_WAIT_S", 0.05)  # the reading below takes 0.3 s: a wedged driver, here
+    nvml = SlowReadingNvml()
+    bus, events = sampled_bus(nvml)
+    bus.publish("run_started", step=0)
+    wait_for(lambda: any(e["type"] == "gpu" for e in events))
+    nvml.armed = True
+    assert nvml.reading.wait(10)
+    readings = sum(e["type"] == "gpu" for e in events)
+    bus.publish("run_finished", step=3)
+    wait_for(lambda: nvml.open_sessions == 0)  # the reading ended, and the sampler with it
+    bus.close()
+    assert events[-1]["type"] == "run_finished"
+    assert sum(e["type"] == "gpu" for e in events) == readings  # the late reading was never published
 
 
 def test_closing_the_bus_stops_the_sampler():
