@@ -97,9 +97,7 @@ def nonfinite_gradients(trainer, step: int, details: dict, lr_factor: float) -> 
     # the same batches with the same weights and RNG, so it reaches the same state again. A lower
     # learning rate from the last checkpoint before the skips takes another, gentler path there.
     first = details.get("first_skipped_step")
-    start = fixes.checkpoint_at_or_before(trainer, first - 1 if first is not None else None)
-    new_lr = fixes.lowered_learning_rate(trainer, lr_factor)
-    fix = {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}
+    start, new_lr, fix = fixes.lower_lr_fix(trainer, lr_factor, at_or_before=first - 1 if first is not None else None)
     message = f"gradients are not finite: {what} in {precision}, with finite losses"
     explanation = (f"{what.capitalize()} because their gradients held inf or NaN ({details['nonfinite_grads']} "
                    f"value(s) on the last one) while the loss was finite; the trainer skips such steps, so each is "
@@ -230,9 +228,7 @@ def loss_spike(trainer, step: int, details: dict) -> Alert:
 
 def divergence(trainer, step: int, details: dict, lr_factor: float) -> Alert:
     lowest_at = details["lowest_at_step"]
-    start = fixes.checkpoint_at_or_before(trainer, lowest_at)
-    new_lr = fixes.lowered_learning_rate(trainer, lr_factor)
-    fix = {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}
+    start, new_lr, fix = fixes.lower_lr_fix(trainer, lr_factor, at_or_before=lowest_at)
     message = (f"the loss is diverging: median {details['recent_median_loss']:.4g} over the last "
                f"{details['window_steps']} steps, up {details['rise']:.0%} from {details['lowest_median_loss']:.4g} "
                f"at step {lowest_at}")

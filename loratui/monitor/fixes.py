@@ -36,3 +36,13 @@ def checkpoint_at_or_before(trainer, step: int | None) -> int | None:
 
 def lowered_learning_rate(trainer, factor: float) -> float:
     return float(f"{trainer.learning_rate * factor:.3g}")
+
+
+def lower_lr_fix(trainer, factor: float, *, at_or_before: int | None) -> tuple[int | None, float, dict]:
+    """lower_lr's restart arguments: the lowered rate, from the newest checkpoint at or before a step.
+
+    Returns (that checkpoint's step or None, the new rate, the arguments).
+    """
+    start = checkpoint_at_or_before(trainer, at_or_before)
+    new_lr = lowered_learning_rate(trainer, factor)
+    return start, new_lr, {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}

@@ -54,12 +54,13 @@ from textual.widgets import Footer
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from loratui.control import send_command
+from loratui.errors import EXIT_TRAINING_FAILED
 from loratui.run_dir import RunDir
 from loratui.ui import run_model as states
 from loratui.ui.event_follower import EventFollower
 from loratui.ui.messages import HistoryCaughtUp, TrainerExited
 from loratui.ui.run_files import list_checkpoints, read_advice, tail_lines
-from loratui.ui.run_model import EXIT_TRAINING_FAILED, RunModel, RunView, TrainerEnding
+from loratui.ui.run_model import RunModel, RunView, TrainerEnding
 from loratui.ui.screens.alert_details import AlertDetails
 from loratui.ui.screens.help_screen import HelpScreen
 from loratui.ui.screens.learning_rate_dialog import LearningRateDialog

@@ -13,7 +13,7 @@ from pathlib import Path
 from loratui.config import render_toml
 from loratui.launcher import trainer_command
 from loratui.run_dir import RunDir, prepare_run_dir
-from loratui.ui.run_model import FAILED
+from loratui.ui.run_model import FAILED, first_line
 
 
 def run_dashboard(config, *, resume: bool) -> int:
@@ -58,10 +58,6 @@ def report_exit(app, run_dir: RunDir, code: int | None) -> int:
     if failure and app.model.state == FAILED:
         how = f" (the trainer {failure['ending']})" if failure.get("ending") else ""
         log = f"\n  the trainer's output: {run_dir.trainer_log}" if run_dir.trainer_log.is_file() else ""
-        print(f"loratui: training failed{how}: {_first_line(failure.get('error'))}{log}", file=sys.stderr)
+        error = first_line(failure.get("error")) or "unknown error"
+        print(f"loratui: training failed{how}: {error}{log}", file=sys.stderr)
     return app.outcome_code() if code is None else code
-
-
-def _first_line(text) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0] if lines else "unknown error"

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from loratui.errors import EXIT_TRAINING_FAILED
 from loratui.ui import format as fmt
 from loratui.ui.event_parser import ParsedBlock
 from loratui.ui.history import ChartData, RestartMark, RunHistory
@@ -28,7 +29,6 @@ STARTING, WAITING, LOADING, RUNNING, PAUSED, RESTARTING, STOPPING, FINISHED, FAI
     "starting", "waiting", "loading", "running", "paused", "restarting", "stopping", "finished", "failed",
     "detached")
 ENDED = (FINISHED, FAILED)
-EXIT_TRAINING_FAILED = 1
 TRAINER_STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)  # it saves a checkpoint, exits 128 + N
 
 
@@ -302,10 +302,10 @@ class RunModel:
         self._add(event, "good", f"run finished at step {self.step}: {self.finish_reason}")
 
     def _on_run_failed(self, event: dict) -> None:
-        self.state, self.state_detail = FAILED, _first_line(event.get("error"))
+        self.state, self.state_detail = FAILED, first_line(event.get("error"))
         self.failure = {"error": event.get("error") or "unknown error", "traceback": event.get("traceback"),
                         "step": event.get("step")}
-        self._add(event, "critical", f"run failed at step {event.get('step')}: {_first_line(event.get('error'))}")
+        self._add(event, "critical", f"run failed at step {event.get('step')}: {first_line(event.get('error'))}")
 
     # ---------------------------------------------------- the dashboard's side
 
@@ -332,7 +332,7 @@ class RunModel:
                                 "traceback": None}
             if self.state != FAILED:
                 self.state = FAILED
-                self.state_detail = _first_line(self.failure["error"]) if reported else ending.text
+                self.state_detail = first_line(self.failure["error"]) if reported else ending.text
             self.attach_log(log_tail, log_path)
             self.failure.update(ending=ending.text, exit_code=ending.code)
         self._add({}, "critical" if ending.failed else "info", f"trainer process {ending.text}", kind="ui")
@@ -424,5 +424,7 @@ def _float(value) -> float | None:
         return None
 
 
-def _first_line(text) -> str:
-    return str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+def first_line(text) -> str:
+    """The first line of an error text ("" for none)."""
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else ""

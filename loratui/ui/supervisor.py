@@ -4,9 +4,10 @@ Its own session (start_new_session) means the terminal's signals (a hang-up
 when SSH drops, Ctrl+C) never reach it, and nothing the dashboard does or
 suffers can take it down; the dashboard talks to it through control.jsonl,
 and passes on a SIGINT or SIGTERM sent to the dashboard itself (`pass_signal`),
-which the trainer answers as it would headless. Waiting for it happens in a worker thread, in short waits: the
-app's shutdown waits for its worker threads, so a thread blocked until the
-trainer ends would hold a detaching dashboard open for the rest of the run.
+which the trainer answers as it would headless. Waiting for it happens in a
+worker thread, in short waits: the app's shutdown waits for its worker threads,
+so a thread blocked until the trainer ends would hold a detaching dashboard
+open for the rest of the run.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from loratui.ui.run_model import EXIT_TRAINING_FAILED
+from loratui.errors import EXIT_TRAINING_FAILED
 
 
 class FailurePanel(Widget):
