@@ -167,14 +167,20 @@ class SlowReadingNvml(FakeNvml):
         return super().nvmlDeviceGetMemoryInfo(handle)
 
 
-@pytest.mark.parametrize("last_word", ["run_finished", "run_failed"])
-def test_a_reading_in_progress_at_the_end_is_published_before_the_runs_last_word(last_word):
-    nvml = SlowReadingNvml()
+def sampler_inside_a_slow_reading(nvml: SlowReadingNvml):
+    """A started run's bus and its events, returned once the sampler thread is inside a 0.3 s reading."""
     bus, events = sampled_bus(nvml)
     bus.publish("run_started", step=0)
     wait_for(lambda: any(e["type"] == "gpu" for e in events))
     nvml.armed = True
     assert nvml.reading.wait(10)
+    return bus, events
+
+
+@pytest.mark.parametrize("last_word", ["run_finished", "run_failed"])
+def test_a_reading_in_progress_at_the_end_is_published_before_the_runs_last_word(last_word):
+    nvml = SlowReadingNvml()
+    bus, events = sampler_inside_a_slow_reading(nvml)
     bus.publish(last_word, step=3)  # while the sampler thread is inside its reading
     sessions_left = nvml.open_sessions
     time.sleep(0.4)  # a straggling reading would land now
@@ -187,11 +193,7 @@ def test_a_reading_in_progress_at_the_end_is_published_before_the_runs_last_word
 def test_a_reading_that_hangs_past_the_stop_wait_is_dropped(monkeypatch):
     monkeypatch.setattr(gpu, "STOP_WAIT_S", 0.05)  # the reading below takes 0.3 s: a wedged driver, here
     nvml = SlowReadingNvml()
-    bus, events = sampled_bus(nvml)
-    bus.publish("run_started", step=0)
-    wait_for(lambda: any(e["type"] == "gpu" for e in events))
-    nvml.armed = True
-    assert nvml.reading.wait(10)
+    bus, events = sampler_inside_a_slow_reading(nvml)
     readings = sum(e["type"] == "gpu" for e in events)
     bus.publish("run_finished", step=3)
     wait_for(lambda: nvml.open_sessions == 0)  # the reading ended, and the sampler with it
