@@ -46,6 +46,8 @@ def key(default: Any, doc: str, *, choices: tuple | None = None, min: float | No
 
 @dataclass
 class RunSection:
+    """Where the run directory lives, and the experiment trackers that mirror its figures."""
+
     name: str = key("loratui-run", "Run name; the run directory is <output_dir>/<name>.")
     output_dir: str = key("runs", "Directory that holds run directories (relative to the config file).")
     report_to: list = key([], "Experiment trackers to mirror metrics to.", kind="str_list",
@@ -54,6 +56,8 @@ class RunSection:
 
 @dataclass
 class ModelSection:
+    """The base model the LoRA adapter is trained on."""
+
     name_or_path: str = key("builtin:tiny-llama",
                             'A local Hugging Face model directory, a hub id already in the local cache, '
                             'or "builtin:tiny-llama" (built offline from a seeded config).')
@@ -62,6 +66,8 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """The training data: where it is, its row format, and what happens to rows that do not fit."""
+
     path: str = key("builtin:tiny-chat",
                     '"builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat" or a .jsonl file '
                     "(relative to the config file).")
@@ -75,6 +81,8 @@ class DataSection:
 
 @dataclass
 class LoraSection:
+    """The shape of the LoRA adapter."""
+
     r: int = key(8, "LoRA rank.", min=1, max=4096)
     alpha: float = key(16.0, "LoRA alpha; the update is scaled by alpha / r.", min=0, min_exclusive=True)
     dropout: float = key(0.05, "Dropout on the LoRA input.", min=0, max=0.9)
@@ -83,6 +91,8 @@ class LoraSection:
 
 @dataclass
 class TrainSection:
+    """The optimization: precision, learning-rate schedule, batch, steps and seed."""
+
     precision: str = key("auto", "auto = bf16 where native (CUDA capability >= 8.0, or CPU), else fp16 "
                          "on CUDA, else fp32; advise = measure first (loratui advise), then train "
                          "with its choice.", choices=PRECISIONS)
@@ -105,6 +115,8 @@ class TrainSection:
 
 @dataclass
 class AmpSection:
+    """fp16 dynamic loss scaling (torch.amp.GradScaler); bf16 and fp32 runs do not use it."""
+
     loss_scaling: bool = key(True, "fp16 only: dynamic loss scaling with torch.amp.GradScaler.")
     init_scale: float = key(65536.0, "fp16 only: the GradScaler's initial scale.", min=0, min_exclusive=True)
     growth_interval: int = key(2000, "fp16 only: clean steps before the scale doubles.", min=1)
@@ -115,6 +127,8 @@ class AmpSection:
 
 @dataclass
 class CheckpointSection:
+    """When checkpoints are written, how many are kept, and what a failed save does."""
+
     every_steps: int = key(50, "Save a checkpoint every this many optimizer steps.", min=1)
     keep: int = key(3, "Complete checkpoints to keep (older ones are deleted after a new one is complete).",
                     min=1)
@@ -124,6 +138,8 @@ class CheckpointSection:
 
 @dataclass
 class AutopilotSection:
+    """Fixes applied without a person: the action each alert kind takes, and how many in a run."""
+
     enabled: bool = key(False, "Apply fixes without a person (for headless runs).")
     max_actions: int = key(3, "Most fixes the autopilot may apply in one run.", min=0)
     actions: dict = key({"overflow": "switch_precision", "scale_collapse": "switch_precision",
@@ -137,6 +153,8 @@ class AutopilotSection:
 
 @dataclass
 class MonitorSection:
+    """The precision monitor: when the probes run, and the thresholds behind each alert."""
+
     log_every: int = key(10, "Headless: print one line every this many steps.", min=1)
     probe_every: int = key(50, "Run the health probes every this many steps (or at a later multiple of it "
                            "when probe_budget requires).", min=1)
@@ -176,6 +194,8 @@ class MonitorSection:
 
 @dataclass
 class LaunchSection:
+    """Multi-process runs that the dashboard starts through `accelerate launch`."""
+
     num_processes: int = key(1, "Processes for `accelerate launch` when the dashboard starts the run.",
                              min=1)
     accelerate_args: list = key([], "Extra `accelerate launch` options, e.g. [\"--config_file\", "
