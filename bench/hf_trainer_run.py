@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 from loratui.config import load_config  # noqa: E402
 from loratui.data.dataset import BatchStream, Example, collate, load_examples  # noqa: E402
 from loratui.model.loading import load_tokenizer, resolve_model_path  # noqa: E402
-from loratui.train.precision import DTYPES  # noqa: E402
+from loratui.precision_facts import DTYPES  # noqa: E402
 
 
 class StepClock(TrainerCallback):

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import train_in_process
 from loratui.config import load_config
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_reliability_support import (
     HeadlessRun,
     complete_steps,

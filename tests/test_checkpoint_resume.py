@@ -17,7 +17,7 @@ import pytest
 from helpers import StepHook, command_at, steps_of, train_in_process
 from loratui import cli
 from loratui.config import load_config
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_reliability_support import complete_steps, single_cpu_thread, write_run_config  # noqa: F401
 
 RUN = "runs/loratui-run"

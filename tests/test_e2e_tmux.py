@@ -24,7 +24,7 @@ from test_ui_support import recorded_run
 
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.example.toml"

@@ -19,7 +19,7 @@ from helpers import train_in_process
 from loratui import cli
 from loratui.config import load_config
 from loratui.control import Command, ControlReader, Rejected, parse_command
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_reliability_support import (
     HeadlessRun,
     inet_sockets,
@@ -175,3 +175,113 @@ def test_the_control_reader_survives_any_bytes(tmp_path_factory, chunks):
             file.write(chunk)
         for parsed in reader.poll():
             assert isinstance(parsed, (Command, Rejected))
+
+
+# ------------------------------------------------------------------ import direction
+# cli -> (ui | train.entry | advise) -> train -> (monitor, model, data, events, config).
+# Each unit of the code is placed in one layer; an import may only go down, or sideways within the
+# lowest layer (the parts use each other: the monitor reads data, the model builds on data) or the
+# top one. The entry points of layer 2 stay independent of each other except for SIDEWAYS.
+# The top-level modules without a package sit with what they serve.
+LAYERS = {
+    "loratui.cli": 3, "loratui.__main__": 3,
+    # Entry points and the tools beside the trainer: the dashboard, the process that runs a trainer,
+    # the advisor, the launcher's command line, the Hugging Face callback.
+    "loratui.ui": 2, "loratui.train.entry": 2, "loratui.advise": 2, "loratui.launcher": 2,
+    "loratui.integrations": 2,
+    "loratui.train": 1,
+    "loratui.monitor": 0, "loratui.model": 0, "loratui.data": 0, "loratui.events": 0, "loratui.config": 0,
+    "loratui": 0, "loratui.errors": 0, "loratui.run_dir": 0, "loratui.control": 0, "loratui.hardware": 0,
+    "loratui.gpu": 0, "loratui.trackers": 0, "loratui.scenarios": 0, "loratui.checkpoint_files": 0,
+    "loratui.faults": 0, "loratui.precision_facts": 0,
+}
+ENTRIES = 2
+# The only imports between two different entry points, each with its reason.
+SIDEWAYS = {
+    ("loratui.ui", "loratui.launcher"),  # the command the dashboard runs to start a trainer
+    ("loratui.train.entry", "loratui.advise"),  # train.precision = "advise" is measured before the trainer exists
+}
+
+
+def unit_of(module: str) -> str:
+    """The most specific unit in LAYERS that holds `module` (loratui.train.entry before loratui.train)."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in LAYERS:
+            return candidate
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS in tests/test_hygiene.py")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every loratui module `path` imports, at module level and inside functions, with its line."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "loratui"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "loratui":
+            for alias in node.names:
+                # `from loratui import faults` imports a module; `from loratui.x import name` a name in x.
+                as_module = ROOT.joinpath(*node.module.split("."), alias.name)
+                submodule = as_module.with_suffix(".py").is_file() or as_module.is_dir()
+                found.append((node.lineno, f"{node.module}.{alias.name}" if submodule else node.module))
+    return sorted(set(found))
+
+
+def import_edges() -> list[tuple[str, int, str, str]]:
+    """(file, line, importing module, imported module) for every loratui import inside loratui/."""
+    edges = []
+    for path in sorted((ROOT / "loratui").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        edges += [(str(path.relative_to(ROOT)), line, module, target) for line, target in imported_modules(path)]
+    return edges
+
+
+def test_the_import_walk_sees_imports_inside_functions():
+    """The walk must see lazy imports (how torch-free modules reach the heavy ones), or it proves nothing."""
+    edges = {(source, target) for _, _, source, target in import_edges()}
+    assert ("loratui.train.entry", "loratui.advise.run") in edges  # inside advise_first
+    assert ("loratui.cli", "loratui.ui.launch") in edges  # inside start_run
+    assert ("loratui.monitor.fixes", "loratui.checkpoint_files") in edges  # `from loratui import checkpoint_files`
+
+
+def test_imports_run_one_way_cli_entries_train_then_the_parts():
+    wrong = []
+    for file, line, source, target in import_edges():
+        here, there = unit_of(source), unit_of(target)
+        if here == there or LAYERS[here] > LAYERS[there]:
+            continue
+        if LAYERS[here] == LAYERS[there] and (LAYERS[here] != ENTRIES or (here, there) in SIDEWAYS):
+            continue
+        wrong.append(f"{file}:{line}: {source} imports {target} ({here} is layer {LAYERS[here]}, "
+                     f"{there} layer {LAYERS[there]})")
+    assert not wrong, "imports against the direction:\n" + "\n".join(wrong)
+
+
+def test_no_cycle_between_packages():
+    """No two units import each other, directly or through others (within one unit anything goes)."""
+    graph: dict[str, set[str]] = {}
+    for _, _, source, target in import_edges():
+        here, there = unit_of(source), unit_of(target)
+        if here != there:
+            graph.setdefault(here, set()).add(there)
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(path[-1], ())):
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path:
+                found = cycle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+
+    for unit in sorted(graph):
+        cycle = cycle_from(unit, [unit])
+        assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_training_package_never_imports_the_advisor_or_the_ui():
+    for file, line, source, target in import_edges():
+        if unit_of(source) == "loratui.train":
+            assert unit_of(target) not in ("loratui.advise", "loratui.ui", "loratui.cli"), f"{file}:{line}: {target}"

@@ -7,7 +7,7 @@ import pytest
 from helpers import make_config, steps_of, train_in_process
 from loratui.monitor.health import CHECK_NAMES
 from loratui.errors import UserInputError
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_monitor_support import (FULL, DamagedWeights, NonFiniteGradients, junk_batch_data, of_type, scenario_config,
                                   train_monitored)
 

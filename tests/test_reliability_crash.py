@@ -1,7 +1,7 @@
 """A crash inside the training step: run_failed with the traceback, the last checkpoint intact, exit 1.
 
 The failure is injected with the test-only hook LORATUI_TEST_FAIL_AT_STEP (read
-when loratui.train.faults is imported, so the module is reloaded around the
+when loratui.faults is imported, so the module is reloaded around the
 test), and the run goes through the real command line. The checkpoint the
 crash left behind is then resumed, which is what "intact" has to mean.
 """
@@ -16,7 +16,7 @@ from helpers import steps_of, train_in_process
 from loratui import cli
 from loratui.config import load_config
 from loratui.events.jsonl import read_events
-from loratui.train import faults
+from loratui import faults
 from test_reliability_support import (
     complete_steps,
     partial_dirs,

@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 from loratui.events.jsonl import EventTailer
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 
 # Torture counts: the default suite runs the short, still random, variant;
 # `make torture` (LORATUI_TORTURE=full) runs the full counts.

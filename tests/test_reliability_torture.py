@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from helpers import train_in_process
 from loratui.config import load_config
 from loratui.events.jsonl import EventTailer
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_reliability_support import (
     HeadlessRun,
     complete_steps,

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from helpers import StepHook, command_at, make_config, steps_of, train_in_process
 from loratui.model.loading import identity_mismatches
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 
 BASE = ["train.precision=fp32", "train.max_steps=12", "train.batch_size=4", "train.warmup_steps=2",
         "checkpoint.every_steps=4", "lora.dropout=0.1"]

@@ -24,7 +24,7 @@ import pytest
 
 from helpers import steps_of, train_in_process
 from loratui.config import load_config
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 from test_reliability_support import (
     FULL,
     HeadlessRun,

@@ -4,7 +4,7 @@ Driven with Textual's pilot, with the dashboard's real supervisor: the trainer
 is `python -m loratui.train.entry` in its own session, as `loratui run` starts
 it. Each test ends the trainer one way: killed outright by SIGKILL (as the
 out-of-memory killer does), crashed by an exception inside a training step
-(the test-only fault injection of loratui/train/faults.py), or stopped by a
+(the test-only fault injection of loratui/faults.py), or stopped by a
 SIGTERM sent to it rather than to the dashboard (a run in fp32 throughout, which
 also shows no loss-scale chart).
 """
@@ -110,7 +110,7 @@ async def test_a_crash_inside_a_training_step_shows_the_error_and_the_log(real_r
 
 @run_async
 async def test_sigterm_to_the_trainer_stops_it_with_a_checkpoint_and_its_code(real_run):
-    from loratui.train import checkpoint as ckpt
+    from loratui import checkpoint_files as ckpt
 
     app, run_dir = real_run("trainer-sigterm")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -1,7 +1,8 @@
-"""`train.precision = "advise"`: the trainer asks the advisor, then trains with its choice.
+"""`train.precision = "advise"`: the advisor measures, then the run trains with its choice.
 
-Runs inside the trainer process (from Trainer.setup, before the run's own
-model is loaded), so nothing here or below imports textual or rich. Progress
+Runs in the trainer process before the run's trainer is built (train/entry.py
+calls it and hands the trainer the choice), so nothing here or below imports
+textual or rich. Progress
 goes to the run's event bus as `phase` events (the dashboard and the console
 show them), the choice and its reasons as an `advice` event and a `notice`.
 

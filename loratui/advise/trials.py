@@ -106,7 +106,7 @@ def run_trials(config, workspace: RunDir, capabilities: Capabilities, steps: int
 def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, progress: Progress) -> None:
     from loratui.advise.memory import PeakMemory
     from loratui.monitor import build_monitor
-    from loratui.train import checkpoint as ckpt
+    from loratui import checkpoint_files as ckpt
     from loratui.train.trainer import StopTraining, Trainer
 
     trial_cfg = trial_config(config, records[0].plan)

@@ -41,7 +41,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 def load_base_model(path: str, dtype, *, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
-    from loratui.train import faults
+    from loratui import faults
 
     faults.maybe_fail_loading(dtype)
     try:

@@ -11,7 +11,7 @@ from loratui.monitor import fixes
 from loratui.monitor.activations import FP16_MAX
 from loratui.monitor.alerts import Alert
 from loratui.monitor.diagnosis import Diagnosis
-from loratui.train.precision import DTYPES
+from loratui.precision_facts import DTYPES
 
 BF16_RANGE = "bf16 has fp32's range (up to 3.4e38), so it needs no loss scaling"
 RANGE_WORDS = {"bf16": "bf16 reaches 3.4e38, as fp32 does", "fp32": "fp32 reaches 3.4e38"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratui.train import checkpoint as ckpt
+from loratui import checkpoint_files as ckpt
 
 
 def safer_precision(trainer, *, keep_adapter_fp32: bool = False) -> str | None:

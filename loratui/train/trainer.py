@@ -23,14 +23,14 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from loratui import checkpoint_files as ckpt
+from loratui import faults
 from loratui.config.schema import Config, to_dict
 from loratui.control import Command, ControlReader, Rejected
 from loratui.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TRAINING_FAILED, Problem, UserInputError
 from loratui.events.bus import EventBus
 from loratui.events.jsonl import next_attempt
 from loratui.run_dir import PRIVATE_UMASK, RunDir
-from loratui.train import checkpoint as ckpt
-from loratui.train import faults
 from loratui.train.memory import memory_figures
 from loratui.train.precision import PrecisionSetup, scale_tensor, setup_precision
 from loratui.train.signals import SignalWatcher
@@ -61,7 +61,10 @@ class StepFigures:
 
 class Trainer:
     def __init__(self, config: Config, run_dir: RunDir, bus: EventBus, *, resume: bool = False,
-                 monitor=None):
+                 monitor=None, advised_precision: str | None = None, attempt: int | None = None):
+        """`advised_precision`: train.precision = "advise" resolved by whoever started the run (train/entry.py);
+        `attempt`: the attempt number when the caller already published under it (a resume that advised first).
+        """
         self.config = config
         self.run_dir = run_dir
         self.bus = bus
@@ -77,6 +80,8 @@ class Trainer:
         self.precision_name = config.train.precision
         self.learning_rate = config.train.learning_rate
         self.adapter_dtype_name = config.train.adapter_dtype
+        self.advice = advised_precision
+        self.numbered_attempt = attempt
         self.stop_after_step = False
 
     # ------------------------------------------------------------------ run
@@ -94,15 +99,10 @@ class Trainer:
         except StopTraining as stop:
             self.finish(stop.reason, failed=stop.exit_code == EXIT_TRAINING_FAILED)
             return stop.exit_code
-        except UserInputError as exc:
-            if self.resume and self.is_main:
-                self.run_dir.discard_pending_config()
-            self.bus.publish("run_failed", step=self.step, error=exc.render(), traceback=None, input_error=True)
-            return EXIT_BAD_INPUT
         except Exception as exc:  # the run failed: say why, keep the last good checkpoint as it is
-            self.bus.publish("run_failed", step=self.step, error=f"{type(exc).__name__}: {exc}",
-                             traceback=traceback.format_exc())
-            return EXIT_TRAINING_FAILED
+            if self.resume and self.is_main and isinstance(exc, UserInputError):
+                self.run_dir.discard_pending_config()
+            return failure_exit(self.bus, exc, step=self.step)
         finally:
             self.cleanup()
             os.umask(previous_umask)
@@ -130,7 +130,8 @@ class Trainer:
         if self.resume:
             # Numbered before this process publishes anything, so that all of its events carry
             # the new attempt (read later, the log's last line would be this process's own).
-            self.attempt = next_attempt(self.run_dir.events)
+            self.attempt = self.numbered_attempt if self.numbered_attempt is not None \
+                else next_attempt(self.run_dir.events)
             self.bus.attempt = self.attempt
         self.precision_name = resolve_precision(self.config.train.precision, self.capabilities)
         self.setup_tokenizer_and_data()
@@ -211,7 +212,7 @@ class Trainer:
         """The base model in the precision's dtype, with LoRA adapters in adapter_dtype."""
         import torch
         from loratui.model.loading import add_lora, load_base_model
-        from loratui.train.precision import DTYPES
+        from loratui.precision_facts import DTYPES
 
         self.phase("loading_model", 1, 2)
         base = load_base_model(self.model_path, getattr(torch, DTYPES[precision_name]),
@@ -666,14 +667,14 @@ class Trainer:
 
         Measuring again on a resume (to train longer, say) would take minutes only to be
         overruled by the checkpoint's precision, which a run keeps (see carry_over_precision).
+        The advisor itself runs before this trainer is built (train/entry.py), never inside it.
         """
-        from loratui.hardware import UNSUPPORTED
-
-        kept = resume_from.state.get("precision") if resume_from is not None else None
-        if kept is None or self.capabilities.support.get(kept) == UNSUPPORTED:
-            from loratui.advise.run import choose_precision_for_run
-
-            return choose_precision_for_run(self.config, self.run_dir, self.bus)
+        kept = kept_precision(resume_from, self.capabilities)
+        if kept is None:
+            if self.advice is None:
+                raise UserInputError(Problem("train.precision", '"advise" is measured by the command that starts '
+                                             "the run (loratui run); this trainer was given no advice"))
+            return self.advice
         self.notice(f'train.precision = "advise": continuing in {kept}, the precision of {resume_from.path.name}, '
                     f"without measuring again (the advisor runs when a run starts; to switch, set train.precision)")
         return kept
@@ -775,6 +776,23 @@ class Trainer:
 
     def notice(self, message: str) -> None:
         self.bus.publish("notice", step=self.step, message=message)
+
+
+def failure_exit(bus: EventBus, exc: Exception, *, step: int) -> int:
+    """Say why the run cannot go on (run_failed); the exit code: 2 for bad input, 1 for anything else."""
+    if isinstance(exc, UserInputError):
+        bus.publish("run_failed", step=step, error=exc.render(), traceback=None, input_error=True)
+        return EXIT_BAD_INPUT
+    bus.publish("run_failed", step=step, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    return EXIT_TRAINING_FAILED
+
+
+def kept_precision(resume_from: ckpt.CheckpointInfo | None, capabilities) -> str | None:
+    """The precision a resume under train.precision = "advise" keeps: its checkpoint's, if this machine runs it."""
+    from loratui.hardware import UNSUPPORTED
+
+    kept = resume_from.state.get("precision") if resume_from is not None else None
+    return None if kept is None or capabilities.support.get(kept) == UNSUPPORTED else kept
 
 
 def _attempt(stage) -> str | None:
