@@ -43,10 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="a TOML config (see config.example.toml)")
     training_options(run)
 
-    watch = commands.add_parser("watch", help="attach the dashboard to a run directory",
+    watch = commands.add_parser("watch", help="attach the dashboard to a run directory (or pick from a folder)",
                                 description="Show a run directory's events live (or its history), "
-                                            "and control the run with the dashboard's keys.")
-    watch.add_argument("run_dir")
+                                            "and control the run with the dashboard's keys. Given a "
+                                            "folder of runs, list them newest first and pick one.")
+    watch.add_argument("run_dir", metavar="PATH", help="a run directory, or a folder of them (e.g. runs/)")
+    watch.add_argument("--once", action="store_true",
+                       help="print one plain-text snapshot (state, step, loss, alerts, health) and exit; "
+                            "for a folder, its list of runs")
+    watch.add_argument("--theme", choices=["dark", "light"], default=None,
+                       help="the dashboard's colours (default: LORATUI_THEME, else dark)")
+    watch.add_argument("--ascii", action="store_true",
+                       help="ASCII only: no braille or box drawing (also LORATUI_ASCII=1)")
 
     check = commands.add_parser("check", help="validate a config and report what this machine supports")
     check.add_argument("config")
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return demo_command(args.scenario, args.overrides, headless=args.headless, resume=args.resume)
         if args.command == "watch":
-            return watch_command(args.run_dir)
+            return watch_command(args.run_dir, once=args.once, theme=args.theme, ascii_only=args.ascii)
         if args.command == "check":
             return check_command(args.config, args.overrides)
         if args.command == "advise":
@@ -140,17 +148,46 @@ def refuse_what_this_machine_cannot_run(config) -> None:
         raise UserInputError([Problem("config", p) for p in problems])
 
 
-def watch_command(run_dir: str) -> int:
+def watch_command(run_dir: str, *, once: bool = False, theme: str | None = None, ascii_only: bool = False) -> int:
     from pathlib import Path
 
     from loratui.errors import Problem
 
     path = Path(run_dir)
-    if not (path / "events.jsonl").is_file():
-        raise UserInputError(Problem(run_dir, "not a loratui run directory (no events.jsonl)"))
+    if (path / "events.jsonl").is_file():
+        if once:
+            from loratui.ui.snapshot import render_snapshot
+
+            print(render_snapshot(path))
+            return 0
+        from loratui.ui.themes import choose_look
+
+        choose_look(theme, ascii_only)
+        from loratui.ui.launch import watch_dashboard
+
+        return watch_dashboard(path)
+    from loratui.ui.run_list import find_runs
+
+    runs = find_runs(path) if path.is_dir() else []
+    if not runs:
+        raise UserInputError(Problem(run_dir, "not a loratui run directory (no events.jsonl), nor a folder "
+                                              "holding any"))
+    if once:
+        from loratui.ui.run_list import render_run_list
+
+        print(render_run_list(path))
+        return 0
+    from loratui.ui.themes import choose_look
+
+    choose_look(theme, ascii_only)
+    from loratui.ui.screens.run_list import RunListApp
+
+    chosen = RunListApp(path, runs).run()
+    if chosen is None:
+        return 0
     from loratui.ui.launch import watch_dashboard
 
-    return watch_dashboard(path)
+    return watch_dashboard(chosen)
 
 
 def check_command(config_path: str, overrides: list[str]) -> int:

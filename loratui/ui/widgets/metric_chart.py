@@ -3,11 +3,16 @@
 Data arrives as bucketed history (min and max per bucket, one series per
 attempt) and is merged once more down to the chart's own resolution (two
 braille dots per cell), so a one-step spike still reaches the top. The
-current attempt is drawn in colour, abandoned branches in grey; restarts
-are vertical lines at the step they went back to; non-finite values and
-skipped steps are marked with an x.
+current attempt is drawn in colour, abandoned branches in grey and with a
+different character (so they differ under NO_COLOR too); restarts are
+vertical lines at the step they went back to; non-finite values and skipped
+steps are marked with an x.
 
-The app sets `data` from its redraw timer (a few times a second), never per
+`options` (chart_options.py) says how to look: smoothing (an EMA drawn over
+the raw points, which stay visible), a window of the last N steps, a cursor
+whose (step, value) reading goes into the title, ASCII-only glyphs.
+
+The app sets `data` from its redraw timer (about once a second), never per
 event: plotext rebuilds the whole picture on each change.
 """
 
@@ -16,24 +21,40 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rich.text import Text
 from textual.content import Content
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
+from loratui.ui import format as fmt
+from loratui.ui.chart_options import ChartOptions, ema, window_start
 from loratui.ui.history import ChartData, ChartSeries
 
 SHORT_TITLES = {"loss": "loss", "grad_norm": "grad norm (log)", "scale": "scale (log2) x=skip"}
 NARROW = 40  # below this width a chart gets its short title
 METRICS = {
-    # name: (title, min field, max field, marks field, transform, colour of the current attempt)
-    "loss": ("loss", "loss_min", "loss_max", "nonfinite_loss", None, (0, 175, 255)),
-    "grad_norm": ("grad norm (log)", "norm_min", "norm_max", "nonfinite_norm", "log10", (255, 175, 0)),
-    "scale": ("loss scale (log2) · x skipped", "scale_min", "scale_max", "skipped", "log2", (175, 135, 255)),
+    # name: (title, min field, max field, marks field, transform)
+    "loss": ("loss", "loss_min", "loss_max", "nonfinite_loss", None),
+    "grad_norm": ("grad norm (log)", "norm_min", "norm_max", "nonfinite_norm", "log10"),
+    "scale": ("loss scale (log2) · x skipped", "scale_min", "scale_max", "skipped", "log2"),
 }
-OLD_ATTEMPT = (110, 110, 110)
+# Colours of the current attempt on a dark and on a light background (the light ones darker,
+# so a line on white keeps its contrast), then the shared ones.
+LINE_COLOURS = {
+    "loss": {True: (0, 175, 255), False: (0, 90, 190)},
+    "grad_norm": {True: (255, 175, 0), False: (175, 95, 0)},
+    "scale": {True: (175, 135, 255), False: (95, 55, 175)},
+}
+RAW_COLOURS = {True: (90, 110, 130), False: (165, 175, 185)}  # raw points under a smoothed line
+OLD_ATTEMPT = {True: (110, 110, 110), False: (150, 150, 150)}
 MARK = (255, 60, 60)
 RESTART = (220, 80, 220)
+CURSOR = {True: (230, 230, 230), False: (40, 40, 40)}
 AXIS_ALLOWANCE = 9  # cells taken by y labels and the frame
+# ASCII mode: plotext's frame and lines are box-drawing characters; each becomes its ASCII cousin
+# (and the titles' middle dots a hyphen).
+ASCII_FRAME = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "└": "+", "┘": "+", "┬": "+", "┴": "+",
+                             "├": "+", "┤": "+", "┼": "+", "·": "-"})
 
 
 class MetricChart(PlotextPlot):
@@ -45,82 +66,198 @@ class MetricChart(PlotextPlot):
     """
 
     data: reactive[ChartData | None] = reactive(None, always_update=True)
+    options: reactive[ChartOptions] = reactive(ChartOptions, always_update=True)
 
     def __init__(self, metric: str, **kwargs):
         super().__init__(**kwargs)
         self.metric = metric
         self._drawn: tuple | None = None
         self._picture: Content | None = None  # the last plot, reused while neither data, size nor theme changed
+        self.reading: str = ""  # the cursor's reading, as the title shows it
 
     def watch_data(self, data: ChartData | None) -> None:
         if (data.revision if data else None) != (self._drawn[0] if self._drawn else None):
             self.refresh()
 
+    def watch_options(self, options: ChartOptions) -> None:
+        if self._drawn is None or options != self._drawn[3]:
+            self.refresh()
+
     def render(self):
-        """Rebuild the plot for the size it is drawn at, unless neither data, size nor theme changed.
+        """Rebuild the plot for the size it is drawn at, unless neither data, size, theme nor options changed.
 
         A relayout of the screen (a panel growing) renders every widget again: the
         chart then returns its last picture instead of building it anew.
         """
         data = self.data
-        key = (data.revision if data else None, self.size, self.app.theme)
+        options = self.options
+        key = (data.revision if data else None, self.size, self.app.theme, options)
         if key != self._drawn:
             self._drawn = key
-            self._plot_into(self.plt, data)
+            self._plot_into(self.plt, data, options)
+            text = super().render()
+            if options.ascii:
+                text = Text(text.plain.translate(ASCII_FRAME), spans=text.spans, end="")
             # As Content, the form Textual would convert the text to on every render.
-            self._picture = Content.from_rich_text(super().render(), console=self.app.console)
+            self._picture = Content.from_rich_text(text, console=self.app.console)
         return self._picture
 
-    def _plot_into(self, plt, data: ChartData | None) -> None:
-        title, low_field, high_field, marks_field, transform, colour = METRICS[self.metric]
+    def _plot_into(self, plt, data: ChartData | None, options: ChartOptions) -> None:
+        title, low_field, high_field, marks_field, transform = METRICS[self.metric]
+        dark = self.app.current_theme.dark
+        colour, glyphs = LINE_COLOURS[self.metric][dark], options.glyphs
         if self.size.width < NARROW:
             title = SHORT_TITLES[self.metric]
         plt.clear_data()
         plt.clear_figure()
+        self.reading = ""
         if not data or not data.series or not self.size.width:
             plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
             return
-        plt.title(title)
+        latest = max(int(series.steps[-1]) + data.width - 1 for series in data.series)
+        first = window_start(latest, options.window,
+                             min(int(series.steps[0]) for series in data.series))
+        end = latest + 1 if options.window else max(latest + 1, data.max_steps or 0)
+        visible = [_from_step(series, first, data.width) for series in data.series]
+        visible = [series for series in visible if series is not None]
         points = max(8, (self.size.width - AXIS_ALLOWANCE) * 2)
         merged = [(series, *_merged(series, low_field, high_field, marks_field, transform, points))
-                  for series in data.series]
-        finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
-        finite = [values for values in finite if values.size]
-        first = min(int(series.steps[0]) for series in data.series)
-        end = max(max(int(series.steps[-1]) + data.width for series in data.series), data.max_steps or 0)
+                  for series in visible]
+        # Smoothed over the whole run, then windowed: a window shows the same curve, not a new start.
+        whole = {series.attempt: series for series in data.series}
+        smoothed = {series.attempt: _smoothed(whole[series.attempt], merged_steps, low_field, high_field, transform,
+                                              options.smoothing_weight, data.width)
+                    for series, merged_steps, *_ in merged if series.current and self.smooths(options)}
+        if options.window:
+            title += f" · last {options.window}"
+        if self.smooths(options) and self.size.width >= NARROW:
+            title += f" · {options.smoothing} smoothing"
+        if options.cursor is not None:
+            self.reading = _reading(data, options.cursor, low_field, high_field, self.metric,
+                                    options.smoothing_weight if self.smooths(options) else 0.0)
+            title += f" · {self.reading}"
         plt.xlim(first, end)
         plt.xticks(*_step_ticks(first, end))
+        finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
+        finite = [values for values in finite if values.size]
+        plt.title(title)
         if not finite:
             # Every value so far is nan/inf: nothing to draw a line through, so mark where they were.
-            plt.title(f"{self.metric.replace('_', ' ')}: all nan/inf")
+            plt.title(f"{title} · all nan/inf")
             for _series, steps, _low, _high, marks in merged:
                 if marks.any():
-                    plt.scatter(steps[marks].tolist(), [0.5] * int(marks.sum()), marker="x", color=MARK)
+                    plt.scatter(steps[marks].tolist(), [0.5] * int(marks.sum()), marker=glyphs.mark, color=MARK)
             plt.ylim(0, 1)
             plt.yticks([], [])
+            self._cursor_line(plt, options, first, end, 0, 1, dark)
             return
         bottom, top = float(min(v.min() for v in finite)), float(max(v.max() for v in finite))
         pad = (top - bottom) * 0.06 or 0.5
         bottom, top = bottom - pad, top + pad
-        for series, steps, low, high, _marks in merged:
-            line = colour if series.current else OLD_ATTEMPT
+        # Earlier attempts first, so the current one is drawn over them.
+        for series, steps, low, high, _marks in sorted(merged, key=lambda item: item[0].current):
+            if series.current:
+                line_colour = RAW_COLOURS[dark] if series.attempt in smoothed else colour
+                marker = glyphs.raw if series.attempt in smoothed else glyphs.line
+            else:
+                line_colour, marker = OLD_ATTEMPT[dark], glyphs.earlier
             keep = np.isfinite(high)
-            plt.plot(steps[keep].tolist(), high[keep].tolist(), marker="braille", color=line)
+            plt.plot(steps[keep].tolist(), high[keep].tolist(), marker=marker, color=line_colour)
             keep_low = np.isfinite(low)
             if not np.array_equal(low[keep_low], high[keep_low]):
-                plt.plot(steps[keep_low].tolist(), low[keep_low].tolist(), marker="braille", color=line)
+                plt.plot(steps[keep_low].tolist(), low[keep_low].tolist(), marker=marker, color=line_colour)
+        for steps, values in smoothed.values():
+            keep = np.isfinite(values)
+            plt.plot(steps[keep].tolist(), values[keep].tolist(), marker=glyphs.line, color=colour)
         for _series, steps, low, _high, marks in merged:
             if marks.any():
                 # Skipped steps sit on the scale line they ran with; a non-finite value has no
                 # place on the axis, so it is marked along the top.
                 at = np.where(np.isfinite(low[marks]), low[marks], top) if self.metric == "scale" else \
                     np.full(int(marks.sum()), top - pad / 2)
-                plt.scatter(steps[marks].tolist(), at.tolist(), marker="x", color=MARK)
+                plt.scatter(steps[marks].tolist(), at.tolist(), marker=glyphs.mark, color=MARK)
         for mark in data.restarts:
             if first <= mark.from_step <= end:
                 plt.vline(mark.from_step, color=RESTART)
+        self._cursor_line(plt, options, first, end, bottom, top, dark)
         plt.ylim(bottom, top)
         plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
+
+    def smooths(self, options: ChartOptions) -> bool:
+        """Loss and grad norm are smoothed; the loss scale is a staircase, shown as it is."""
+        return options.smoothing != "off" and self.metric != "scale"
+
+    def _cursor_line(self, plt, options: ChartOptions, first: int, end: int, bottom: float, top: float,
+                     dark: bool) -> None:
+        """The cursor: a column of its own character (not a line, which a restart already is)."""
+        if options.cursor is None or not first <= options.cursor <= end:
+            return
+        rows = max(2, self.size.height - 4)
+        heights = np.linspace(bottom, top, rows).tolist()
+        plt.scatter([options.cursor] * rows, heights, marker=options.glyphs.cursor, color=CURSOR[dark])
+
+
+def _from_step(series: ChartSeries, first: int, width: int) -> ChartSeries | None:
+    """The part of a series at or after `first` (a window); None when nothing is left."""
+    if int(series.steps[0]) + width > first:
+        return series
+    keep = series.steps + width > first
+    if not keep.any():
+        return None
+    fields = {name: getattr(series, name) for name in series.__dataclass_fields__}
+    for name, value in fields.items():
+        if isinstance(value, np.ndarray):
+            fields[name] = value[keep]
+    return ChartSeries(**fields)
+
+
+def _smoothed(series: ChartSeries, merged_steps: np.ndarray, low_field: str, high_field: str,
+              transform: str | None, weight: float, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The EMA of a series' values at the chart's resolution, transformed like the axis.
+
+    It runs over every bucket (each bucket's midpoint: the value itself at one step per
+    bucket), its weight raised to the bucket width so that heavy smoothing means the same
+    number of steps however long the run; then it is sampled where the chart has points.
+    """
+    low, high = getattr(series, low_field), getattr(series, high_field)
+    with np.errstate(all="ignore"):
+        middle = np.where(np.isfinite(low) & np.isfinite(high), (low + high) / 2, np.nan)
+    values = ema(middle, weight ** width)
+    values = values[np.searchsorted(series.steps, merged_steps)]
+    if transform:
+        log = np.log10 if transform == "log10" else np.log2
+        with np.errstate(all="ignore"):
+            values = log(np.where(values > 0, values, np.nan))
+    return merged_steps, values
+
+
+def _reading(data: ChartData, step: int, low_field: str, high_field: str, metric: str, weight: float) -> str:
+    """What the cursor reads: `step 42: 2.31` (a range where a bucket holds several steps).
+
+    The current attempt is read first; an earlier one where the current has no value
+    there (the branch it abandoned, or a loss scale the new precision does not have).
+    """
+    ordered = sorted(data.series, key=lambda series: (series.current, series.attempt), reverse=True)
+    for series in ordered:
+        index = int(np.searchsorted(series.steps, step, side="right")) - 1
+        if index < 0 or int(series.steps[index]) + data.width <= step:
+            continue
+        lows, highs = getattr(series, low_field), getattr(series, high_field)
+        low, high = float(lows[index]), float(highs[index])
+        if math.isnan(high):
+            if metric == "scale":
+                continue  # no loss scaler in this attempt
+            value = "nan/inf"
+        else:
+            value = fmt.number(high) if low == high else f"{fmt.number(low)}..{fmt.number(high)}"
+        if series.current and weight:
+            with np.errstate(all="ignore"):
+                smooth = ema((lows[: index + 1] + highs[: index + 1]) / 2, weight ** data.width)[-1]
+            if math.isfinite(smooth):
+                value += f", smoothed {fmt.number(float(smooth))}"
+        attempt = "" if series.current else f" (attempt {series.attempt})"
+        return f"step {step}: {value}{attempt}"
+    return f"step {step}: no value"
 
 
 def _merged(series: ChartSeries, low_field: str, high_field: str, marks_field: str, transform: str | None,

@@ -1,0 +1,107 @@
+"""How the charts are looked at: smoothing, the window of steps shown, the value cursor, the glyphs.
+
+One immutable `ChartOptions` is shared by every chart of the dashboard: the
+keys replace it with a changed copy and hand it to the charts, which redraw
+once. Nothing here imports Textual, so the choices are testable on their own.
+
+Smoothing is TensorBoard's: an exponential moving average with its start
+debiased, `weight` being the slider's value (0.6 light, 0.95 heavy). The window
+is the whole run or the last N steps. The cursor is a step: each chart reads its
+value there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SMOOTHING_LEVELS = ("off", "light", "heavy")
+SMOOTHING_WEIGHTS = {"off": 0.0, "light": 0.6, "heavy": 0.95}
+WINDOWS = (None, 1000, 200, 50)  # None: the whole run; else the last N steps
+CURSOR_BIG_MOVE = 10  # shift+arrow moves the cursor ten times as far
+
+
+@dataclass(frozen=True)
+class Glyphs:
+    """The characters the charts draw with: braille and a middle dot, or ASCII only."""
+
+    line: str  # the current attempt (and the smoothed line)
+    raw: str  # raw points under a smoothed line
+    earlier: str  # abandoned attempts: a different character, so they differ without colour
+    mark: str  # non-finite values, skipped steps
+    cursor: str
+
+
+UNICODE_GLYPHS = Glyphs(line="braille", raw="braille", earlier="·", mark="x", cursor="┊")
+ASCII_GLYPHS = Glyphs(line="*", raw=".", earlier="o", mark="x", cursor=":")
+
+
+@dataclass(frozen=True)
+class ChartOptions:
+    smoothing: str = "off"
+    window: int | None = None
+    cursor: int | None = None  # the step the cursor reads; None: no cursor
+    ascii: bool = False
+
+    @property
+    def glyphs(self) -> Glyphs:
+        return ASCII_GLYPHS if self.ascii else UNICODE_GLYPHS
+
+    @property
+    def smoothing_weight(self) -> float:
+        return SMOOTHING_WEIGHTS[self.smoothing]
+
+    def next_smoothing(self) -> ChartOptions:
+        index = SMOOTHING_LEVELS.index(self.smoothing)
+        return replace(self, smoothing=SMOOTHING_LEVELS[(index + 1) % len(SMOOTHING_LEVELS)])
+
+    def next_window(self, steps_in_run: int) -> ChartOptions:
+        """The next window that shows less than the run so far (back to the whole run after the last)."""
+        choices = [w for w in WINDOWS if w is None or w < steps_in_run]
+        index = choices.index(self.window) if self.window in choices else 0
+        return replace(self, window=choices[(index + 1) % len(choices)])
+
+    def toggle_cursor(self, latest_step: int) -> ChartOptions:
+        return replace(self, cursor=None if self.cursor is not None else latest_step)
+
+    def move_cursor(self, by: int, first_step: int, latest_step: int) -> ChartOptions:
+        if self.cursor is None:
+            return self
+        return replace(self, cursor=min(max(self.cursor + by, first_step), latest_step))
+
+    def describe(self) -> str:
+        """A short line for the charts' status: what is on."""
+        parts = [f"smoothing {self.smoothing}" if self.smoothing != "off" else "",
+                 f"last {self.window} steps" if self.window else "",
+                 f"cursor at step {self.cursor}" if self.cursor is not None else ""]
+        return " · ".join(part for part in parts if part)
+
+
+def window_start(latest_step: int, window: int | None, first_step: int) -> int:
+    """The first step a window shows."""
+    return first_step if window is None else max(first_step, latest_step - window)
+
+
+def cursor_step_size(visible_steps: int, points: int) -> int:
+    """One arrow press moves by what one chart column shows, at least one step."""
+    return max(1, round(visible_steps / max(points, 1)))
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average, debiased at its start.
+
+    Non-finite values are left out (the average carries on past them) and stay
+    non-finite in the result, so the chart marks them instead of drawing them.
+    """
+    out = np.full(values.shape, np.nan)
+    if weight <= 0:
+        return np.where(np.isfinite(values), values, np.nan)
+    last, count = 0.0, 0
+    for index, value in enumerate(values.tolist()):
+        if value != value or value in (float("inf"), float("-inf")):
+            continue
+        last = last * weight + (1 - weight) * value
+        count += 1
+        out[index] = last / (1 - weight ** count)
+    return out

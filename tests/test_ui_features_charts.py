@@ -1,0 +1,140 @@
+"""Charts as users of TensorBoard and W&B look at them: smoothing, a window, a cursor, attempts, ASCII.
+
+A small app holds the three charts of the dashboard, fed the history of a
+recorded real run (tests/data/ui_*) folded by the dashboard's own model.
+The keys that change these options on the dashboard are tested in
+test_ui_features_keys.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from test_ui_support import DATA, run_async, screen_text
+from textual.app import App, ComposeResult
+
+from loratui.events.jsonl import read_events
+from loratui.ui import format as fmt
+from loratui.ui.chart_options import ChartOptions, ema
+from loratui.ui.snapshot import read_run
+from loratui.ui.widgets.metric_chart import MetricChart
+
+BRAILLE = {chr(code) for code in range(0x2801, 0x2900)}
+
+
+class Charts(App):
+    def __init__(self, recording: str, options: ChartOptions):
+        super().__init__()
+        self.chart_data = read_run(DATA / f"ui_{recording}").history.chart_data()
+        self.options = options
+
+    def compose(self) -> ComposeResult:
+        for metric in ("loss", "grad_norm", "scale"):
+            yield MetricChart(metric, id=metric)
+
+    def on_mount(self) -> None:
+        for chart in self.query(MetricChart):
+            chart.data = self.chart_data
+            chart.options = self.options
+
+
+async def chart_texts(recording: str, options: ChartOptions, size=(100, 45)) -> tuple[str, dict]:
+    app = Charts(recording, options)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        readings = {chart.metric: chart.reading for chart in app.query(MetricChart)}
+        return screen_text(app), readings
+
+
+def step_events(recording: str, attempt: int | None = None) -> dict[int, dict]:
+    return {e["step"]: e for e in read_events(DATA / f"ui_{recording}" / "events.jsonl")
+            if e["type"] == "step" and (attempt is None or e["attempt"] == attempt)}
+
+
+def test_ema_is_tensorboards_debiased_average():
+    values = np.array([1.0, 2.0, float("nan"), 3.0])
+    smoothed = ema(values, 0.5)
+    # TensorBoard: last = last * w + (1 - w) * v; shown: last / (1 - w ** n), n = finite values so far.
+    assert smoothed[0] == 1.0
+    assert smoothed[1] == (0.5 * 0.5 + 0.5 * 2.0) / (1 - 0.5 ** 2)
+    assert np.isnan(smoothed[2])  # a non-finite value stays marked, the average carries on past it
+    assert smoothed[3] == ((0.5 * 0.5 + 0.5 * 2.0) * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 3)
+    assert np.array_equal(ema(values, 0.0)[[0, 1, 3]], values[[0, 1, 3]])
+
+
+def test_options_cycle_as_the_keys_do():
+    options = ChartOptions()
+    assert [options.smoothing, (o := options.next_smoothing()).smoothing, o.next_smoothing().smoothing,
+            o.next_smoothing().next_smoothing().smoothing] == ["off", "light", "heavy", "off"]
+    # Only windows shorter than the run so far: a 120-step run offers the last 50, then the whole run again.
+    assert options.next_window(120).window == 50
+    assert options.next_window(120).next_window(120).window is None
+    assert options.next_window(5000).window == 1000
+    cursor = options.toggle_cursor(60)
+    assert cursor.cursor == 60
+    assert cursor.move_cursor(+5, 1, 60).cursor == 60 and cursor.move_cursor(-70, 1, 60).cursor == 1
+    assert cursor.toggle_cursor(60).cursor is None
+
+
+@run_async
+async def test_smoothing_draws_a_smoothed_line_over_the_raw_points():
+    plain, _ = await chart_texts("healthy_fp16", ChartOptions(ascii=True))
+    smooth, _ = await chart_texts("healthy_fp16", ChartOptions(smoothing="heavy", ascii=True))
+    assert "heavy smoothing" in smooth and "smoothing" not in plain
+    loss_plain, loss_smooth = (text.split("grad norm")[0] for text in (plain, smooth))
+    # ASCII mode: raw points are '.', the line '*'. Both are there with smoothing; without it, no dots.
+    assert loss_plain.count("*") > 20 and loss_plain.count(".") < 5
+    assert loss_smooth.count(".") > 20 and loss_smooth.count("*") > 20
+    assert "scale (log2)" in smooth and "smoothing" not in smooth.split("loss scale")[1]  # a staircase stays
+
+
+@run_async
+async def test_a_window_shows_the_last_steps_only():
+    whole, _ = await chart_texts("healthy_fp16", ChartOptions())
+    window, _ = await chart_texts("healthy_fp16", ChartOptions(window=20))
+    axis = [line for line in window.splitlines() if line.strip().startswith("40")]
+    assert "last 20" in window and axis, window
+    whole_axis = [line.split() for line in whole.splitlines() if line.strip().startswith(("0 ", "20 "))]
+    assert whole_axis and "20" in whole_axis[0]
+    assert not any("20" in line.split() for line in axis)
+
+
+@run_async
+async def test_the_cursor_reads_the_logged_value_at_its_step():
+    steps = step_events("healthy_fp16")
+    _, readings = await chart_texts("healthy_fp16", ChartOptions(cursor=17))
+    assert readings["loss"] == f"step 17: {fmt.number(steps[17]['loss'])}"
+    assert readings["grad_norm"] == f"step 17: {fmt.number(steps[17]['grad_norm'])}"
+    assert readings["scale"] == f"step 17: {fmt.number(steps[17]['scale'])}"
+    text, readings = await chart_texts("healthy_fp16", ChartOptions(cursor=17, smoothing="light"))
+    assert readings["loss"].startswith(f"step 17: {fmt.number(steps[17]['loss'])}, smoothed ")
+    assert readings["loss"] in text  # in the chart's title
+
+
+@run_async
+async def test_the_cursor_reads_the_abandoned_attempt_where_the_new_one_has_no_value():
+    # restart_bf16: fp16 to step 32, then bf16 from step 20; bf16 has no loss scale.
+    old, new = step_events("restart_bf16", attempt=0), step_events("restart_bf16", attempt=1)
+    _, readings = await chart_texts("restart_bf16", ChartOptions(cursor=25))
+    assert readings["loss"] == f"step 25: {fmt.number(new[25]['loss'])}"
+    assert readings["scale"] == f"step 25: {fmt.number(old[25]['scale'])} (attempt 0)"
+
+
+@run_async
+async def test_attempts_differ_by_character_not_only_colour(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    text, _ = await chart_texts("restart_bf16", ChartOptions())
+    loss = text.split("grad norm")[0]
+    assert "·" in loss and BRAILLE & set(loss)  # the abandoned branch in dots, the new attempt in braille
+    single, _ = await chart_texts("healthy_fp16", ChartOptions())
+    assert "·" not in single.split("grad norm")[0]
+    ascii_text, _ = await chart_texts("restart_bf16", ChartOptions(ascii=True))
+    ascii_loss = ascii_text.split("grad norm")[0]
+    assert "o" in ascii_loss.replace("loss", "") and "*" in ascii_loss
+
+
+@run_async
+async def test_ascii_charts_hold_no_braille_or_box_drawing():
+    text, _ = await chart_texts("restart_bf16", ChartOptions(ascii=True, smoothing="light", cursor=30))
+    assert all(ord(character) < 128 for character in text), {c for c in text if ord(c) >= 128}
+    unicode, _ = await chart_texts("restart_bf16", ChartOptions())
+    assert any(ord(character) >= 128 for character in unicode)
