@@ -1,6 +1,6 @@
 """LoraTuiCallback on a real transformers.Trainer: the tiny model with peft LoRA, on CPU.
 
-The run executes the README's snippet as written. Its `Trainer` is a subclass
+The run executes the documented snippet (docs/multi-gpu.md) as written. Its `Trainer` is a subclass
 standing in for a fine-tuning script's own (as MiniCPM-V's is): its loss turns
 NaN at step 3, as an fp16 overflow does, and its accelerator holds a real
 GradScaler, as accelerate gives it for fp16 on a GPU (accelerate refuses fp16 on
@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from helpers import steps_of
-from test_integration_support import readme_snippet
+from test_integration_support import docs_snippet
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
 from loratui.run_dir import RunDir
@@ -99,7 +99,7 @@ def hf_run(tmp_path_factory):
         patch.chdir(directory)
         # Probes every 2 steps instead of 50, so that a short run has some.
         patch.setattr(integration, "MonitorSection", lambda: replace(MonitorSection(), probe_every=2))
-        exec(readme_snippet("hf-callback"), namespace)
+        exec(docs_snippet("hf-callback"), namespace)
     trainer = namespace["trainer"]
     return {"trainer": trainer, "run_dir": run_dir, "events": read_events(run_dir.events)}
 

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from helpers import steps_of
-from test_integration_support import readme_snippet
+from test_integration_support import docs_snippet
 from loratui.config import load_config, render_toml
 from loratui.control import send_command
 from loratui.events.jsonl import read_events
@@ -36,15 +36,15 @@ from loratui.launcher import trainer_command
 from loratui.run_dir import RunDir, prepare_run_dir
 
 
-def readme_launch_options() -> list[str]:
-    """The accelerate launch options of the README's command line."""
-    words = shlex.split(readme_snippet("launch"))
+def documented_launch_options() -> list[str]:
+    """The accelerate launch options of the documented command line (docs/multi-gpu.md)."""
+    words = shlex.split(docs_snippet("launch"))
     assert words[:2] == ["accelerate", "launch"]
     assert words[-5:] == ["-m", "loratui", "run", "config.toml", "--headless"]
     return words[2:-5]
 
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", *readme_launch_options()]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", *documented_launch_options()]
 # One thread per rank: two ranks share this machine's cores.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 STOP_WITHIN_S = 60

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import steps_of
-from test_integration_support import readme_snippet
+from test_integration_support import docs_snippet
 from loratui.cli import main as loratui_main
 from loratui.config import load_config, render_toml
 from loratui.events.jsonl import read_events
@@ -66,7 +66,7 @@ def test_tensorboard_mirrors_a_real_run(tmp_path):
     rows = "".join(f'{{"text": "Question: What is {i} plus {i}? Answer: {2 * i}."}}\n' for i in range(32))
     (tmp_path / "rows.jsonl").write_text(rows)
     config_path = tmp_path / "config.toml"
-    config_path.write_text(readme_snippet("report-to") + '\nname = "tracked"\n[data]\npath = "rows.jsonl"\n'
+    config_path.write_text(docs_snippet("report-to") + '\nname = "tracked"\n[data]\npath = "rows.jsonl"\n'
                            'format = "text"\n')
     config = load_config(config_path, ["train.precision=fp32", "train.max_steps=3", "train.batch_size=4",
                                        "train.warmup_steps=0"])
