@@ -1,0 +1,244 @@
+"""The dashboard's main screen: the panels' layout, the keys and what each key does.
+
+The keys are the `BINDINGS` below, written once: the footer shows them, `?`
+lists them with their tooltips (HelpScreen reads this list), and a key added
+here is documented by its tooltip. Control keys ask `actions.why_not` first:
+a key that cannot act now is hidden or dimmed in the footer and, pressed,
+says why.
+
+The app (DashboardApp) owns the run: the model, the workers, the trainer and
+the way out; this screen draws snapshots of the model and turns keys into
+commands through the app.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.geometry import Size
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from loratui.ui import actions
+from loratui.ui import run_model as states
+from loratui.ui.run_files import list_checkpoints, read_advice
+from loratui.ui.run_model import RunView
+from loratui.ui.screens.alert_details import AlertDetails
+from loratui.ui.screens.help_screen import HelpScreen
+from loratui.ui.screens.learning_rate_dialog import LearningRateDialog
+from loratui.ui.screens.precision_dialog import PrecisionDialog
+from loratui.ui.screens.quit_dialog import QuitDialog
+from loratui.ui.screens.rollback_dialog import RollbackDialog
+from loratui.ui.widgets.alert_banner import AlertBanner
+from loratui.ui.widgets.event_list import EventList
+from loratui.ui.widgets.failure_panel import FailurePanel
+from loratui.ui.widgets.gpu_panel import GpuPanel, GpuView
+from loratui.ui.widgets.health_panel import HealthPanel
+from loratui.ui.widgets.metric_chart import MetricChart
+from loratui.ui.widgets.run_header import RunHeader
+
+# Charts advance once a second at most: plotext rebuilds a whole picture (tens of ms of
+# CPU) on every change, which at the redraw rate took CPU from the trainer on a small machine.
+CHART_SECONDS = 1.0
+COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("p", "switch_precision", "Precision", id="switch_precision",
+                tooltip="switch precision (fp32, bf16, fp16): restart from a checkpoint"),
+        Binding("l", "lower_lr", "Lower LR", id="lower_lr",
+                tooltip="lower the learning rate: restart from a checkpoint with the new rate"),
+        Binding("r", "rollback", "Roll back", id="rollback", tooltip="roll back to a chosen checkpoint"),
+        Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
+        Binding("space", "pause", "Pause", id="pause", tooltip="pause training (at the next step boundary)"),
+        Binding("space", "resume", "Resume", id="resume", tooltip="resume training"),
+        Binding("enter", "alert_details", "Details", id="alert_details", show=False,
+                tooltip="the highlighted alert's details: evidence, meaning, fix"),
+        Binding("d", "detach", "Detach", id="detach", tooltip="detach: quit the dashboard, training goes on"),
+        Binding("q", "quit_dialog", "Quit", id="quit",
+                tooltip="quit: stop the training (with a checkpoint), detach, or cancel"),
+        Binding("ctrl+q", "quit_dialog", "Quit", id="quit_ctrl", show=False, priority=True),
+        Binding("question_mark", "help", "Help", key_display="?", id="help", tooltip="these keys"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="dashboard")
+        self._drawn_state: str | None = None
+        self._drawn_health: tuple | None = None
+        self._drawn_charts = -1  # the chart revision the charts show
+        self._charts_drawn_at = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader()
+        yield AlertBanner()
+        yield FailurePanel()
+        with Container(id="body"):
+            with Container(id="charts"):
+                yield MetricChart("loss", id="chart-loss")
+                yield MetricChart("grad_norm", id="chart-grad-norm")
+                yield MetricChart("scale", id="chart-scale")
+            with Container(id="side"):
+                with Vertical(id="status"):
+                    yield HealthPanel()
+                    yield GpuPanel()
+                yield EventList()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#chart-scale").display = False
+        self.query_one(EventList).focus()
+        self.fit(self.app.size)
+        self.app.redraw()  # the first frame already says what is happening (starting, waiting)
+
+    def fit(self, size: Size) -> None:
+        """Stack the panels on a small terminal (the app calls this on every resize, under dialogs too)."""
+        compact = size.width < COMPACT_WIDTH or size.height < COMPACT_HEIGHT
+        self.set_class(compact, "compact")
+        for footer in self.query(Footer):  # none yet when the first resize comes before the first compose
+            footer.compact = compact
+
+    # ------------------------------------------------------------ redraw
+
+    def show(self, view: RunView) -> bool:
+        """Put a fresh snapshot into the panels; True when the run's state changed with it."""
+        self.query_one(RunHeader).view = view.header
+        self.query_one(AlertBanner).alerts = view.active_alerts
+        self.query_one(FailurePanel).failure = view.failure
+        self.show_charts(view)
+        if (view.health_step, view.health) != self._drawn_health:
+            # Only on a new probe: the panel's height follows its rows, so each update is a relayout.
+            self._drawn_health = (view.health_step, view.health)
+            health = self.query_one(HealthPanel)
+            health.step = view.health_step
+            health.checks = view.health
+        self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
+                                                view.nvml)
+        self.query_one(EventList).show_entries(view.entries)
+        if view.header.state == self._drawn_state:
+            return False
+        self._drawn_state = view.header.state
+        self.refresh_bindings()
+        return True
+
+    def show_charts(self, view: RunView | None, *, now: bool = False) -> None:
+        """Hand the latest history to the charts, once a CHART_SECONDS at most (`now`: at once)."""
+        moment = time.monotonic()
+        if view is None or view.charts.revision == self._drawn_charts or (
+                not now and moment - self._charts_drawn_at < CHART_SECONDS):
+            return
+        self._charts_drawn_at = moment
+        self._drawn_charts = view.charts.revision
+        for chart in self.query(MetricChart):
+            chart.data = view.charts
+        self.query_one("#chart-scale").display = view.charts.fp16_seen
+
+    # ------------------------------------------------------- key rules
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action not in actions.CONTROL_ACTIONS:
+            return True
+        if actions.why_not(action, self.app.state, self.app.trainer_alive()) is None:
+            return True
+        return False if action in ("pause", "resume") else None  # the toggle shows its other half
+
+    # ----------------------------------------------------------- actions
+
+    def action_save(self) -> None:
+        self.app.send("save", "save requested: a checkpoint at the next step boundary")
+
+    def action_pause(self) -> None:
+        self.app.send("pause", "pause requested")
+
+    def action_resume(self) -> None:
+        self.app.send("resume", "resume requested")
+
+    def action_switch_precision(self, alert: dict | None = None) -> None:
+        model = self.app.model
+        if model.run_started is None:
+            self.notify("the trainer has not reported its device yet", timeout=4)
+            return
+        caps = model.capabilities
+        fix = (alert or {}).get("fix")
+        advice = read_advice(self.app.run_dir.advice)
+        suggested, because = actions.suggest_precision(alert, list(model.active_alerts.values()), advice,
+                                                       caps.get("support") or {}, model.precision)
+        self.app.push_screen(PrecisionDialog(current=model.precision, support=caps.get("support") or {},
+                                             notes=caps.get("notes") or {}, suggested=suggested,
+                                             suggested_because=because, advice=advice,
+                                             restart_from=self.restart_point(fix), fix=fix),
+                             self.restart_with)
+
+    def action_lower_lr(self, alert: dict | None = None) -> None:
+        current = self.app.model.peak_lr
+        if current is None:
+            self.notify("the trainer has not reported its learning rate yet", timeout=4)
+            return
+        fix = (alert or {}).get("fix")
+        self.app.push_screen(LearningRateDialog(current=current, factor=self.app.model.lr_factor,
+                                                restart_from=self.restart_point(fix), fix=fix), self.restart_with)
+
+    def action_rollback(self, alert: dict | None = None) -> None:
+        preselect = ((alert or {}).get("fix") or {}).get("from_step")
+        self.app.push_screen(RollbackDialog(list_checkpoints(self.app.run_dir.checkpoints),
+                                            current_step=self.app.model.step, preselect=preselect),
+                             self.restart_with)
+
+    def restart_point(self, fix: dict | None) -> str:
+        return actions.restart_point(fix, list_checkpoints(self.app.run_dir.checkpoints))
+
+    def restart_with(self, args: dict | None) -> None:
+        if not args:
+            return
+        described = actions.describe_restart(args)
+        self.app.send("restart", f"restart requested: {described}", states.RESTARTING, **args,
+                      reason="dashboard: " + described)
+
+    def action_alert_details(self) -> None:
+        events = self.query_one(EventList)
+        option = events.highlighted_option
+        entry = events._entries.get(option.id) if option is not None else None
+        alert = entry.alert if entry is not None and entry.alert else None
+        if alert is None and self.app.model.active_alerts:
+            alert = max(self.app.model.active_alerts.values(), key=lambda a: a.get("step") or 0)
+        if alert is not None:
+            self.show_alert(alert)
+
+    def on_event_list_alert_chosen(self, message: EventList.AlertChosen) -> None:
+        self.show_alert(message.alert)
+
+    def show_alert(self, alert: dict) -> None:
+        fixes = {"p": self.action_switch_precision, "l": self.action_lower_lr, "r": self.action_rollback}
+
+        def apply_fix(key: str | None) -> None:
+            if key in fixes:
+                fixes[key](alert)
+
+        self.app.push_screen(AlertDetails(alert), apply_fix)
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen([b for b in self.BINDINGS if isinstance(b, Binding)],
+                                        str(self.app.run_dir.root)))
+
+    def action_detach(self) -> None:
+        self.app.detach_and_exit()
+
+    def action_quit_dialog(self) -> None:
+        app = self.app
+        if not app.trainer_alive():
+            app.exit(app.outcome_code())
+            return
+        if app.state == states.STOPPING:
+            self.notify("stopping: waiting for the trainer to save its checkpoint", timeout=4)
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "detach":
+                app.detach_and_exit()
+            elif choice == "stop":
+                app.stop_run()
+
+        app.push_screen(QuitDialog(str(app.run_dir.root)), chosen)
