@@ -1,0 +1,71 @@
+"""Host CPU and RAM: the real psutil readings against /proc, and the sampler that publishes them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from loratui.host_metrics import HostReader, HostSampler
+
+
+def proc_kib(path: str, field: str) -> int:
+    for line in open(path):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in {path}")
+
+
+def test_a_reading_matches_the_kernels_figures():
+    reading = HostReader().read()
+    assert reading["cpu_count"] == os.cpu_count()
+    assert abs(reading["ram_total_mib"] - proc_kib("/proc/meminfo", "MemTotal") / 1024) < 1
+    assert 0 < reading["ram_used_mib"] < reading["ram_total_mib"]
+    own = proc_kib("/proc/self/status", "VmRSS") / 1024
+    assert reading["rss_mib"] >= own * 0.9
+    assert 0 <= reading["cpu_pct"] <= 100 and reading["process_cpu_pct"] >= 0
+
+
+def test_children_count_in_the_trainers_memory_and_cpu():
+    """A data-loader worker's memory is the run's too: a child holding 200 MiB adds about that much."""
+    reader = HostReader()
+    before = reader.read()["rss_mib"]
+    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(200 << 20)\nimport time\n"
+                              "t = time.time()\nwhile time.time() - t < 30: sum(b[::4096])"])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            reading = reader.read()
+            if reading["rss_mib"] - before > 150 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert reading["rss_mib"] - before > 150, (before, reading)
+        time.sleep(1.0)
+        assert reader.read()["process_cpu_pct"] > 10  # the busy child's CPU is counted
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_sampler_publishes_from_the_run_start_until_stopped():
+    published = []
+
+    def publish(kind, **fields):
+        published.append({"type": kind, **fields})
+
+    sampler = HostSampler(publish, interval=0.05)
+    sampler.write({"type": "phase", "name": "loading_model"})
+    time.sleep(0.2)
+    assert published == []  # nothing before the run has started
+    sampler.write({"type": "run_started", "step": 0})
+    sampler.write({"type": "step", "step": 7})
+    deadline = time.monotonic() + 10
+    while len(published) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sampler.stop()
+    count = len(published)
+    time.sleep(0.3)
+    assert len(published) == count >= 2  # stop() returned after the last one
+    assert all(event["type"] == "host" and event["step"] == 7 for event in published)
+    assert {"cpu_pct", "process_cpu_pct", "rss_mib", "ram_used_mib", "ram_total_mib"} <= set(published[0])
