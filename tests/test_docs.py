@@ -1,4 +1,4 @@
-"""The documentation: the config reference is what the schema validates, and the pages hold together."""
+"""The documentation: the generated parts (config reference, key table) are current, and the pages hold together."""
 
 import importlib.util
 import re
@@ -10,16 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "config.md"
 
 
-def rendered_reference() -> str:
-    spec = importlib.util.spec_from_file_location("make_config_reference",
-                                                  ROOT / "scripts" / "make_config_reference.py")
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    return script.render()
+    return script
 
 
 def test_the_config_reference_is_current():
-    assert REFERENCE.read_text() == rendered_reference(), (
+    assert REFERENCE.read_text() == load_script("make_config_reference").render(), (
         "docs/config.md is stale: run `.venv/bin/python scripts/make_config_reference.py`")
 
 
@@ -29,6 +28,19 @@ def test_the_config_reference_has_a_row_for_every_key():
     rows = {line.split("`")[1] for line in REFERENCE.read_text().splitlines() if line.startswith("| `")}
     missing = [dotted for dotted in schema_keys() if dotted not in rows]
     assert not missing, f"keys without a row in docs/config.md: {missing}"
+
+
+def test_the_key_table_is_the_dashboards_bindings():
+    script = load_script("make_key_table")
+    page = script.PAGE.read_text()
+    assert page == script.render_page(page), (
+        "the key table in docs/dashboard-basics.md is stale: run `.venv/bin/python scripts/make_key_table.py`")
+    from loratui.ui.screens.dashboard import DashboardScreen
+
+    documented = [binding for binding in DashboardScreen.BINDINGS if binding.tooltip]
+    assert len(documented) >= 8  # the table is the screen's keys, not an empty block
+    for binding in documented:
+        assert f"| `{binding.key_display or binding.key}` |" in page and binding.tooltip in page
 
 
 # ------------------------------------------------------------------ the pages hold together
