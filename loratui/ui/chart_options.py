@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from loratui.ui.history import ChartData
+
 SMOOTHING_LEVELS = ("off", "light", "heavy")
 SMOOTHING_WEIGHTS = {"off": 0.0, "light": 0.6, "heavy": 0.95}
 WINDOWS = (None, 1000, 200, 50)  # None: the whole run; else the last N steps
@@ -105,3 +107,12 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
         count += 1
         out[index] = last / (1 - weight ** count)
     return out
+
+
+
+def steps_shown(data: ChartData | None) -> tuple[int, int] | None:
+    """The first step the history holds and the latest one; None before the first step."""
+    if data is None or not data.series:
+        return None
+    return (min(int(series.steps[0]) for series in data.series),
+            max(int(series.steps[-1]) for series in data.series) + data.width - 1)

@@ -130,6 +130,7 @@ class RunModel:
     health: dict = field(default_factory=dict)
     health_step: int | None = None
     gpu_devices: tuple = ()
+    host: dict = field(default_factory=dict)  # the newest `host` event's figures (CPU, RAM)
     active_alerts: dict = field(default_factory=dict)
     entries: deque = field(default_factory=lambda: deque(maxlen=MAX_ENTRIES))
     recent_steps: deque = field(default_factory=lambda: deque(maxlen=64))  # (time, step), this attempt
@@ -236,6 +237,10 @@ class RunModel:
     def _on_health(self, event: dict) -> None:
         self.health = dict(event.get("checks") or {})
         self.health_step = event.get("step")
+
+    def _on_host(self, event: dict) -> None:
+        # A new dict each time: the screen reads it without the lock.
+        self.host = {key: value for key, value in event.items() if key not in ("type", "time", "attempt")}
 
     def _on_gpu(self, event: dict) -> None:
         self.gpu_devices = tuple(event.get("devices") or ())

@@ -22,22 +22,27 @@ from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from loratui.errors import UserInputError
 from loratui.ui import actions
 from loratui.ui import run_model as states
+from loratui.ui.chart_options import ChartOptions, cursor_step_size, steps_shown, window_start
 from loratui.ui.run_files import list_checkpoints, read_advice
 from loratui.ui.run_model import RunView
 from loratui.ui.screens.alert_details import AlertDetails
 from loratui.ui.screens.help_screen import HelpScreen
 from loratui.ui.screens.learning_rate_dialog import LearningRateDialog
+from loratui.ui.screens.log_view import EVENTS, LogView
 from loratui.ui.screens.precision_dialog import PrecisionDialog
 from loratui.ui.screens.quit_dialog import QuitDialog
 from loratui.ui.screens.rollback_dialog import RollbackDialog
+from loratui.ui.themes import Look, apply_look, look_from_environment
 from loratui.ui.widgets.alert_banner import AlertBanner
 from loratui.ui.widgets.event_list import EventList
 from loratui.ui.widgets.failure_panel import FailurePanel
 from loratui.ui.widgets.gpu_panel import GpuPanel, GpuView
+from loratui.ui.widgets.host_panel import HostPanel
 from loratui.ui.widgets.health_panel import HealthPanel
-from loratui.ui.widgets.metric_chart import MetricChart
+from loratui.ui.widgets.metric_chart import AXIS_ALLOWANCE, MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
 # Charts advance once a second at most: plotext rebuilds a whole picture (tens of ms of
@@ -58,6 +63,21 @@ class DashboardScreen(Screen):
         Binding("space", "resume", "Resume", id="resume", tooltip="resume training"),
         Binding("enter", "alert_details", "Details", id="alert_details", show=False,
                 tooltip="the highlighted alert's details: evidence, meaning, fix"),
+        # Looking at the charts and logs (not in the footer: `?` lists them, and the chart titles say what is on).
+        Binding("m", "smoothing", "Smooth", id="smoothing", show=False,
+                tooltip="smoothing of loss and grad norm: off, light, heavy (TensorBoard's EMA; raw points stay)"),
+        Binding("z", "zoom", "Zoom", id="zoom", show=False,
+                tooltip="the steps shown: the whole run, then the last 1000, 200, 50 steps"),
+        Binding("c", "cursor", "Cursor", id="cursor", show=False,
+                tooltip="a cursor that reads (step, value) off each chart; left/right move it (shift: 10x)"),
+        Binding("left", "cursor_move(-1)", "Cursor left", id="cursor_left", show=False),
+        Binding("right", "cursor_move(1)", "Cursor right", id="cursor_right", show=False),
+        Binding("shift+left", "cursor_move(-10)", "Cursor left 10x", id="cursor_left_far", show=False),
+        Binding("shift+right", "cursor_move(10)", "Cursor right 10x", id="cursor_right_far", show=False),
+        Binding("g", "logs", "Logs", id="logs", show=False,
+                tooltip="the logs: trainer.log and every event, scrollable (tab switches, / searches)"),
+        Binding("slash", "search_logs", "Search", key_display="/", id="search_logs", show=False,
+                tooltip="search the events (the log view, its search open)"),
         Binding("d", "detach", "Detach", id="detach", tooltip="detach: quit the dashboard, training goes on"),
         Binding("q", "quit_dialog", "Quit", id="quit",
                 tooltip="quit: stop the training (with a checkpoint), detach, or cancel"),
@@ -71,6 +91,7 @@ class DashboardScreen(Screen):
         self._drawn_health: tuple | None = None
         self._drawn_charts = -1  # the chart revision the charts show
         self._charts_drawn_at = 0.0
+        self.chart_options = ChartOptions()  # smoothing, window, cursor: the same for every chart
 
     def compose(self) -> ComposeResult:
         yield RunHeader()
@@ -85,11 +106,13 @@ class DashboardScreen(Screen):
                 with Vertical(id="status"):
                     yield HealthPanel()
                     yield GpuPanel()
+                    yield HostPanel()
                 yield EventList()
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#chart-scale").display = False
+        self.apply_look()
         self.query_one(EventList).focus()
         self.fit(self.app.size)
         self.app.redraw()  # the first frame already says what is happening (starting, waiting)
@@ -117,6 +140,7 @@ class DashboardScreen(Screen):
             health.checks = view.health
         self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
                                                 view.nvml)
+        self.query_one(HostPanel).host = self.app.model.host  # replaced whole per event: no lock needed
         self.query_one(EventList).show_entries(view.entries)
         if view.header.state == self._drawn_state:
             return False
@@ -218,6 +242,64 @@ class DashboardScreen(Screen):
                 fixes[key](alert)
 
         self.app.push_screen(AlertDetails(alert), apply_fix)
+
+    # ------------------------------------------------ charts and logs
+
+    def apply_look(self) -> None:
+        """The theme and ASCII mode chosen by flags or the environment (themes.py)."""
+        try:
+            look = look_from_environment()
+        except UserInputError as exc:  # `watch` refuses these up front; under `run` the list says so
+            with self.app.model.lock:
+                self.app.model.note_action(f"{exc.render()} (the default look is used)")
+            look = Look()
+        apply_look(self.app, look)
+        self.set_chart_options(ChartOptions(ascii=look.ascii))
+
+    def set_chart_options(self, options: ChartOptions) -> None:
+        self.chart_options = options
+        for chart in self.query(MetricChart):
+            chart.options = options
+
+    def shown_steps(self) -> tuple[int, int] | None:
+        return steps_shown(self.app.view.charts if self.app.view else None)
+
+    def action_smoothing(self) -> None:
+        self.set_chart_options(self.chart_options.next_smoothing())
+
+    def action_zoom(self) -> None:
+        shown = self.shown_steps()
+        if shown is None:
+            self.notify("no steps to zoom into yet", timeout=3)
+            return
+        self.set_chart_options(self.chart_options.next_window(shown[1] - shown[0] + 1))
+
+    def action_cursor(self) -> None:
+        shown = self.shown_steps()
+        if shown is None:
+            self.notify("no steps to read yet", timeout=3)
+            return
+        self.set_chart_options(self.chart_options.toggle_cursor(shown[1]))
+
+    def action_cursor_move(self, columns: int) -> None:
+        """Move by chart columns (one column: the steps it shows); the first press puts the cursor on."""
+        shown = self.shown_steps()
+        if shown is None:
+            return
+        first, latest = shown
+        if self.chart_options.cursor is None:
+            self.set_chart_options(self.chart_options.toggle_cursor(latest))
+            return
+        visible = latest - window_start(latest, self.chart_options.window, first) + 1
+        plot_columns = self.query_one("#chart-loss", MetricChart).size.width - AXIS_ALLOWANCE
+        self.set_chart_options(self.chart_options.move_cursor(columns * cursor_step_size(visible, plot_columns),
+                                                              first, latest))
+
+    def action_logs(self) -> None:
+        self.app.push_screen(LogView(self.app.run_dir.root))
+
+    def action_search_logs(self) -> None:
+        self.app.push_screen(LogView(self.app.run_dir.root, show=EVENTS, search=True))
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen([b for b in self.BINDINGS if isinstance(b, Binding)],

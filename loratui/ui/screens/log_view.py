@@ -112,9 +112,10 @@ class LogView(Screen):
         Binding("q", "close", "Back", show=False, id="close_q"),
     ]
 
-    def __init__(self, run_dir: Path, *, show: str = TRAINER_LOG):
+    def __init__(self, run_dir: Path, *, show: str = TRAINER_LOG, search: bool = False):
         super().__init__()
         self.run_dir = run_dir
+        self.search_at_once = search
         self.files = {TRAINER_LOG: FollowedFile(run_dir / "trainer.log"), EVENTS: FollowedFile(run_dir / "events.jsonl")}
         self.shown = show
 
@@ -132,6 +133,8 @@ class LogView(Screen):
             log.scroll_end(animate=False)
         self.show(self.shown)
         self.set_interval(FOLLOW_SECONDS, self.follow)
+        if self.search_at_once:
+            self.action_open_search()
 
     def follow(self) -> None:
         for name, followed in self.files.items():

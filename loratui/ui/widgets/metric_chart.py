@@ -27,7 +27,7 @@ from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
 from loratui.ui import format as fmt
-from loratui.ui.chart_options import ChartOptions, ema, window_start
+from loratui.ui.chart_options import ChartOptions, ema, steps_shown, window_start
 from loratui.ui.history import ChartData, ChartSeries
 
 SHORT_TITLES = {"loss": "loss", "grad_norm": "grad norm (log)", "scale": "scale (log2) x=skip"}
@@ -114,9 +114,8 @@ class MetricChart(PlotextPlot):
         if not data or not data.series or not self.size.width:
             plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
             return
-        latest = max(int(series.steps[-1]) + data.width - 1 for series in data.series)
-        first = window_start(latest, options.window,
-                             min(int(series.steps[0]) for series in data.series))
+        earliest, latest = steps_shown(data)
+        first = window_start(latest, options.window, earliest)
         end = latest + 1 if options.window else max(latest + 1, data.max_steps or 0)
         visible = [_from_step(series, first, data.width) for series in data.series]
         visible = [series for series in visible if series is not None]
