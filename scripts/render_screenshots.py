@@ -26,12 +26,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 OUT = ROOT / "screenshots"
 SIZE = (160, 48)
+RUN_LIST = "run list"  # not one recording: all of them, as a folder of runs
 # name: (recording, options for render)
 SCREENSHOTS = {
     "healthy-fp16": ("healthy_fp16", {"until_step": 45}),
     "overflow-alert": ("fp16_overflow", {"open_alert": True}),
     "precision-dialog": ("healthy_fp16", {"until_step": 45, "keys": ("p",)}),
     "after-switch-to-bf16": ("restart_bf16", {"until_step": 50}),
+    # What users of TensorBoard and W&B look for: smoothing, a window with a cursor, the logs, a folder of runs.
+    "smoothing": ("restart_bf16", {"keys": ("m", "m")}),
+    "zoomed-window": ("healthy_fp16", {"keys": ("z", "c", "shift+left", "shift+left")}),
+    "log-view": ("fp16_overflow", {"keys": ("slash", *"alert", "enter")}),
+    "run-list": (RUN_LIST, {}),
 }
 
 
@@ -43,7 +49,33 @@ def missing_recordings() -> list[str]:
     from test_ui_support import DATA
 
     return sorted({f"tests/data/ui_{recording}" for recording, _ in SCREENSHOTS.values()
-                   if not (DATA / f"ui_{recording}" / "events.jsonl").is_file()})
+                   if recording != RUN_LIST and not (DATA / f"ui_{recording}" / "events.jsonl").is_file()})
+
+
+async def render_run_list(name: str) -> Path:
+    """`loratui watch runs/` on a folder holding every recording, newest first."""
+    from test_ui_support import DATA, recorded_run
+
+    from loratui.ui.run_list import find_runs
+    from loratui.ui.screens.run_list import RunListApp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"
+        recordings = sorted(path.name.removeprefix("ui_") for path in DATA.glob("ui_*"))
+        for age, recording in enumerate(recordings):
+            run = recorded_run(recording, runs)
+            stamp = time.time() - 3600 * age
+            os.utime(run / "events.jsonl", (stamp, stamp))
+        app = RunListApp(Path("runs"), find_runs(runs))
+        async with app.run_test(size=(120, 16)) as pilot:
+            while len(app.summaries) < len(recordings):
+                await pilot.pause(0.1)
+            await pilot.pause(0.3)
+            svg = app.export_screenshot(title=f"loratui · {name.replace('-', ' ')}")
+    path = OUT / f"{name}.svg"
+    path.write_text(svg)
+    print(f"{path.relative_to(ROOT)}")
+    return path
 
 
 async def render(name: str, recording: str, *, until_step: int | None = None, keys: tuple[str, ...] = (),
@@ -97,7 +129,8 @@ async def main() -> int:
         return 1
     OUT.mkdir(exist_ok=True)
     try:
-        rendered = [await render(name, recording, **options) for name, (recording, options) in SCREENSHOTS.items()]
+        rendered = [await (render_run_list(name) if recording == RUN_LIST else render(name, recording, **options))
+                    for name, (recording, options) in SCREENSHOTS.items()]
     except CannotRender as exc:
         print(f"render_screenshots: {exc}", file=sys.stderr)
         return 1
