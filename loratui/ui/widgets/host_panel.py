@@ -17,11 +17,15 @@ RAM_WARNING_SHARE = 0.9  # the machine's RAM this full is shown in bold: swappin
 
 
 class HostPanel(Widget):
+    SCOPED_CSS = False  # the rule for the dashboard's compact layout names a class above this widget
     DEFAULT_CSS = """
     HostPanel {
         height: auto;
         border: round $primary-darken-1;
         padding: 0 1;
+    }
+    .compact HostPanel {
+        border: none;
     }
     """
 

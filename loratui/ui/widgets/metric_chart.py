@@ -129,8 +129,8 @@ class MetricChart(PlotextPlot):
                     for series, merged_steps, *_ in merged if series.current and self.smooths(options)}
         if options.window:
             title += f" · last {options.window}"
-        if self.smooths(options) and self.size.width >= NARROW:
-            title += f" · {options.smoothing} smoothing"
+        if self.smooths(options):
+            title += f" · {options.smoothing} smoothing" if self.size.width >= NARROW else f" · {options.smoothing}"
         if options.cursor is not None:
             self.reading = _reading(data, options.cursor, low_field, high_field, self.metric,
                                     options.smoothing_weight if self.smooths(options) else 0.0)

@@ -1,0 +1,69 @@
+"""The looking features in a real terminal: `loratui watch` in tmux, keys pressed, the screen read.
+
+ASCII mode is tested here rather than in-process: it changes Textual's border
+characters for the whole process, which a test process shares with others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_ui_support import recorded_run
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.terminal import TmuxTerminal  # noqa: E402
+
+LORATUI = [sys.executable, "-m", "loratui"]
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+def braille_or_box_drawing(screen: str) -> set[str]:
+    return {c for c in screen if 0x2800 <= ord(c) <= 0x28FF or 0x2500 <= ord(c) <= 0x257F}
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_ascii_mode_draws_charts_and_borders_without_braille_or_box_drawing(tmp_path, how):
+    run_dir = recorded_run("restart_bf16", tmp_path)
+    command = [*LORATUI, "watch", str(run_dir)] + (["--ascii"] if how == "flag" else [])
+    with TmuxTerminal(tmp_path, width=120, height=40) as terminal:
+        terminal.start(command, env={"LORATUI_ASCII": "1"} if how == "environment" else {})
+        screen = terminal.wait_for(r"FINISHED", "the dashboard", timeout=60, poll=0.3)
+        screen = terminal.wait_until(lambda s: "+---" in s and "*" in s, "ASCII charts", timeout=30, poll=0.3)
+        assert not braille_or_box_drawing(screen), screen
+        assert " o" in screen or "oo" in screen  # the abandoned attempt, in its own character
+        terminal.press("m")
+        screen = terminal.wait_for(r"loss - light", "smoothing on (a narrow chart's short title)", timeout=20,
+                                   poll=0.3)
+        assert not braille_or_box_drawing(screen), screen
+        terminal.press("q")
+        assert terminal.exit_code(timeout=30) == 0
+    with TmuxTerminal(tmp_path, width=120, height=40) as terminal:  # and without: braille and frames
+        terminal.start([*LORATUI, "watch", str(run_dir)])
+        screen = terminal.wait_until(braille_or_box_drawing, "the usual glyphs", timeout=60, poll=0.3)
+        terminal.press("q")
+
+
+def test_watch_a_folder_lists_the_runs_and_opens_the_one_picked(tmp_path):
+    runs = tmp_path / "runs"
+    older = recorded_run("fp16_overflow", runs)
+    newer = recorded_run("healthy_fp16", runs)
+    os.utime(older / "events.jsonl", (time.time() - 600, time.time() - 600))
+    os.utime(newer / "events.jsonl")
+    with TmuxTerminal(tmp_path, width=120, height=30) as terminal:
+        terminal.start([*LORATUI, "watch", str(runs)])
+        screen = terminal.wait_for(r"1 open / 1", "the run list, read", timeout=60, poll=0.3)
+        assert screen.index("ui-healthy-fp16") < screen.index("ui-fp16-overflow")
+        terminal.press("Down", "Enter")
+        screen = terminal.wait_for(r"ui-fp16-overflow .*FINISHED", "the picked run's dashboard", timeout=60,
+                                   poll=0.3)
+        terminal.press("g")
+        terminal.wait_for(r"trainer\.log · not written yet", "the log view", timeout=20, poll=0.3)
+        terminal.press("Escape", "q")
+        assert terminal.exit_code(timeout=30) == 0
