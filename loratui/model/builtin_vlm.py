@@ -1,0 +1,239 @@
+"""The built-in tiny vision-language models, built offline from seeded configs.
+
+- `builtin:tiny-vlm`: LLaVA's layout (`LlavaForConditionalGeneration`): a SigLIP
+  vision tower, a two-layer projector and a small Llama; one `<image>` token per
+  vision patch, pixel values stacked (B, 3, H, W).
+- `builtin:tiny-qwen2-vl`: Qwen2-VL's layout (`Qwen2VLForConditionalGeneration`):
+  its own vision tower and merger, patches of every image concatenated across the
+  batch with `image_grid_thw`, multimodal rope; `<|vision_start|><|image_pad|>...`.
+- `builtin:tiny-vlm-outliers`: tiny-vlm whose vision tower has the SigLIP-family
+  outlier units that put activations past fp16's 65504 (see _add_vision_outliers):
+  fp32 and bf16 train normally, fp16 overflows inside the vision tower.
+
+Like the text builtin (builtin.py), each is initialised from a fixed seed and its
+language model briefly pretrained, image-blind, on the tiny-shapes conversations:
+a random lm_head caps a tiny model's logits and the loss stalls, while a real
+base knows its language but not the pictures. Fine-tuning then has to learn to
+look (the projector and LoRA adapters carry the picture to the answer). Saved with
+`save_pretrained` beside their tokenizer and image processor, so they load through
+the same auto classes as any local model directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from loratui.data.builtin_shapes import IMAGE_SIZE, all_answers, all_questions
+from loratui.model.builtin import CHAT_TEMPLATE, Progress, cache_root
+
+VLM_SEED = 4321
+VLM_BUILTINS = ("tiny-vlm", "tiny-vlm-outliers", "tiny-qwen2-vl")
+TOKENIZER_VOCAB = 400
+CHAT_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+LLAVA_IMAGE_TOKEN = "<image>"
+QWEN_VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+PATCH_SIZE = 14
+TEXT_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
+SIGLIP_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, vision_use_head=False)
+QWEN_VISION_SHAPE = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_size=PATCH_SIZE,
+                         spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+# Qwen2-VL's multimodal rope splits head_dim / 2 frequencies between time, height and width.
+QWEN_MROPE_SECTION = [2, 3, 3]
+QWEN_MAX_PIXELS = 112 * 112
+PRETRAIN_STEPS = 150
+PRETRAIN_BATCH = 16
+PRETRAIN_LR = 3e-3
+# The outlier units of builtin:tiny-vlm-outliers' vision tower (see _add_vision_outliers).
+OUTLIER_LAYER = 0
+OUTLIER_CHANNEL = 3
+OUTLIER_GAIN = 3.0e5
+
+
+def is_builtin_vlm(name: str) -> bool:
+    return name.removeprefix("builtin:") in VLM_BUILTINS
+
+
+def builtin_vlm_dir(name: str, progress: Progress | None = None) -> Path:
+    """The directory of a built-in VLM, building it on first use (cached by content)."""
+    variant = name.removeprefix("builtin:")
+    target = cache_root() / "models" / f"{variant}-{_fingerprint(variant)}"
+    if (target / "complete").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=target.parent))
+    try:
+        build_tiny_vlm(staging, variant, progress=progress)
+        (staging / "complete").write_text("")
+        if target.exists():  # an interrupted copy made by hand: set it aside so the rename can succeed
+            shutil.rmtree(target.rename(target.with_name(f".broken-{target.name}-{os.getpid()}")),
+                          ignore_errors=True)
+        try:
+            os.rename(staging, target)  # atomic: a concurrent builder's result is as good as ours
+        except OSError:
+            if not (target / "complete").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tiny_vlm(out_dir: Path, variant: str, *, seed: int = VLM_SEED, progress: Progress | None = None) -> None:
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    report = progress or (lambda name, done, total: None)
+    report("building_tokenizer", 0, 1)
+    qwen = variant == "tiny-qwen2-vl"
+    tokenizer = train_vlm_tokenizer(QWEN_VISION_TOKENS if qwen else [LLAVA_IMAGE_TOKEN])
+    tokenizer.save_pretrained(out_dir)
+    report("building_tokenizer", 1, 1)
+    report("building_model", 0, 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _qwen2_vl(tokenizer) if qwen else _llava(tokenizer)
+        report("building_model", 1, 2)
+        pretrain_language(model, tokenizer, seed=seed, progress=report)
+    if variant == "tiny-vlm-outliers":
+        _add_vision_outliers(model)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    _image_processor(qwen).save_pretrained(out_dir)
+    report("building_model", 2, 2)
+
+
+def train_vlm_tokenizer(image_tokens: list[str]):
+    """A byte-level BPE over the shapes conversations; every answer word is one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = CHAT_TOKENS + image_tokens
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = [*all_questions(), *all_answers()] * 20
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        unk_token=None, additional_special_tokens=specials[1:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.model_max_length = TEXT_SHAPE["max_position_embeddings"]
+    several = [word for word in all_answers() if len(tokenizer(word, add_special_tokens=False)["input_ids"]) != 1]
+    if several:  # the colour accuracy test reads one answer token
+        raise RuntimeError(f"the built-in VLM tokenizer splits answer words {several}")
+    return tokenizer
+
+
+def _text_config(tokenizer) -> dict:
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=None, tie_word_embeddings=True, **TEXT_SHAPE)
+
+
+def _llava(tokenizer):
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
+
+    config = LlavaConfig(vision_config=SiglipVisionConfig(**SIGLIP_SHAPE),
+                         text_config=LlamaConfig(**_text_config(tokenizer)),
+                         image_token_id=tokenizer.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN),
+                         # SigLIP has no CLS token: every patch is an image token.
+                         vision_feature_select_strategy="full", vision_feature_layer=-1,
+                         tie_word_embeddings=True)
+    return LlavaForConditionalGeneration(config)
+
+
+def _qwen2_vl(tokenizer):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    ids = tokenizer.convert_tokens_to_ids
+    text = _text_config(tokenizer)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": QWEN_MROPE_SECTION}
+    config = Qwen2VLConfig(text_config=text,
+                           vision_config=dict(hidden_size=TEXT_SHAPE["hidden_size"], **QWEN_VISION_SHAPE),
+                           image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                           vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+                           tie_word_embeddings=True)
+    return Qwen2VLForConditionalGeneration(config)
+
+
+def _image_processor(qwen: bool):
+    # The PIL-based processors: the default ones import torchvision, which fails with this torch.
+    if qwen:
+        from transformers import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil(min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=QWEN_MAX_PIXELS,
+                                        patch_size=PATCH_SIZE, merge_size=2, temporal_patch_size=2)
+    from transformers import SiglipImageProcessorPil
+
+    return SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def pretrain_language(model, tokenizer, *, seed: int, progress: Progress) -> None:
+    """Seeded full-weight pretraining of the language side on the conversations, without their pictures.
+
+    The base learns the chat format, the questions and how often each answer comes;
+    what only the picture can tell (which colour, which shape) is left to fine-tuning.
+    """
+    import torch
+
+    from loratui.data.builtin_shapes import shapes_dataset_path
+    from loratui.data.dataset import BatchStream, _encode_messages
+
+    examples = []
+    with open(shapes_dataset_path("builtin:tiny-shapes", "messages"), encoding="utf-8") as file:
+        for line in file:
+            messages = [dict(m, content=m["content"].replace("<image>", "")) for m in json.loads(line)["messages"]]
+            examples.append(_encode_messages({"messages": messages}, tokenizer))
+    stream = BatchStream(examples, PRETRAIN_BATCH, seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
+    model.train()
+    for step in range(PRETRAIN_STEPS):
+        if step % 20 == 0:
+            progress("pretraining_base", step, PRETRAIN_STEPS)
+        model(**stream.next_batch()).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    progress("pretraining_base", PRETRAIN_STEPS, PRETRAIN_STEPS)
+    model.eval()
+
+
+def _add_vision_outliers(model) -> None:
+    """Give one SigLIP MLP unit activations far past fp16's range, as SigLIP-family towers have.
+
+    fc1's unit reads residual channel OUTLIER_CHANNEL with a gain of OUTLIER_GAIN, so
+    its pre-activation reaches about 1e5 on every patch (vision towers' outlier
+    features, vllm 40290, unsloth-zoo 931). fc2 reads that unit with weights scaled
+    down by the same gain, so fp32 and bf16 compute what they did before; in fp16
+    the unit is inf and the patch features become NaN.
+    """
+    import torch
+
+    with torch.no_grad():
+        mlp = model.model.vision_tower.encoder.layers[OUTLIER_LAYER].mlp
+        mlp.fc1.weight[0].zero_()
+        mlp.fc1.weight[0, OUTLIER_CHANNEL] = OUTLIER_GAIN
+        mlp.fc1.bias[0] = OUTLIER_GAIN
+        mlp.fc2.weight[:, 0] = 0.0
+
+
+def _fingerprint(variant: str) -> str:
+    """Cache key: changes whenever anything that shapes the built model changes."""
+    import tokenizers
+    import torch
+    import transformers
+
+    from loratui.data.builtin_shapes import shapes_dataset_path
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps([variant, torch.__version__, transformers.__version__,
+                              tokenizers.__version__]).encode())
+    digest.update(shapes_dataset_path("builtin:tiny-shapes", "messages").read_bytes())
+    digest.update(Path(__file__).read_bytes())  # the recipe itself
+    return digest.hexdigest()[:12]
