@@ -13,6 +13,7 @@ and counted, or stop the run with file:line.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -237,7 +238,7 @@ class BatchStream:
     """
 
     def __init__(self, examples: list[Example], batch_size: int, *, seed: int, shuffle: bool,
-                 pad_id: int, rank: int = 0, world_size: int = 1):
+                 pad_id: int, rank: int = 0, world_size: int = 1, group_by_length: bool = False):
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
@@ -246,8 +247,31 @@ class BatchStream:
         self.rank = rank
         self.world_size = world_size
         self.position = DataPosition()
+        # Which examples form each micro-batch is decided above; how they become tensors is
+        # this callable's job: padded rows by default, packed rows (data/packing.py) where set.
+        self.collate: Callable[[list[Example]], dict] = self.padded_collate
+        self._group_by_length = group_by_length
         self._order_epoch = -1
         self._batches: list[list[int]] = []
+
+    @property
+    def group_by_length(self) -> bool:
+        """Batches of similar lengths (data/batching.py), for padded batches."""
+        return self._group_by_length
+
+    @group_by_length.setter
+    def group_by_length(self, value: bool) -> None:
+        self._group_by_length = value
+        self._order_epoch = -1  # the epoch's batches are cut anew
+
+    def padded_collate(self, examples: list[Example]) -> dict:
+        return collate(examples, self.pad_id)
+
+    def unpacked(self) -> BatchStream:
+        """A copy at the same position whose micro-batches are padded, one example a row (for per-row analysis)."""
+        replica = copy.copy(self)
+        replica.collate = replica.padded_collate
+        return replica
 
     @property
     def batches_per_epoch(self) -> int:
@@ -259,13 +283,14 @@ class BatchStream:
             self.position = DataPosition(self.position.epoch + 1, 0)
         indices = self._epoch_batches(self.position.epoch)[self.position.batch]
         self.position = DataPosition(self.position.epoch, self.position.batch + 1)
-        return collate([self.examples[i] for i in indices], self.pad_id)
+        return self.collate([self.examples[i] for i in indices])
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if epoch != self._order_epoch:
             import torch
 
             order = list(range(len(self.examples)))
+            generator = None
             if self.shuffle:
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
                 order = torch.randperm(len(self.examples), generator=generator).tolist()
@@ -273,7 +298,13 @@ class BatchStream:
                 # Every rank sees a disjoint, equally long share (the remainder is left out).
                 per_rank = len(order) // self.world_size
                 order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
-            self._batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            if self._group_by_length:
+                from loratui.data.batching import length_grouped_batches
+
+                lengths = [len(example.input_ids) for example in self.examples]
+                self._batches = length_grouped_batches(order, lengths, self.batch_size, generator)
+            else:
+                self._batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
             self._order_epoch = epoch
         return self._batches
 
