@@ -65,3 +65,24 @@ def mib(value) -> str:
     if value >= 1024:
         return f"{value / 1024:.1f} GiB"
     return f"{value:.0f} MiB"
+
+
+# One mark per severity everywhere (event rows, the banner, the health panel, alert details),
+# so a symbol means the same thing in every panel, colour or not.
+SEVERITY_MARKS = {"critical": "✗", "warning": "!", "info": "·", "good": "✓"}
+SEVERITY_STYLES = {"critical": "bold red", "warning": "bold yellow", "info": "", "good": "green"}
+
+
+def plain(value) -> str:
+    """Any event value as a person reads it: no None, no Python brackets or quotes."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return number(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{str(key).replace('_', ' ')} {plain(inner)}" for key, inner in value.items())
+    if isinstance(value, (list, tuple)):
+        return "; ".join(plain(item) for item in value) if value else "none"
+    return str(value)

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from loratui.errors import EXIT_TRAINING_FAILED
 from loratui.ui import format as fmt
@@ -44,6 +44,11 @@ class Entry:
     text: str
     fix_key: str | None = None
     alert: dict | None = None  # the alert event, for its details
+    closed: str | None = None  # an alert's row once it is no longer open: "resolved at step 52, 03:29:55"
+
+    @property
+    def open_alert(self) -> bool:
+        return self.alert is not None and self.closed is None
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class RunView:
     device_name: str | None
     nvml: str | None
     entries: tuple[Entry, ...]
+    entries_revision: int
     active_alerts: tuple[dict, ...]
     failure: dict | None
 
@@ -143,6 +149,7 @@ class RunModel:
     detached: bool = False  # the dashboard let go of the run (it is exiting; the training goes on)
     bad_lines: int = 0
     reading: float | None = None
+    entries_revision: int = 0  # bumped when a row changes in place (an alert closed)
     _seq: int = 0
 
     # ------------------------------------------------------------ apply
@@ -219,6 +226,7 @@ class RunModel:
         self.step = event.get("step", 0)
         self.attempt = event.get("attempt", 0)
         self.recent_steps.clear()
+        self.health, self.health_step = {}, None  # a resumed run's first probe is its own
         self.state, self.state_detail, self.phase = RUNNING, "", None
         self.failure = self.finish_reason = None
         if self.max_steps:
@@ -246,18 +254,29 @@ class RunModel:
         self.gpu_devices = tuple(event.get("devices") or ())
 
     def _on_alert(self, event: dict) -> None:
-        self.active_alerts[event.get("kind", "alert")] = event
+        kind = event.get("kind", "alert")
+        if kind in self.active_alerts:  # raised again: the older row is superseded by this one
+            self._close_alert_rows(kind, f"raised again at step {event.get('step')}")
+        self.active_alerts[kind] = event
         suggestion = event.get("suggestion") or "none"
         key = FIX_KEYS.get(suggestion)
-        fix = f" · fix: {key} {FIX_NAMES[suggestion]}" if key else ""
+        # The fix and its key before the message: a narrow list cuts the end of a row, not the key.
+        fix = f" [{key}: {FIX_NAMES[suggestion]}]" if key else ""
         severity = "critical" if event.get("severity") == "critical" else "warning"
-        self._add(event, severity, f"{event.get('kind')}: {event.get('message', '')}{fix}", fix_key=key,
-                  alert=event)
+        self._add(event, severity, f"{kind}{fix}: {event.get('message', '')}", fix_key=key, alert=event)
 
     def _on_alert_resolved(self, event: dict) -> None:
         kind = event.get("kind")
         if self.active_alerts.pop(kind, None) is not None:
+            self._close_alert_rows(kind, f"resolved at step {event.get('step')}, {fmt.clock(event.get('time'))}")
             self._add(event, "good", f"{kind} resolved")
+
+    def _close_alert_rows(self, kind: str | None, how: str) -> None:
+        """Mark the open rows of an alert kind (all of them when kind is None) as no longer open."""
+        for index, entry in enumerate(self.entries):
+            if entry.open_alert and (kind is None or entry.alert.get("kind") == kind):
+                self.entries[index] = replace(entry, closed=how)
+        self.entries_revision += 1
 
     def _on_checkpoint(self, event: dict) -> None:
         loss = event.get("loss")
@@ -274,6 +293,8 @@ class RunModel:
         self.step = event.get("step", from_step)
         self.recent_steps.clear()
         self.active_alerts.clear()  # the alerts were about the abandoned branch
+        self._close_alert_rows(None, f"left behind by the restart from step {from_step}")
+        self.health, self.health_step = {}, None  # the abandoned branch's figures: the next probe is this attempt's
         self.state, self.state_detail = RUNNING, ""
         self.history.start_attempt(self.attempt, from_step, self.precision)
         self.history.mark_restart(RestartMark(at_step, from_step, self.attempt, self.precision, self.peak_lr))
@@ -356,7 +377,7 @@ class RunModel:
         only the restart marks go, as the restart events that made them are read again.
         """
         keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code,
-                "detached": self.detached, "_seq": self._seq}
+                "detached": self.detached, "_seq": self._seq, "entries_revision": self.entries_revision + 1}
         if keep_history:
             keep["history"] = self.history
             self.history.restarts.clear()
@@ -396,13 +417,14 @@ class RunModel:
         return RunView(self.version, header, self.history.chart_data(), dict(self.health), self.health_step,
                        self.gpu_devices, dict(self.memory), started.get("device"),
                        started.get("device_name"), caps.get("nvml"), tuple(reversed(self.entries)),
-                       tuple(self.active_alerts.values()), dict(self.failure) if self.failure else None)
+                       self.entries_revision, tuple(self.active_alerts.values()), dict(self.failure) if self.failure else None)
 
     # ------------------------------------------------------------ helpers
 
     def _add(self, event: dict, severity: str, text: str, *, kind: str | None = None, fix_key: str | None = None,
              alert: dict | None = None) -> None:
         self._seq += 1
+        self.entries_revision += 1
         when = event.get("time") if kind != "ui" else time.time()
         self.entries.append(Entry(self._seq, when, event.get("step"), kind or event.get("type", ""),
                                   severity, text, fix_key, alert))

@@ -32,7 +32,7 @@ class AlertDetails(Dialog):
     }
     AlertDetails VerticalScroll {
         height: auto;
-        max-height: 30;
+        max-height: 70vh;  /* the title and the hint line stay on screen at 80x24 */
     }
     """
 
@@ -50,8 +50,9 @@ class AlertDetails(Dialog):
     def compose(self) -> ComposeResult:
         alert = self.alert
         with Vertical(id="box"):
+            severity = "critical" if alert.get("severity") == "critical" else "warning"
             title = Text()
-            title.append(f"{alert.get('severity', 'alert').upper()} ", style="bold red")
+            title.append(f"{fmt.SEVERITY_MARKS[severity]} {severity.upper()} ", style=fmt.SEVERITY_STYLES[severity])
             title.append(f"{alert.get('kind')} at step {alert.get('step')}", style="bold")
             title.append(f" · {fmt.clock(alert.get('time'))}", style="dim")
             yield Static(title)
@@ -75,8 +76,7 @@ class AlertDetails(Dialog):
             text.append("No automatic fix: read the evidence above.", style="")
             return text
         fix = self.alert.get("fix") or {}
-        details = ", ".join(f"{key.replace('_', ' ')} {fmt.number(v) if isinstance(v, float) else v}"
-                            for key, v in fix.items())
+        details = fmt.plain(fix)
         text.append(f"{FIX_NAMES[suggestion]}" + (f" ({details})" if details else ""), style="")
         text.append(f" · press {self.fix_key}", style="bold")
         text.append(" · applied as a restart from a checkpoint")
@@ -96,7 +96,7 @@ def _evidence_table(evidence: dict) -> Table:
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for key, value in _flatten(evidence):
-        table.add_row(key, fmt.number(value) if isinstance(value, float) else str(value))
+        table.add_row(key.replace("_", " "), fmt.plain(value))
     return table
 
 

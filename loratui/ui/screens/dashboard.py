@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
@@ -24,6 +25,7 @@ from textual.widgets import Footer
 
 from loratui.errors import UserInputError
 from loratui.ui import actions
+from loratui.ui import format as fmt
 from loratui.ui import run_model as states
 from loratui.ui.chart_options import ChartOptions, cursor_step_size, steps_shown, window_start
 from loratui.ui.run_files import list_checkpoints, read_advice
@@ -35,13 +37,14 @@ from loratui.ui.screens.log_view import EVENTS, LogView
 from loratui.ui.screens.precision_dialog import PrecisionDialog
 from loratui.ui.screens.quit_dialog import QuitDialog
 from loratui.ui.screens.rollback_dialog import RollbackDialog
+from loratui.ui.screens.text_details import TextDetails
 from loratui.ui.themes import Look, apply_look, look_from_environment
 from loratui.ui.widgets.alert_banner import AlertBanner
 from loratui.ui.widgets.event_list import EventList
 from loratui.ui.widgets.failure_panel import FailurePanel
 from loratui.ui.widgets.gpu_panel import GpuPanel, GpuView
 from loratui.ui.widgets.host_panel import HostPanel
-from loratui.ui.widgets.health_panel import HealthPanel
+from loratui.ui.widgets.health_panel import HealthPanel, health_text
 from loratui.ui.widgets.metric_chart import AXIS_ALLOWANCE, MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
@@ -49,6 +52,7 @@ from loratui.ui.widgets.run_header import RunHeader
 # CPU) on every change, which at the redraw rate took CPU from the trainer on a small machine.
 CHART_SECONDS = 1.0
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
+WIDE_WIDTH = 150  # from here on text gets half the width: health reasons and event rows read whole
 
 
 class DashboardScreen(Screen):
@@ -62,7 +66,10 @@ class DashboardScreen(Screen):
         Binding("space", "pause", "Pause", id="pause", tooltip="pause training (at the next step boundary)"),
         Binding("space", "resume", "Resume", id="resume", tooltip="resume training"),
         Binding("enter", "alert_details", "Details", id="alert_details", show=False,
-                tooltip="the highlighted alert's details: evidence, meaning, fix"),
+                tooltip="↑ ↓ pick a row of alerts & events; enter shows it in full (an alert's details: "
+                        "evidence, meaning, fix); with none picked, the newest open alert's details"),
+        Binding("h", "health_details", "Health", id="health_details",
+                tooltip="every health check in full, with its whole reason"),
         # Looking at the charts and logs (not in the footer: `?` lists them, and the chart titles say what is on).
         Binding("m", "smoothing", "Smooth", id="smoothing", show=False,
                 tooltip="smoothing of loss and grad norm: off, light, heavy (TensorBoard's EMA; raw points stay)"),
@@ -82,6 +89,8 @@ class DashboardScreen(Screen):
         Binding("q", "quit_dialog", "Quit", id="quit",
                 tooltip="quit: stop the training (with a checkpoint), detach, or cancel"),
         Binding("ctrl+q", "quit_dialog", "Quit", id="quit_ctrl", show=False, priority=True),
+        # Ctrl+C is what a terminal user presses to leave: the same choice as q, never a silent no-op.
+        Binding("ctrl+c", "quit_dialog", "Quit", id="quit_ctrl_c", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?", id="help", tooltip="these keys"),
     ]
 
@@ -121,6 +130,7 @@ class DashboardScreen(Screen):
         """Stack the panels on a small terminal (the app calls this on every resize, under dialogs too)."""
         compact = size.width < COMPACT_WIDTH or size.height < COMPACT_HEIGHT
         self.set_class(compact, "compact")
+        self.set_class(not compact and size.width >= WIDE_WIDTH, "wide")
         for footer in self.query(Footer):  # none yet when the first resize comes before the first compose
             footer.compact = compact
 
@@ -141,7 +151,7 @@ class DashboardScreen(Screen):
         self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
                                                 view.nvml)
         self.query_one(HostPanel).host = self.app.model.host  # replaced whole per event: no lock needed
-        self.query_one(EventList).show_entries(view.entries)
+        self.query_one(EventList).show_entries(view.entries, view.entries_revision)
         if view.header.state == self._drawn_state:
             return False
         self._drawn_state = view.header.state
@@ -163,11 +173,25 @@ class DashboardScreen(Screen):
     # ------------------------------------------------------- key rules
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Control keys: hidden once the run has ended, dimmed while they must wait (a restart, a stop)."""
         if action not in actions.CONTROL_ACTIONS:
             return True
-        if actions.why_not(action, self.app.state, self.app.trainer_alive()) is None:
+        if self.why_not(action) is None:
             return True
-        return False if action in ("pause", "resume") else None  # the toggle shows its other half
+        if action in ("pause", "resume") or not self.app.trainer_alive():
+            return False  # the toggle shows its other half; an ended run takes no commands at all
+        return None
+
+    def why_not(self, action: str) -> str | None:
+        return actions.why_not(action, self.app.state, self.app.trainer_alive())
+
+    def on_key(self, event) -> None:
+        """A control key that cannot act now says why, instead of doing nothing."""
+        bound = [b.action for b in self.BINDINGS if isinstance(b, Binding) and b.key == event.key
+                 and b.action in actions.CONTROL_ACTIONS]
+        reasons = [self.why_not(action) for action in bound]
+        if bound and all(reasons):
+            self.notify(reasons[-1], title=f"{event.key}: not now", timeout=4)
 
     # ----------------------------------------------------------- actions
 
@@ -217,22 +241,42 @@ class DashboardScreen(Screen):
     def restart_with(self, args: dict | None) -> None:
         if not args:
             return
+        refused = self.why_not("switch_precision")  # the run may have moved on while the dialog was open
+        if refused:
+            self.notify(refused, title="restart not sent", severity="warning", timeout=6)
+            return
         described = actions.describe_restart(args)
         self.app.send("restart", f"restart requested: {described}", states.RESTARTING, **args,
                       reason="dashboard: " + described)
 
     def action_alert_details(self) -> None:
+        """Enter with the list unfocused: its highlighted row, else the newest open alert."""
         events = self.query_one(EventList)
-        option = events.highlighted_option
-        entry = events._entries.get(option.id) if option is not None else None
-        alert = entry.alert if entry is not None and entry.alert else None
-        if alert is None and self.app.model.active_alerts:
-            alert = max(self.app.model.active_alerts.values(), key=lambda a: a.get("step") or 0)
-        if alert is not None:
-            self.show_alert(alert)
+        entry = events.highlighted_entry() or events.newest_open_alert()
+        if entry is None:
+            return
+        if entry.alert is not None:
+            self.show_alert(entry.alert)
+        else:
+            self.show_entry(entry)
 
     def on_event_list_alert_chosen(self, message: EventList.AlertChosen) -> None:
         self.show_alert(message.alert)
+
+    def on_event_list_entry_chosen(self, message: EventList.EntryChosen) -> None:
+        self.show_entry(message.entry)
+
+    def show_entry(self, entry) -> None:
+        title = Text.assemble((f"step {'-' if entry.step is None else entry.step}", "bold"),
+                              f" · {fmt.clock(entry.time)} · {entry.kind}")
+        self.app.push_screen(TextDetails(title, Text(entry.text)))
+
+    def action_health_details(self) -> None:
+        view = self.app.view
+        body = health_text(view.health if view else {})
+        step = view.health_step if view else None
+        self.app.push_screen(TextDetails(Text(f"Health checks · step {step}" if step is not None
+                                              else "Health checks", style="bold"), body))
 
     def show_alert(self, alert: dict) -> None:
         fixes = {"p": self.action_switch_precision, "l": self.action_lower_lr, "r": self.action_rollback}

@@ -24,9 +24,12 @@ class HelpScreen(Dialog):
         table = Table(box=None, padding=(0, 2), show_header=True, header_style="bold")
         table.add_column("key", style="bold", no_wrap=True)
         table.add_column("does")
+        rows: dict[str, list[str]] = {}  # one row per key: space pauses and resumes
         for binding in self.bindings:
             if binding.show or binding.key == "enter":
-                table.add_row(binding.key_display or binding.key, binding.tooltip or binding.description)
+                rows.setdefault(binding.key_display or binding.key, []).append(binding.tooltip or binding.description)
+        for key, does in rows.items():
+            table.add_row(key, " / ".join(does))
         with Vertical(id="box"):
             yield Static(Text("Keys", style="bold"))
             yield Static(table)

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from loratui.ui import format as fmt
 from loratui.ui.run_model import FIX_KEYS, FIX_NAMES
 
 
@@ -34,15 +35,18 @@ class AlertBanner(Widget):
         self.set_class(bool(alerts) and all(a.get("severity") != "critical" for a in alerts), "-warning")
 
     def render(self) -> Text:
+        """The worst, newest alert: its fix's key and Enter first, the message last (a narrow line cuts that)."""
         if not self.alerts:
             return Text("")
         alert = max(self.alerts, key=lambda a: (a.get("severity") == "critical", a.get("step") or 0))
+        severity = "critical" if alert.get("severity") == "critical" else "warning"
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f"✗ {alert.get('kind')} at step {alert.get('step')}", style="bold")
+        text.append(f"{fmt.SEVERITY_MARKS[severity]} {alert.get('kind')} at step {alert.get('step')}", style="bold")
         key = FIX_KEYS.get(alert.get("suggestion") or "")
         if key:
             text.append(f" · press {key} to {FIX_NAMES[alert['suggestion']]}", style="bold")
+        text.append(" · enter: details")
         if len(self.alerts) > 1:
             text.append(f" (+{len(self.alerts) - 1} more)")
-        text.append(f" · {alert.get('message', '')} · enter: details")
+        text.append(f" · {alert.get('message', '')}")
         return text

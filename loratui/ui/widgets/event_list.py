@@ -1,6 +1,9 @@
 """Alerts and events, newest first: step, time, what happened and the suggested fix's key.
 
-Enter on an alert opens its details (the app handles `AlertChosen`).
+Enter opens the highlighted row in full: an alert's details (the app handles
+`AlertChosen`), any other row's whole text (`EntryChosen`). With no row
+highlighted yet, Enter opens the newest open alert. An alert's row says when it
+was resolved (or left behind by a restart); only open alerts are counted.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from textual.widgets.option_list import Option
 from loratui.ui import format as fmt
 from loratui.ui.run_model import Entry
 
-SEVERITY = {"critical": ("✗", "bold red"), "warning": ("!", "bold yellow"), "info": ("·", ""),
-            "good": ("✓", "green")}
+
+NARROW = 60  # columns, borders included: below this a row leaves out its clock time (its details have it)
 
 
 class EventList(OptionList):
@@ -38,40 +41,77 @@ class EventList(OptionList):
     class AlertChosen(Message):
         alert: dict
 
+    @dataclass
+    class EntryChosen(Message):
+        entry: Entry
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._entries: dict[str, Entry] = {}
-        self._newest_seq = 0
+        self._drawn: tuple[int, bool] = (-1, False)  # the entries' revision and the width they were laid out for
+        self._shown: tuple[Entry, ...] = ()
 
     def on_mount(self) -> None:
         self.border_title = "Alerts & events · newest first"
 
-    def show_entries(self, entries: tuple[Entry, ...]) -> None:
-        """Replace the list when it changed, keeping the highlighted entry highlighted."""
-        newest = entries[0].seq if entries else 0
-        if newest == self._newest_seq and len(entries) == len(self._entries):
+    def show_entries(self, entries: tuple[Entry, ...], revision: int) -> None:
+        """Replace the list when it changed (or its width crossed NARROW), keeping the highlighted entry."""
+        narrow = self.size.width < NARROW  # the clock goes first: the row's text needs the room more
+        if (revision, narrow) == self._drawn:
             return
-        self._newest_seq = newest
+        self._drawn = (revision, narrow)
+        self._shown = entries
         highlighted = self.highlighted_option.id if self.highlighted_option is not None else None
         self._entries = {str(entry.seq): entry for entry in entries}
-        self.set_options(Option(_line(entry), id=str(entry.seq)) for entry in entries)
+        self.set_options(Option(_line(entry, narrow), id=str(entry.seq)) for entry in entries)
         if highlighted in self._entries:
             self.highlighted = self.get_option_index(highlighted)
-        alerts = sum(1 for e in entries if e.alert is not None)
-        self.border_subtitle = f"{alerts} alert{'s' if alerts != 1 else ''} · Enter: details" if alerts else ""
+        open_alerts = sum(1 for e in entries if e.open_alert)
+        self.border_subtitle = (f"{open_alerts} open alert{'s' if open_alerts != 1 else ''} · Enter: details"
+                                if open_alerts else "")
+
+    def on_resize(self) -> None:
+        self.show_entries(self._shown, self._drawn[0])
+
+    def highlighted_entry(self) -> Entry | None:
+        option = self.highlighted_option
+        return self._entries.get(option.id or "") if option is not None else None
+
+    def newest_open_alert(self) -> Entry | None:
+        return next((entry for entry in self._entries.values() if entry.open_alert), None)
+
+    def action_select(self) -> None:
+        """Enter: the highlighted row, or with none highlighted yet the newest open alert."""
+        if self.highlighted is None:
+            newest = self.newest_open_alert()
+            if newest is not None:
+                self.highlighted = self.get_option_index(str(newest.seq))
+                self.post_message(self.AlertChosen(newest.alert))
+            return
+        super().action_select()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         entry = self._entries.get(event.option.id or "")
         event.stop()
-        if entry is not None and entry.alert is not None:
-            self.post_message(self.AlertChosen(entry.alert))
+        if entry is None:
+            return
+        self.post_message(self.AlertChosen(entry.alert) if entry.alert is not None else self.EntryChosen(entry))
 
 
-def _line(entry: Entry) -> Text:
-    mark, style = SEVERITY.get(entry.severity, ("·", ""))
+def _line(entry: Entry, narrow: bool = False) -> Text:
+    severity = "good" if entry.closed else entry.severity
     line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(f"{mark} ", style=style)
-    line.append(f"{'' if entry.step is None else entry.step:>5} ", style="bold")
-    line.append(f"{fmt.clock(entry.time)} ", style="dim")
-    line.append(entry.text, style=style if entry.severity in ("critical", "warning") else "")
+    line.append(f"{fmt.SEVERITY_MARKS.get(severity, '·')} ", style=fmt.SEVERITY_STYLES.get(severity, ""))
+    step = "" if entry.step is None else entry.step
+    if narrow:
+        line.append(f"{step} " if step != "" else "", style="bold")
+    else:
+        line.append(f"{step:>5} ", style="bold")
+        line.append(f"{fmt.clock(entry.time)} ", style="dim")
+    if entry.closed:
+        line.append(f"({entry.closed}) ", style="green")
+        line.append(entry.text, style="dim")
+    else:
+        line.append(entry.text, style=fmt.SEVERITY_STYLES.get(severity, "")
+                    if severity in ("critical", "warning") else "")
     return line

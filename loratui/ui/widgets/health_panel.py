@@ -22,6 +22,9 @@ STATUS = {"ok": ("✓ OK", "green"), "warn": ("! WARN", "bold yellow"), "alert":
           "n/a": ("· n/a", "dim")}
 
 
+WRAP_WIDTH = 70
+
+
 class HealthPanel(Widget):
     DEFAULT_CSS = """
     HealthPanel {
@@ -52,7 +55,9 @@ class HealthPanel(Widget):
         table.add_column(no_wrap=True)
         table.add_column(no_wrap=True)
         table.add_column(no_wrap=True, justify="right")
-        table.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        # A wide panel (a wide terminal) wraps each reason under itself: read whole, not cut.
+        wrap = self.size.width >= WRAP_WIDTH
+        table.add_column(ratio=1, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")
         for name, check in self.checks.items():
             check = check if isinstance(check, dict) else {"status": str(check)}
             label, style = STATUS.get(check.get("status", "n/a"), (str(check.get("status")), ""))
@@ -65,3 +70,19 @@ def _figure(value) -> str:
     if isinstance(value, (int, float, str)) or value is None:
         return fmt.number(value, 3) if not isinstance(value, str) else value
     return str(value)
+
+
+def health_text(checks: dict) -> Text:
+    """Every check in full, its whole reason wrapped (the panel cuts reasons to one line)."""
+    if not checks:
+        return Text("no health probe yet", style="dim")
+    text = Text()
+    for name, check in checks.items():
+        check = check if isinstance(check, dict) else {"status": str(check)}
+        label, style = STATUS.get(check.get("status", "n/a"), (str(check.get("status")), ""))
+        text.append(f"{CHECK_LABELS.get(name, name.replace('_', ' '))}  ", style="bold")
+        text.append(label, style=style)
+        text.append(f"  {_figure(check.get('value'))}\n")
+        text.append(f"  {check.get('summary') or ''}\n\n")
+    text.rstrip()
+    return text

@@ -35,12 +35,12 @@ class RunHeader(Widget):
         if view is None:
             return Text("loratui · waiting for the run's first event", style="bold")
         width = max(self.size.width, 20)
-        return Text("\n").join([_fit(self._first_line(view), width), _fit(self._second_line(view), width)])
+        return Text("\n").join([_fit(self._first_line(view), width, shrink=Text(view.run_name, style="bold")),
+                                 _fit(self._second_line(view), width)])
 
     def _first_line(self, view: HeaderView) -> list[tuple[Text, int]]:
-        """Pieces of the line with their priority: at a small width the lowest go first."""
-        parts = [(Text(view.run_name, style="bold"), 5),
-                 (Text(f"{STATE_MARKS.get(view.state, '')} {view.state.upper()}",
+        """Pieces of the line with their priority (the run's name is put in by _fit, shortened to fit)."""
+        parts = [(Text(f"{STATE_MARKS.get(view.state, '')} {view.state.upper()}",
                        style=STATE_STYLES.get(view.state, "")), 9)]
         if view.state_detail:
             parts.append((Text(f"({view.state_detail})", style="dim" if view.state != "failed" else ""), 2))
@@ -51,7 +51,7 @@ class RunHeader(Widget):
         if view.active_alerts:
             plural = "s" if view.active_alerts > 1 else ""
             parts.append((Text(f" {view.active_alerts} alert{plural} ", style="bold white on red"), 7))
-        parts.append((Text(f"attempt {view.attempt}", style="dim"), 3))
+        parts.append((Text(f"attempt {view.attempt}", style="dim"), 8))
         return parts
 
     def _second_line(self, view: HeaderView) -> list[tuple[Text, int]]:
@@ -80,12 +80,34 @@ class RunHeader(Widget):
         return parts
 
 
-def _fit(parts: list[tuple[Text, int]], width: int) -> Text:
-    """Join the pieces two spaces apart, dropping the lowest-priority ones until the line fits."""
+MIN_NAME = 12  # a run's name keeps this many characters before a low-priority piece goes
+KEEP = 5  # pieces of this priority and up stay; the name is shortened for them (state, precision, attempt)
+
+
+def _fit(parts: list[tuple[Text, int]], width: int, shrink: Text | None = None) -> Text:
+    """Join the pieces two spaces apart, dropping the lowest-priority ones until the line fits.
+
+    `shrink` (the run's name) goes first and gives way: it is cut short with an
+    ellipsis rather than pushing out the state or the attempt.
+    """
     parts = list(parts)
-    while len(parts) > 1 and sum(len(t) for t, _ in parts) + 2 * (len(parts) - 1) > width:
-        parts.remove(min(parts, key=lambda part: part[1]))
-    line = Text("  ").join(text for text, _ in parts)
+    reserve = 0 if shrink is None else min(len(shrink), MIN_NAME) + 2
+
+    def needed() -> int:
+        return sum(len(t) for t, _ in parts) + 2 * (len(parts) - 1) + reserve
+
+    while len(parts) > 1 and needed() > width:
+        lowest = min(parts, key=lambda part: part[1])
+        if shrink is not None and lowest[1] >= KEEP:
+            break
+        parts.remove(lowest)
+    texts = [text for text, _ in parts]
+    if shrink is not None:
+        room = width - (needed() - reserve) - 2
+        name = shrink.copy()
+        name.truncate(max(room, 1), overflow="ellipsis")
+        texts.insert(0, name)
+    line = Text("  ").join(texts)
     line.truncate(width, overflow="ellipsis")
     return line
 

@@ -1,0 +1,226 @@
+"""What a new user tripped over (issue 16's defects), each reproduced through real keys with Textual's pilot.
+
+Each test attaches the dashboard (as `loratui watch` does) to a copy of a
+recorded real run, appends the events the trainer would write, presses the
+keys a user pressed and reads the screen. Terminal-level defects (Ctrl+C in a
+real terminal, the shell summary on exit, sizes) are in test_e2e_tmux.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from test_ui_support import append_event, caught_up, commands, overflow_alert, recorded_run, run_async, \
+    screen_text, wait_for
+
+from loratui.ui.app import DashboardApp
+from loratui.ui.screens.alert_details import AlertDetails
+from loratui.ui.screens.help_screen import HelpScreen
+from loratui.ui.screens.precision_dialog import PrecisionDialog
+from loratui.ui.screens.quit_dialog import QuitDialog
+from loratui.ui.screens.text_details import TextDetails
+from loratui.ui.widgets.event_list import EventList
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    return recorded_run("healthy_fp16", tmp_path, until_step=45)
+
+
+async def with_alert(app, pilot, run_dir, alert: dict) -> None:
+    append_event(run_dir, alert)
+    await wait_for(pilot, lambda: app.view.active_alerts, "the alert")
+    await pilot.pause()
+
+
+@run_async
+async def test_1_enter_on_a_fresh_alert_opens_it_and_help_names_the_arrows(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await with_alert(app, pilot, live_run, overflow_alert(45))
+        assert app.query_one(EventList).highlighted is None  # nothing picked: as the user found it
+        await pilot.press("enter")
+        assert isinstance(app.screen, AlertDetails) and app.screen.alert["kind"] == "overflow"
+        await pilot.press("escape", "question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "↑ ↓ pick a row" in screen_text(app)
+
+
+@run_async
+async def test_2_a_resolved_alert_reads_as_resolved_and_is_not_counted(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await with_alert(app, pilot, live_run, overflow_alert(45))
+        assert "1 open alert · Enter: details" in screen_text(app)
+        append_event(live_run, {"type": "alert_resolved", "step": 47, "kind": "overflow"})
+        await wait_for(pilot, lambda: not app.view.active_alerts, "the resolution")
+        await pilot.pause()
+        shown = screen_text(app)
+        assert "open alert" not in shown and "(resolved at step 47" in shown
+        row = next(e for e in app.view.entries if e.alert is not None)
+        assert row.closed.startswith("resolved at step 47") and not row.open_alert
+        await pilot.press("enter")  # no open alert, nothing highlighted: nothing opens
+        assert not isinstance(app.screen, AlertDetails)
+
+
+@run_async
+async def test_3_any_row_opens_in_full_and_the_alert_row_shows_its_fix_key(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await caught_up(app, pilot)
+        await with_alert(app, pilot, live_run, overflow_alert(45))
+        assert "overflow [p: switch precision]" in screen_text(app)  # the key before the cut-off message
+        await pilot.press("down", "down")  # the row under the alert: an ordinary event, cut short on screen
+        entry = app.query_one(EventList).highlighted_entry()
+        assert entry.alert is None and entry.text not in screen_text(app)
+        await pilot.press("enter")
+        assert isinstance(app.screen, TextDetails)
+        assert entry.text in screen_text(app).replace("\n", " ").replace("  ", " ") or \
+            entry.text[:60] in screen_text(app)
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("up")
+        await pilot.pause()
+        await pilot.press("enter")
+        assert isinstance(app.screen, AlertDetails)
+        assert "p: apply the fix" in screen_text(app)  # the dialog's last line fits at 80x24
+
+
+@run_async
+async def test_3_health_reasons_read_whole_in_their_details_and_on_a_wide_terminal(live_run):
+    reason = "largest activation 2.1e4 of 65504 in model.layers.1.mlp.down_proj, measured on the last probe batch"
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await caught_up(app, pilot)
+        append_event(live_run, {"type": "health", "step": 45, "checks": {
+            "fp16_headroom": {"status": "warn", "value": 3.1, "summary": reason}}})
+        await wait_for(pilot, lambda: "fp16_headroom" in app.view.health and len(app.view.health) == 1, "health")
+        await pilot.pause()
+        assert app.screen.has_class("wide")
+        shown = screen_text(app)
+        assert all(word in shown for word in reason.split())  # half the width, and the reason wrapped whole
+        await pilot.press("h")
+        assert isinstance(app.screen, TextDetails)
+        assert " ".join(reason.split()) in " ".join(dialog_text(app).split())
+
+
+@run_async
+async def test_3_the_banner_keeps_its_keys_when_the_message_is_cut(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await caught_up(app, pilot)
+        alert = overflow_alert(45)
+        alert["message"] = "fp16 overflow " + "x" * 200
+        await with_alert(app, pilot, live_run, alert)
+        banner = screen_text(app).splitlines()[2]
+        assert "press p to switch precision · enter: details" in banner
+
+
+def dialog_text(app) -> str:
+    """The text inside the open dialog's frame (drawn with █ on both sides), its lines joined."""
+    inside = [line[line.index("█") + 1:line.rindex("█")] for line in screen_text(app).splitlines()
+              if line.count("█") >= 2]
+    return " ".join(inside)
+
+
+def rename(run_dir, name: str) -> None:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    out = []
+    for line in lines:
+        event = json.loads(line)
+        if event["type"] == "run_started":
+            event["config"]["run"]["name"] = name
+        out.append(json.dumps(event))
+    (run_dir / "events.jsonl").write_text("\n".join(out) + "\n")
+
+
+@run_async
+async def test_4_a_long_run_name_is_cut_never_the_state_or_the_attempt(live_run):
+    name = "a-very-long-experiment-name-" * 5
+    rename(live_run, name[:120])
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await caught_up(app, pilot)
+        first = screen_text(app).splitlines()[0]
+        assert "RUNNING" in first and "fp16" in first and "attempt 0" in first
+        assert first.lstrip().startswith("a-very-long-experiment") and "…" in first
+
+
+@run_async
+async def test_5_keys_of_a_finished_run_are_hidden_and_say_why(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    app = DashboardApp(run_dir)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await caught_up(app, pilot)
+        footer = screen_text(app).splitlines()[-1]
+        for hidden in ("Precision", "Lower LR", "Roll back", "Save", "Pause"):
+            assert hidden not in footer, hidden
+        await pilot.press("s")
+        await pilot.pause()
+        assert "the run has ended: there is no trainer to control" in screen_text(app)
+        assert commands(run_dir) == []
+
+
+@run_async
+async def test_5_ctrl_c_opens_the_quit_dialog(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("ctrl+c")
+        assert isinstance(app.screen, QuitDialog)
+        await pilot.press("c")
+        assert app.is_running and commands(live_run) == []
+
+
+@run_async
+async def test_6_no_second_restart_while_one_is_under_way(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("p", "enter", "enter")
+        assert [c["cmd"] for c in commands(live_run)] == ["restart"]
+        await wait_for(pilot, lambda: app.view.header.state == "restarting", "the restarting state")
+        for key in ("p", "l", "r"):
+            await pilot.press(key)
+            assert not isinstance(app.screen, PrecisionDialog), key
+        await pilot.pause()
+        assert "a restart is under way" in screen_text(app)
+        app.dashboard.restart_with({"precision": "fp32"})  # what a dialog opened before would confirm now
+        assert [c["cmd"] for c in commands(live_run)] == ["restart"]
+
+
+@run_async
+async def test_12_smaller_things(tmp_path):
+    run_dir = recorded_run("restart_bf16", tmp_path)
+    app = DashboardApp(run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        # the health panel after a restart: nothing of the abandoned branch
+        health_steps = [e["step"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                        if e["type"] == "health"]
+        assert app.view.health_step == health_steps[-1] >= 20
+        await pilot.press("question_mark")
+        shown = screen_text(app)
+        assert len(re.findall(r" space +pause", shown)) == 1 and "/ resume training" in shown  # one row
+        await pilot.press("escape")
+        alert = overflow_alert(60)
+        alert.update(severity="warning", evidence={"rows": [{"row": 6, "loss": None}], "scale": None})
+        with app.model.lock:
+            app.model.apply_events([alert])
+        app.show_alert(alert)
+        await pilot.pause()
+        shown = screen_text(app)
+        assert "None" not in shown and "{'" not in shown and "[{" not in shown
+        assert "row 6, loss -" in shown
+        assert "! WARNING" in shown  # the warning mark of the event list, not the critical ✗
