@@ -138,3 +138,32 @@ async def test_ascii_charts_hold_no_braille_or_box_drawing():
     assert all(ord(character) < 128 for character in text), {c for c in text if ord(c) >= 128}
     unicode, _ = await chart_texts("restart_bf16", ChartOptions())
     assert any(ord(character) >= 128 for character in unicode)
+
+
+def styled_cells(content) -> list[tuple]:
+    cells = []
+    for segment in content.render_segments():
+        style = segment.style
+        for character in segment.text:
+            cells.append((character, str(style.color) if style and style.color else None,
+                          str(style.bgcolor) if style and style.bgcolor else None, bool(style and style.bold)))
+    return cells
+
+
+@run_async
+async def test_the_direct_picture_is_plotexts_own_drawing():
+    """The chart reads plotext's matrix directly: every cell, colour and style as plotext's ANSI output has them."""
+    from textual.content import Content
+    from textual_plotext import PlotextPlot
+
+    from loratui.ui.widgets.metric_chart import matrix_content
+
+    app = Charts("restart_bf16", ChartOptions(smoothing="light", cursor=30))
+    async with app.run_test(size=(100, 45)) as pilot:
+        await pilot.pause()
+        for chart in app.query(MetricChart):
+            ansi_way = Content.from_rich_text(PlotextPlot.render(chart), console=app.console)
+            direct = matrix_content(chart.plt.monitor.matrix, ascii_only=False)
+            old, new = styled_cells(ansi_way), styled_cells(direct)
+            assert old[-1][0] == "\n" and old[:-1] == new, chart.metric  # the ANSI text ends with a newline
+            assert any(cell[1] for cell in new) and any(cell[2] for cell in new)  # coloured, on a background
