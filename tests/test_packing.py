@@ -156,3 +156,10 @@ def test_the_stream_packs_the_same_examples_it_would_pad():
     replica = packed.unpacked()
     assert replica.position == packed.position and "position_ids" not in replica.next_batch()
     assert "position_ids" in packed.next_batch()
+
+
+def test_the_shipped_long_tail_data_is_what_its_generator_writes():
+    from loratui.data.builtin_data import builtin_dataset_path
+    from loratui.data.builtin_longtail import NAME, render
+
+    assert builtin_dataset_path(NAME).read_text(encoding="utf-8") == render()

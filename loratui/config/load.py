@@ -278,7 +278,8 @@ def _check_cross_keys(config: Config, where: KeyLocator, problems: list[Problem]
                                 "use letters, digits, '.', '-' and '_' (it names a directory)"))
 
 
-BUILTIN_DATASETS = ("builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat", "builtin:tiny-chat-mojibake")
+BUILTIN_DATASETS = ("builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat", "builtin:tiny-chat-mojibake",
+                    "builtin:tiny-chat-longtail")
 BUILTIN_MODELS = ("builtin:tiny-llama", "builtin:tiny-llama-outliers", "builtin:tiny-llama-token-outliers")
 
 
