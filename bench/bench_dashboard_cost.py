@@ -1,21 +1,26 @@
 """Dashboard cost: training under the live dashboard against the same run headless.
 
-Issue 7, target 3: the real `loratui run CONFIG` with its dashboard in a real
-terminal (a tmux pane on a private server: the dashboard tails the log and
-redraws while the trainer it started runs) against `loratui run CONFIG
---headless` on the same config. The order alternates (headless first, then
+Issue 7, target 3, and issue 16's cost target: the real `loratui run CONFIG`
+with its dashboard in a real terminal (a tmux pane on a private server: the
+dashboard tails the log and redraws while the trainer it started runs) against
+`loratui run CONFIG --headless` on the same config. The order alternates (headless first, then
 dashboard first, ...), `--runs` runs of each. Three figures:
 
 - step time: a run's median `step_time_s` after the first `--warmup` steps;
   the ratio is the median dashboard run over the median headless run
   (target <= 1.05 on 2 cores);
 - wall time per step: the mean time between step events (checkpoints and
-  event publishing included), the same ratio; the mean catches what a median
-  step time leaves out (a redraw that lands between steps);
+  event publishing included), the same ratio (issue 16's target: <= 1.03);
+  the mean catches what a median step time leaves out (a redraw that lands
+  between steps);
 - the dashboard's own CPU: its process's user+system time over the same
   steps, as a share of the machine (all cores). On a shared machine the two
   ratios carry that machine's noise (runs differ by several percent between
   themselves); this one is measured inside the runs and is steadier.
+
+The dashboard runs with its looking features on, as issue 16 asks: once the
+warm-up steps are in, the benchmark presses `m` (light smoothing) and `c` (the
+value cursor); the Host panel updates from the trainer's host events.
 
 The benchmark reads the screen only at the start and once a second while it
 waits for the end: each look starts a tmux client, and looking 50 times a
@@ -41,6 +46,8 @@ from bench.bench_startup import CONFIG, loratui_command  # noqa: E402
 from bench.machine import describe_machine  # noqa: E402
 from bench.terminal import TmuxTerminal  # noqa: E402
 from loratui.events.jsonl import read_events  # noqa: E402
+
+FEATURE_KEYS = ("m", "c")  # light smoothing and the value cursor: the charts' costliest options, on
 
 
 def run_arguments(work: Path, name: str, args) -> list[str]:
@@ -77,6 +84,7 @@ def run_with_dashboard(work: Path, name: str, args) -> float:
         dashboard = terminal.command_pid()
         while steps_written(events) < args.warmup:
             time.sleep(0.5)
+        terminal.press(*FEATURE_KEYS)
         cpu_start, wall_start = process_cpu_seconds(dashboard), time.monotonic()
         terminal.wait_for(r"FINISHED|FAILED", "the run to end", 60 + args.steps * 10, poll=1.0)
         cpu_end, wall_end = process_cpu_seconds(dashboard), time.monotonic()
@@ -132,8 +140,8 @@ def main() -> None:
     print(f"headless : step_time_s {medians['headless'][0] * 1000:.1f} ms, wall {medians['headless'][1] * 1000:.1f} ms/step")
     print(f"dashboard: step_time_s {medians['dashboard'][0] * 1000:.1f} ms, wall {medians['dashboard'][1] * 1000:.1f} ms/step")
     print(f"RESULT dashboard cost: step time with the dashboard / headless = {step_ratio:.3f} (target <= 1.05); "
-          f"wall time per step {wall_ratio:.3f}; the dashboard's own CPU {cpu_share:.1%} of the machine "
-          f"({cores} cores)")
+          f"wall time per step {wall_ratio:.3f} (target <= 1.03); the dashboard's own CPU {cpu_share:.1%} of the "
+          f"machine ({cores} cores)")
 
 
 if __name__ == "__main__":

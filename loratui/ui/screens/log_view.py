@@ -116,7 +116,8 @@ class LogView(Screen):
         super().__init__()
         self.run_dir = run_dir
         self.search_at_once = search
-        self.files = {TRAINER_LOG: FollowedFile(run_dir / "trainer.log"), EVENTS: FollowedFile(run_dir / "events.jsonl")}
+        self.files = {TRAINER_LOG: FollowedFile(run_dir / "trainer.log"),
+                      EVENTS: FollowedFile(run_dir / "events.jsonl")}
         self.shown = show
 
     def compose(self) -> ComposeResult:
