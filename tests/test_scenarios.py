@@ -112,7 +112,7 @@ def test_the_demo_command_reports_the_scenarios_alert(tmp_path):
                          "--set", "train.batch_size=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "ALERT [critical] overflow at step 1: fp16 overflows: model.layers.1.mlp.down_proj received" in result.stdout
-    assert "(suggested fix: switch_precision)" in result.stdout
+    assert "(suggested fix: switch precision)" in result.stdout
 
 
 def test_demo_scenarios_are_complete():

@@ -16,7 +16,10 @@ import pytest
 from test_ui_support import append_event, caught_up, commands, overflow_alert, recorded_run, run_async, \
     screen_text, wait_for
 
+from loratui.run_dir import RunDir
+from loratui.ui import format as fmt
 from loratui.ui.app import DashboardApp
+from loratui.ui.launch import report_exit
 from loratui.ui.screens.alert_details import AlertDetails
 from loratui.ui.screens.help_screen import HelpScreen
 from loratui.ui.screens.precision_dialog import PrecisionDialog
@@ -224,3 +227,102 @@ async def test_12_smaller_things(tmp_path):
         assert "None" not in shown and "{'" not in shown and "[{" not in shown
         assert "row 6, loss -" in shown
         assert "! WARNING" in shown  # the warning mark of the event list, not the critical ✗
+
+
+@run_async
+async def test_9_quitting_an_ended_run_says_where_everything_is(tmp_path, capsys):
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    app = DashboardApp(run_dir)
+    async with app.run_test() as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("q")
+    assert report_exit(app, RunDir(run_dir), app.return_value) == 0
+    err = capsys.readouterr().err
+    last_loss = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                 if e["type"] == "step"][-1]["loss"]
+    assert f"loratui: run ended at step 60 (completed), loss {fmt.number(last_loss)}" in err
+    assert f"newest checkpoint: {run_dir / 'checkpoints' / 'step-000060'} (step 60)" in err
+    assert (f"resume:            loratui run {run_dir / 'config.toml'} --resume "
+            f"--set run.output_dir={tmp_path} --set run.name={run_dir.name}") in err  # a copied run: where it is now
+    assert f"look again:        loratui watch {run_dir}" in err
+
+
+@run_async
+async def test_9_the_failure_panel_gives_the_resume_command(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=30)
+    append_event(run_dir, {"type": "run_failed", "step": 30, "error": "RuntimeError: CUDA error: out of memory"})
+    app = DashboardApp(run_dir)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await caught_up(app, pilot)
+        await wait_for(pilot, lambda: (app.view.failure or {}).get("resume"), "the resume command")
+        await pilot.pause()
+        assert f"Resume from it: loratui run {run_dir / 'config.toml'} --resume" in \
+            screen_text(app).replace("\n", "")
+
+
+@run_async
+async def test_10_resume_says_resuming_from_step_n_at_once_and_what_changed(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path)  # a finished run, as `loratui run --resume` finds it
+    app = DashboardApp(run_dir, resume=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        header = app.view.header
+        assert (header.state, header.state_detail) == ("starting", "resuming from step 60")
+        assert "FINISHED" not in screen_text(app) and "resuming from step 60" in screen_text(app)
+        old = next(e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                   if e["type"] == "run_started")
+        config = json.loads(json.dumps(old["config"]))
+        config["train"]["max_steps"] = 100  # the current config's, taken by the resume
+        append_event(run_dir, {**old, "time": time.time(), "step": 60, "max_steps": 100,
+                               "resumed_from": str(run_dir / "checkpoints" / "step-000060"), "config": config})
+        await wait_for(pilot, lambda: app.view.header.state == "running", "the resumed run's start")
+        await pilot.pause()
+        assert "changed since the resumed run: train.max_steps 60 → 100" in [e.text for e in app.view.entries]
+        assert "changed since the resumed" in screen_text(app)
+        assert app.view.header.max_steps == 100
+
+
+def test_12_headless_lines_use_words_not_internal_names():
+    from loratui.events.console import ConsoleSink
+
+    sink = ConsoleSink(log_every=10, max_steps=60)
+    assert sink.format({"type": "phase", "name": "loading_model", "done": 0, "total": 2}) == "loading model..."
+    alert = {"type": "alert", "severity": "critical", "kind": "divergence", "step": 9, "message": "m",
+             "suggestion": "lower_lr"}
+    assert sink.format(alert).endswith("(suggested fix: lower the learning rate)")
+    started = {"type": "run_started", "step": 40, "precision": "bf16", "device": "cpu", "world_size": 1,
+               "trainable_params": 10, "resumed_from": "runs/x/checkpoints/step-000040"}
+    assert sink.format(started).startswith("run resumed from step 40 (runs/x/checkpoints/step-000040): bf16") \
+        or sink.format(started).startswith("run resumed from step 40 (runs/x/checkpoints/step-000040): precision")
+
+
+@run_async
+async def test_11_lower_lr_refuses_a_factor_that_does_not_lower_it(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("l")
+        dialog = app.screen
+        await pilot.press("end", "backspace", "backspace", "backspace", "2")
+        assert dialog.query_one("#factor").value == "2"
+        assert "factor 2 would not lower the rate: enter a factor below 1" in screen_text(app)
+        assert dialog.query_one("#confirm").disabled
+        await pilot.press("enter")
+        assert app.screen is dialog and commands(live_run) == []
+        await pilot.press("backspace", *"0.1")
+        assert "would not lower" not in screen_text(app)
+        await pilot.press("enter")
+        assert commands(live_run)[-1]["learning_rate"] == pytest.approx(2e-4)
+
+
+@run_async
+async def test_toasts_stay_off_the_events_list(live_run):
+    app = DashboardApp(live_run)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("s")
+        await pilot.pause(0.2)
+        toasts = list(app.screen.query("Toast"))
+        assert toasts, "the save's toast"
+        events = app.query_one(EventList).region
+        assert all(not toast.region.overlaps(events) for toast in toasts)

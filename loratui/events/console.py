@@ -12,6 +12,11 @@ from typing import TextIO
 from loratui.events.encode import as_float
 
 
+# Suggestions in words (the event keeps its stable names): what a person would do.
+FIXES = {"switch_precision": "switch precision", "lower_lr": "lower the learning rate", "rollback": "roll back",
+         "none": "none"}
+
+
 def _num(value, spec: str = ".4g") -> str:
     number = as_float(value)
     return "-" if number is None else format(number, spec)
@@ -60,11 +65,14 @@ class ConsoleSink:
             # Kept, skipped, dropped and truncated rows: a batch job's log must say what was trained on.
             return f"data: {event['summary']}"
         if kind == "run_started":
-            return (f"run started: precision {event['precision']} on {event['device']}, "
+            # A resumed run says from which step and checkpoint, first thing: nobody has to infer it.
+            how = (f"run resumed from step {event.get('step', 0)} ({event['resumed_from']})"
+                   if event.get("resumed_from") else "run started")
+            return (f"{how}: precision {event['precision']} on {event['device']}, "
                     f"world size {event['world_size']}, {event['trainable_params']:,} trainable parameters")
         if kind == "alert":
             return (f"ALERT [{event['severity']}] {event['kind']} at step {event.get('step')}: "
-                    f"{event['message']} (suggested fix: {event['suggestion']})")
+                    f"{event['message']} (suggested fix: {FIXES.get(event['suggestion'], event['suggestion'])})")
         if kind == "alert_resolved":
             return f"resolved: {event['kind']} at step {event.get('step')}"
         if kind == "checkpoint":
@@ -90,6 +98,7 @@ class ConsoleSink:
         if key == self._last_phase:
             return None
         self._last_phase = key
+        name = str(event["name"]).replace("_", " ")  # "loading model", not the event's internal name
         if total and done == total:
-            return f"{event['name']}: done ({total})"
-        return f"{event['name']}..." if done in (0, None) else None
+            return f"{name}: done ({total})"
+        return f"{name}..." if done in (0, None) else None

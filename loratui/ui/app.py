@@ -45,7 +45,8 @@ from loratui.run_dir import RunDir
 from loratui.ui import run_model as states
 from loratui.ui.event_follower import EventFollower
 from loratui.ui.messages import HistoryCaughtUp, TrainerExited
-from loratui.ui.run_files import tail_lines
+from loratui.ui.exit_summary import resume_command
+from loratui.ui.run_files import list_checkpoints, tail_lines
 from loratui.ui.run_model import RunModel, RunView, TrainerEnding
 from loratui.ui.screens.dashboard import DashboardScreen
 from loratui.ui.supervisor import TrainerProcess
@@ -65,13 +66,16 @@ class DashboardApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     CSS_PATH = "dashboard.tcss"
 
-    def __init__(self, run_dir: Path, *, trainer: TrainerProcess | None = None):
+    def __init__(self, run_dir: Path, *, trainer: TrainerProcess | None = None, resume: bool = False):
         # With NO_COLOR, Textual greys its truecolours unless it runs on the terminal's own ANSI
         # colours, which it then drops: no colour codes at all, only bold, dim, underline, reverse.
         super().__init__(ansi_color=True if "NO_COLOR" in os.environ else None)
         self.run_dir = RunDir(Path(run_dir))
         self.trainer = trainer
         self.model = RunModel(self.run_dir.root.name, state=states.STARTING if trainer else states.WAITING)
+        if resume:  # the log so far is the run being resumed: say "resuming from step N" from the first frame
+            newest = list_checkpoints(self.run_dir.checkpoints)
+            self.model.expect_resume(newest[0].step if newest else None, time.time())
         self.view: RunView | None = None
         self.caught_up = asyncio.Event()
         self.hung_up = False
@@ -191,8 +195,12 @@ class DashboardApp(App[int]):
             self.run_state_changed(view.header.state)
 
     def run_state_changed(self, state: str) -> None:
-        if state == states.FAILED and self.trainer is None:
-            self.show_trainer_log_of_failed_run()
+        if state == states.FAILED:
+            if list_checkpoints(self.run_dir.checkpoints):
+                with self.model.lock:
+                    self.model.attach_resume(resume_command(self.run_dir))
+            if self.trainer is None:
+                self.show_trainer_log_of_failed_run()
         if self.exit_when_run_ends and self.trainer is None and state in states.ENDED:
             self.exit(self.outcome_code())
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+
 from loratui.config import render_toml
 from loratui.launcher import trainer_command
 from loratui.run_dir import RunDir, prepare_run_dir
-from loratui.ui.run_model import FAILED, first_line
+from loratui.ui import format as fmt
+from loratui.ui.exit_summary import where_it_stands
+from loratui.ui.run_model import FAILED, FINISHED, first_line
 
 
 def run_dashboard(config, *, resume: bool) -> int:
@@ -26,7 +29,7 @@ def run_dashboard(config, *, resume: bool) -> int:
 
     run_dir = prepare_run_dir(config, resume=resume, config_text=render_toml(config))
     trainer = TrainerProcess(trainer_command(config, run_dir, resume=resume), run_dir.trainer_log, cwd=Path.cwd())
-    app = DashboardApp(run_dir.root, trainer=trainer)
+    app = DashboardApp(run_dir.root, trainer=trainer, resume=resume)
     code = app.run()
     return report_exit(app, run_dir, code)
 
@@ -60,4 +63,11 @@ def report_exit(app, run_dir: RunDir, code: int | None) -> int:
         log = f"\n  the trainer's output: {run_dir.trainer_log}" if run_dir.trainer_log.is_file() else ""
         error = first_line(failure.get("error")) or "unknown error"
         print(f"loratui: training failed{how}: {error}{log}", file=sys.stderr)
+        print(where_it_stands(run_dir), file=sys.stderr)
+    elif app.model.state == FINISHED:
+        model = app.model
+        loss = f", loss {fmt.number(model.loss)}" if model.loss is not None else ""
+        why = f" ({model.state_detail})" if model.state_detail else ""
+        print(f"loratui: run ended at step {model.step}{why}{loss}", file=sys.stderr)
+        print(where_it_stands(run_dir), file=sys.stderr)
     return app.outcome_code() if code is None else code

@@ -128,6 +128,7 @@ class RunModel:
     max_steps: int | None = None
     attempt: int = 0
     lr: float | None = None
+    loss: float | None = None  # the newest step's, for the summary on the way out
     peak_lr: float | None = None
     lr_factor: float = 0.5
     tokens_per_s: float | None = None
@@ -149,6 +150,8 @@ class RunModel:
     detached: bool = False  # the dashboard let go of the run (it is exiting; the training goes on)
     bad_lines: int = 0
     reading: float | None = None
+    resuming_since: float | None = None
+    resume_note: str = ""  # `run --resume`: events older than this are the run being resumed
     entries_revision: int = 0  # bumped when a row changes in place (an alert closed)
     _seq: int = 0
 
@@ -188,12 +191,13 @@ class RunModel:
         self.step = event.get("step", self.step)
         self.attempt = event.get("attempt", self.attempt)
         self.lr = _float(event.get("lr"))
+        self.loss = _float(event.get("loss"))
         self.precision = event.get("precision") or self.precision
         self.loss_scaling = event.get("scale") is not None
         self.tokens_per_s = _float(event.get("tokens_per_s"))
         self.memory = {key: event.get(key) for key in ("mem_allocated_mib", "mem_reserved_mib", "mem_peak_mib")}
         # Steps after a pause, restart or the loading phases mean training is under way again.
-        if resumes and self.state not in ENDED and self.state not in (STOPPING,):
+        if resumes and self.state not in ENDED and self.state not in (STOPPING,) and self.resuming_since is None:
             self.state, self.state_detail = RUNNING, ""
             self.phase = None
 
@@ -205,15 +209,23 @@ class RunModel:
             handler(event)
 
     def _on_phase(self, event: dict) -> None:
+        if self._before_resume(event):
+            return
         if self.state in (STARTING, WAITING, LOADING):
             self.state = LOADING
             self.phase = (str(event.get("name", "")), int(event.get("done", 0)), int(event.get("total", 0) or 0))
-            self.state_detail = event.get("name", "").replace("_", " ")
+            name = event.get("name", "").replace("_", " ")
+            self.state_detail = f"{self.resume_note} · {name}" if self.resuming_since is not None else name
 
     def _on_data(self, event: dict) -> None:
         self._add(event, "info", f"data: {event.get('summary', '')}")
 
     def _on_run_started(self, event: dict) -> None:
+        history = self._before_resume(event)  # the run being resumed: its setup, not yet this run's state
+        previous, resuming = self.run_started, self.resuming_since is not None and not history
+        if resuming:
+            self.resuming_since = None
+        waiting = (self.state, self.state_detail)
         self.run_started = event
         config = event.get("config") or {}
         self.run_name = (config.get("run") or {}).get("name") or self.run_name
@@ -237,6 +249,15 @@ class RunModel:
         self._add(event, "info", f"run {where}: {self.precision} on {event.get('device')} "
                                  f"({event.get('device_name')}), {event.get('world_size', 1)} process(es), "
                                  f"{event.get('trainable_params', 0):,} trainable parameters")
+        if history:
+            self.state, self.state_detail = waiting
+            return
+        if resumed and previous is not None:
+            changed = config_changes((previous or {}).get("config") or {}, config)
+            if changed or resuming:
+                self._add(event, "warning" if changed else "info",
+                          "changed since the resumed run: " + "; ".join(changed) if changed
+                          else "resumed with the same config")
 
     def _on_step(self, event: dict) -> None:
         """Only the line-by-line path of tests and tools feeds single step events here."""
@@ -322,18 +343,36 @@ class RunModel:
         self._add(event, "info", str(event.get("message", "")))
 
     def _on_run_finished(self, event: dict) -> None:
+        if self._before_resume(event):
+            self._add(event, "info", f"the resumed run had finished at step {event.get('step')}")
+            return
         self.state, self.finish_reason = FINISHED, event.get("reason") or "completed"
         self.state_detail = self.finish_reason
         self.step = event.get("step", self.step)
         self._add(event, "good", f"run finished at step {self.step}: {self.finish_reason}")
 
     def _on_run_failed(self, event: dict) -> None:
+        if self._before_resume(event):
+            self._add(event, "info", f"the resumed run had failed at step {event.get('step')}")
+            return
         self.state, self.state_detail = FAILED, first_line(event.get("error"))
         self.failure = {"error": event.get("error") or "unknown error", "traceback": event.get("traceback"),
                         "step": event.get("step")}
         self._add(event, "critical", f"run failed at step {event.get('step')}: {first_line(event.get('error'))}")
 
     # ---------------------------------------------------- the dashboard's side
+
+    def expect_resume(self, from_step: int | None, since: float) -> None:
+        """`loratui run --resume`: say so at once; the old log's ending is history, not this run's state."""
+        self.resuming_since = since
+        self.state = STARTING
+        self.resume_note = f"resuming from step {from_step}" if from_step is not None else "resuming"
+        self.state_detail = self.resume_note
+        self.version += 1
+
+    def _before_resume(self, event: dict) -> bool:
+        when = event.get("time")
+        return self.resuming_since is not None and isinstance(when, (int, float)) and when < self.resuming_since
 
     def note_action(self, text: str, state: str | None = None, detail: str = "") -> None:
         """Something the dashboard did (a command sent): shown in the list, maybe a pending state."""
@@ -370,6 +409,12 @@ class RunModel:
             self.failure.update(log_tail=log_tail, log_path=log_path)
             self.version += 1
 
+    def attach_resume(self, command: str) -> None:
+        """The command that resumes a failed run from its newest checkpoint, for the failure panel."""
+        if self.failure is not None:
+            self.failure["resume"] = command
+            self.version += 1
+
     def reset(self, *, keep_history: bool = False) -> None:
         """Forget what was read (the log was replaced, or is read again in order); the lock stays.
 
@@ -377,7 +422,8 @@ class RunModel:
         only the restart marks go, as the restart events that made them are read again.
         """
         keep = {"lock": self.lock, "version": self.version + 1, "exit_code": self.exit_code,
-                "detached": self.detached, "_seq": self._seq, "entries_revision": self.entries_revision + 1}
+                "detached": self.detached, "resuming_since": self.resuming_since,
+                "resume_note": self.resume_note, "_seq": self._seq, "entries_revision": self.entries_revision + 1}
         if keep_history:
             keep["history"] = self.history
             self.history.restarts.clear()
@@ -435,6 +481,18 @@ class RunModel:
                 self.first_time = when
             if self.last_time is None or when > self.last_time:
                 self.last_time = when
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two configs, as "train.max_steps 60 → 100"."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key} {old!r} → {new!r}".replace("'", ""))
+    return changes
 
 
 def _signal_name(signum: int) -> str:

@@ -1,8 +1,8 @@
 """Lower the learning rate: the current peak rate, a factor (train.lr_factor by default) and the new rate.
 
 Either field can be edited; the other follows. While either holds anything but
-a positive number (half-typed "0." included) the dialog names it and refuses
-to restart. Enter restarts the run with the new peak rate (a restart command
+a positive number (half-typed "0." included), or a factor of 1 or more (this
+key lowers the rate), the dialog names it and refuses to restart. Enter restarts the run with the new peak rate (a restart command
 in control.jsonl).
 
 Keys:
@@ -89,21 +89,30 @@ class LearningRateDialog(Dialog):
         return [name for name in ("factor", "rate") if _parse(self.query_one(f"#{name}", Input).value) is None]
 
     def new_rate(self) -> float | None:
-        """The rate to restart with, or None while either field is not a positive number."""
-        return None if self.invalid_fields() else _parse(self.query_one("#rate", Input).value)
+        """The rate to restart with, or None while a field is not a positive number or does not lower it."""
+        if self.invalid_fields():
+            return None
+        rate = _parse(self.query_one("#rate", Input).value)
+        return rate if rate < self.current else None
 
     def _show_summary(self) -> None:
         invalid = self.invalid_fields()
         error = self.query_one("#error", Static)
         confirm = self.query_one("#confirm", Button)
-        confirm.disabled = bool(invalid)
+        rate = self.new_rate()
+        confirm.disabled = rate is None
         if invalid:
             names = " and ".join(FIELD_NAMES[name] for name in invalid)
             error.update(f"{names}: enter a positive number")
             confirm.label = "Restart"
+        elif rate is None:  # a factor of 1 or more: this key lowers the rate, it never raises it
+            factor = _parse(self.query_one("#factor", Input).value)
+            error.update(f"factor {_plain(factor)} would not lower the rate: enter a factor below 1 "
+                         f"(0.5 halves it); to raise it, edit train.learning_rate and resume")
+            confirm.label = "Restart"
         else:
             error.update("")
-            confirm.label = f"Restart with lr {fmt.number(self.current)} → {fmt.number(self.new_rate())}"
+            confirm.label = f"Restart with lr {fmt.number(self.current)} → {fmt.number(rate)}"
         confirm.refresh(layout=True)  # a Button keeps its width when only its label changes
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -50,4 +50,7 @@ class FailurePanel(Widget):
             text.append(f"\n\ntrainer.log: {failure['log_path']} (empty)", style="dim")
         code = failure.get("exit_code", EXIT_TRAINING_FAILED)
         text.append(f"\nThe last complete checkpoint is intact. Press q to quit (exit code {code}).", style="italic")
+        if failure.get("resume"):
+            text.append("\nResume from it: ", style="italic")
+            text.append(failure["resume"], style="bold")
         return text
