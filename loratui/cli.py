@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config and report what this machine supports")
     check.add_argument("config")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--device-memory", type=float, metavar="GIB",
+                       help="judge the memory estimate against a device with this many GiB (e.g. 16 for a T4) "
+                            "instead of this machine's")
 
     from loratui.scenarios import SCENARIOS
 
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "watch":
             return watch_command(args.run_dir, once=args.once, theme=args.theme, ascii_only=args.ascii)
         if args.command == "check":
-            return check_command(args.config, args.overrides)
+            return check_command(args.config, args.overrides, device_memory_gib=args.device_memory)
         if args.command == "advise":
             from loratui.advise.cli import advise_command
 
@@ -190,11 +193,14 @@ def watch_command(run_dir: str, *, once: bool = False, theme: str | None = None,
     return watch_dashboard(chosen)
 
 
-def check_command(config_path: str, overrides: list[str]) -> int:
+def check_command(config_path: str, overrides: list[str], *, device_memory_gib: float | None = None) -> int:
     from loratui.config import load_config
     from loratui.errors import Problem
     from loratui.hardware import detect, machine_problems, resolve_precision
 
+    if device_memory_gib is not None and not device_memory_gib > 0:
+        raise UserInputError(Problem("--device-memory", f"{device_memory_gib:g} is not a memory size: give a "
+                                     "positive number of GiB, e.g. 16"))
     config = load_config(config_path, overrides)
     caps = detect(config.train.device)
     print(f"config: {config_path} is valid")
@@ -213,10 +219,25 @@ def check_command(config_path: str, overrides: list[str]) -> int:
     resolved = resolve_precision(config.train.precision, caps)
     print(f"train.precision = {config.train.precision!r} -> {resolved}")
     problems = machine_problems(config, caps)
+    if not problems:  # a config this machine cannot run (bitsandbytes missing, say) has no plan to judge
+        print_memory_plan(config, caps, resolved, device_memory_gib)
     if problems:
         raise UserInputError([Problem(config_path, p) for p in problems],
                              headline=f"{config_path}: this machine cannot run the config as written")
     return 0
+
+
+def print_memory_plan(config, caps, precision: str, device_memory_gib: float | None) -> None:
+    from loratui.memory_plan import GIB, device_memory, plan_for_config, render
+
+    if precision not in ("fp32", "bf16", "fp16"):  # "advise" decides later: plan for the largest
+        precision = "fp32"
+    if device_memory_gib is not None:
+        available, device = int(device_memory_gib * GIB), f"a {device_memory_gib:g} GiB device (--device-memory)"
+    else:
+        available, device = device_memory(caps)
+    for line in render(plan_for_config(config, precision, available, device)):
+        print(line)
 
 
 if __name__ == "__main__":

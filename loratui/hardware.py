@@ -22,6 +22,7 @@ class Capabilities:
     nvml: str = "not checked"
     gpus: list = field(default_factory=list)  # NVML's view of each device: index, name, memory, capability
     torch_version: str = ""
+    memory_bytes: int | None = None  # CUDA device 0's total memory (None on CPU: see memory_plan)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -36,6 +37,7 @@ class CudaDevice:
     name: str
     compute_capability: tuple[int, int]
     bf16_available: bool  # torch.cuda.is_bf16_supported(): True for emulated bf16 too
+    memory_bytes: int | None = None  # total memory
 
 
 def cuda_device(device: str = "auto") -> CudaDevice | None:
@@ -45,7 +47,8 @@ def cuda_device(device: str = "auto") -> CudaDevice | None:
     if device == "cpu" or not torch.cuda.is_available():
         return None
     return CudaDevice(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)),
-                      torch.cuda.is_bf16_supported(including_emulation=True))
+                      torch.cuda.is_bf16_supported(including_emulation=True),
+                      torch.cuda.get_device_properties(0).total_memory)
 
 
 def detect(device: str = "auto") -> Capabilities:
@@ -62,7 +65,7 @@ def detect(device: str = "auto") -> Capabilities:
 def cuda_capabilities(cuda: CudaDevice) -> Capabilities:
     """Native bf16 by compute capability: is_bf16_supported() alone would call emulation native."""
     major, minor = cuda.compute_capability
-    caps = Capabilities("cuda", cuda.name, (major, minor))
+    caps = Capabilities("cuda", cuda.name, (major, minor), memory_bytes=cuda.memory_bytes)
     caps.support["fp32"] = NATIVE
     if major >= 8:
         caps.support["bf16"] = NATIVE
@@ -120,6 +123,12 @@ def machine_problems(config, caps: Capabilities) -> list[str]:
     precision = config.train.precision
     if precision in ("bf16", "fp16") and caps.support.get(precision) == UNSUPPORTED:
         problems.append(f'train.precision = "{precision}" is not supported here: {caps.notes.get(precision)}')
+    if config.model.quantization != "none":
+        from loratui.model.quantization import bitsandbytes_problem
+
+        problem = bitsandbytes_problem()
+        if problem:
+            problems.append(f'model.quantization = "{config.model.quantization}": {problem}')
     from loratui.trackers import unavailable_trackers
 
     for name in unavailable_trackers(config.run.report_to):

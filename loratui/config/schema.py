@@ -62,6 +62,11 @@ class ModelSection:
                             'A local Hugging Face model directory, a hub id already in the local cache, '
                             'or "builtin:tiny-llama" (built offline from a seeded config).')
     trust_remote_code: bool = key(False, "Run code shipped with the model. Off unless you trust its source.")
+    quantization: str = key("none", 'Store the base weights quantized (QLoRA, with bitsandbytes): "nf4" = 4 bits, '
+                            '"int8" = 8 bits; they compute in the run\'s precision and the adapters stay '
+                            'train.adapter_dtype.', choices=("none", "nf4", "int8"))
+    double_quant: bool = key(True, 'nf4 only: quantize the 4-bit blocks\' scales too (about 0.4 bits less '
+                             'per weight).')
 
 
 @dataclass
@@ -106,6 +111,8 @@ class TrainSection:
     max_steps: int = key(200, "Optimizer steps to train.", min=1)
     batch_size: int = key(8, "Rows per micro-batch (per process).", min=1)
     grad_accum: int = key(1, "Micro-batches per optimizer step.", min=1)
+    gradient_checkpointing: bool = key(False, "Recompute each layer's activations in the backward pass "
+                                       "instead of keeping them: less memory, about a third more compute.")
     max_grad_norm: float = key(1.0, "Clip the gradient norm to this; 0 turns clipping off.", min=0)
     weight_decay: float = key(0.0, "AdamW weight decay.", min=0)
     seed: int = key(42, "Seed for weights, LoRA init, shuffling and dropout.", min=0)
