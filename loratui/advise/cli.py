@@ -43,7 +43,7 @@ def advise_command(config_path: str, overrides: list[str], *, steps: int, as_jso
     from loratui.config import load_config
     from loratui.hardware import detect
     from loratui.run_dir import run_dir_for
-    from loratui.train.trainer import StopTraining
+    from loratui.train.run_control import StopTraining
 
     if steps < 1:
         raise UserInputError(Problem("--steps", f"{steps}: a trial needs at least one step"))

@@ -9,7 +9,7 @@ show them), the choice and its reasons as an `advice` event and a `notice`.
 An advice.json already in the run directory that was measured for this same
 config on this machine is used as it is: `loratui advise` followed by
 `loratui run` measures once, and a resume does not measure again (it goes on
-in its checkpoint's precision either way: Trainer.carry_over_precision).
+in its checkpoint's precision either way: train/run_control.py's resume plan).
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
     from loratui.advise.memory import PeakMemory
     from loratui.monitor import build_monitor
     from loratui import checkpoint_files as ckpt
-    from loratui.train.trainer import StopTraining, Trainer
+    from loratui.train.run_control import StopTraining
+    from loratui.train.trainer import Trainer
 
     trial_cfg = trial_config(config, records[0].plan)
     bus = EventBus()
@@ -145,7 +146,7 @@ def _setup(trainer, bus: EventBus, first: TrialPlan) -> None:
     trial: the advice fails as a whole, with the traceback in the trials' event log.
     """
     from loratui.errors import UserInputError
-    from loratui.train.trainer import StopTraining
+    from loratui.train.run_control import StopTraining
 
     try:
         trainer.setup()
@@ -190,13 +191,15 @@ def _switch(trainer, plan: TrialPlan, start) -> None:
     """Back to the step-0 state in the next trial's precision, through the trainer's restart path."""
     import torch
 
+    from loratui.train import run_control
+
     if plan.precision == trainer.base_dtype_name and plan.adapter_dtype != trainer.adapter_dtype_name:
         # Same base dtype: cast the adapter where it is (what loading does) and keep the base loaded.
         dtype = torch.bfloat16 if plan.adapter_dtype == "bf16" else torch.float32
         for param in trainer.params:
             param.data = param.data.to(dtype)
     trainer.adapter_dtype_name = plan.adapter_dtype
-    trainer.restart(start, precision=plan.precision, reason=f"advise: {plan.name} trial")
+    run_control.restart(trainer, start, precision=plan.precision, reason=f"advise: {plan.name} trial")
 
 
 def _train(trainer, record: TrialRecord, index: int, count: int, steps: int, progress: Progress) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from loratui.errors import Problem, UserInputError
 
@@ -38,30 +37,35 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
 
 
-def load_base_model(path: str, dtype, *, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM
+def load_base_model(auto_class, kind: str, path: str, dtype, *, trust_remote_code: bool, device_map=None,
+                    quantization_config=None):
+    """`auto_class.from_pretrained` (a family's choice) with the weights in `dtype`; `kind` names it in errors.
 
+    device_map and quantization_config reach from_pretrained only when given, so a plain
+    load is exactly transformers' default.
+    """
     from loratui import faults
 
     faults.maybe_fail_loading(dtype)
+    extra = {key: value for key, value in (("device_map", device_map), ("quantization_config", quantization_config))
+             if value is not None}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:
-        raise UserInputError(Problem("model.name_or_path", f"cannot load a causal language model from "
-                                     f"{path}: {_first_line(exc)}")) from None
+        raise UserInputError(Problem("model.name_or_path", f"cannot load {kind} from {path}: "
+                                     f"{_first_line(exc)}")) from None
 
 
-def add_lora(model, lora_config, *, adapter_dtype):
+def add_lora(model, lora_config, *, adapter_dtype, task_type: str = "CAUSAL_LM"):
     """Wrap the model with LoRA adapters; only the adapters train, kept in `adapter_dtype`.
 
     Under fp16 autocast the trainable weights must be fp32 (GradScaler refuses
     to unscale fp16 gradients), which peft's autocast_adapter_dtype provides.
     """
-    import torch
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=lora_config.r, lora_alpha=lora_config.alpha, lora_dropout=lora_config.dropout,
-                        target_modules=lora_config.target_modules, task_type="CAUSAL_LM")
+                        target_modules=lora_config.target_modules, task_type=task_type)
     try:
         peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as exc:
@@ -98,11 +102,3 @@ def identity_mismatches(recorded: dict, current: dict) -> list[str]:
     """
     return [f"{key}: {recorded[key]!r} -> {value!r}" for key, value in current.items()
             if key in recorded and recorded[key] != value]
-
-
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def describe_path(path: str) -> str:
-    return str(Path(path).name) if Path(path).is_dir() else path

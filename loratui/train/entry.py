@@ -67,7 +67,7 @@ def advise_first(config, run_dir: RunDir, bus: EventBus, *,
     from loratui.events.jsonl import next_attempt
     from loratui.hardware import detect
     from loratui.run_dir import PRIVATE_UMASK
-    from loratui.train.trainer import StopTraining, failure_exit, kept_precision
+    from loratui.train.run_control import StopTraining, failure_exit, kept_precision
 
     if resume:
         newest = next(iter(ckpt.list_complete(run_dir.checkpoints)), None)
