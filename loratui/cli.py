@@ -228,7 +228,7 @@ def check_command(config_path: str, overrides: list[str], *, device_memory_gib: 
 
 
 def print_memory_plan(config, caps, precision: str, device_memory_gib: float | None) -> None:
-    from loratui.memory_plan import GIB, device_memory, plan_for_config, render
+    from loratui.model.memory_plan import GIB, device_memory, plan_for_config, render
 
     if precision not in ("fp32", "bf16", "fp16"):  # "advise" decides later: plan for the largest
         precision = "fp32"

@@ -55,7 +55,7 @@ def test_the_same_8b_config_fits_an_80_gib_device(tmp_path, capsys):
     path = model_dir(tmp_path, "llama-8b", LLAMA_8B)
     config = make_config(tmp_path, [f'model.name_or_path="{path}"', 'train.precision="bf16"',
                                     "train.batch_size=1", "data.max_length=512"])
-    from loratui.memory_plan import plan_for_config, render
+    from loratui.model.memory_plan import plan_for_config, render
 
     result = plan_for_config(config, "bf16", 80 * GIB, "an 80 GiB device")
     assert result.fits and result.fixes == []
@@ -63,7 +63,7 @@ def test_the_same_8b_config_fits_an_80_gib_device(tmp_path, capsys):
 
 
 def test_quantization_and_checkpointing_shrink_what_they_should(tmp_path):
-    from loratui.memory_plan import estimate, model_shape
+    from loratui.model.memory_plan import estimate, model_shape
 
     shape = model_shape(LLAMA_8B, make_config(tmp_path).lora)
     plain = make_config(tmp_path, ['train.precision="bf16"', "train.batch_size=2", "data.max_length=1024"])
@@ -86,7 +86,7 @@ def test_quantization_and_checkpointing_shrink_what_they_should(tmp_path):
 
 def test_sizes_counted_from_a_config_match_the_model_built_on_the_meta_device(tmp_path):
     """The counting that serves remote-code models agrees with transformers' own Llama, parameter for parameter."""
-    from loratui.memory_plan import _counted_shape, model_shape
+    from loratui.model.memory_plan import _counted_shape, model_shape
 
     lora = make_config(tmp_path, ['lora.target_modules=["q_proj", "v_proj"]', "lora.r=16"]).lora
     built, counted = model_shape(LLAMA_8B, lora), _counted_shape(LLAMA_8B, LLAMA_8B, lora)
@@ -106,7 +106,7 @@ def test_a_vision_language_model_keeps_its_tower_unquantized_and_counts_image_to
     assert "each image is 640 language-model tokens" in out  # 64 queries x (1 + 9 slices)
     assert "fits: a 16 GiB device" in out  # MiniCPM-V-2_6-int4's reason to exist
     from loratui.config import load_config
-    from loratui.memory_plan import estimate, model_shape
+    from loratui.model.memory_plan import estimate, model_shape
 
     loaded = load_config(config, [])
     shape = model_shape(MINICPM_V_2_6, loaded.lora)
