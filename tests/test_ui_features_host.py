@@ -69,3 +69,23 @@ def test_the_sampler_publishes_from_the_run_start_until_stopped():
     assert len(published) == count >= 2  # stop() returned after the last one
     assert all(event["type"] == "host" and event["step"] == 7 for event in published)
     assert {"cpu_pct", "process_cpu_pct", "rss_mib", "ram_used_mib", "ram_total_mib"} <= set(published[0])
+
+
+def test_a_real_headless_run_publishes_host_events_before_its_last_word(tmp_path):
+    from helpers import ROOT, loratui_cli
+
+    from loratui.events.jsonl import read_events
+
+    result = loratui_cli("run", str(ROOT / "config.example.toml"), "--headless", "--set", "train.max_steps=30",
+                         "--set", "train.precision=fp32", "--set", f"run.output_dir={tmp_path}",
+                         "--set", "train.batch_size=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "host" not in result.stdout  # no console line per reading
+    events = read_events(tmp_path / "loratui-run" / "events.jsonl")
+    kinds = [event["type"] for event in events]
+    hosts = [event for event in events if event["type"] == "host"]
+    assert hosts, "the run lasted over one sampling interval: at least one reading"
+    assert kinds.index("run_started") < kinds.index("host") and kinds[-1] == "run_finished"
+    own_rss = [event["rss_mib"] for event in hosts]
+    assert min(own_rss) > 100  # the trainer holds torch and a model: far more than an idle interpreter
+    assert all(0 <= event["step"] <= 30 and event["ram_total_mib"] > event["ram_used_mib"] > 0 for event in hosts)

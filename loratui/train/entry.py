@@ -22,6 +22,7 @@ from loratui.events.bus import EventBus
 from loratui.events.console import ConsoleSink
 from loratui.events.jsonl import JsonlSink
 from loratui.gpu import GpuSampler
+from loratui.host_metrics import HostSampler
 from loratui.run_dir import RunDir
 
 
@@ -34,6 +35,7 @@ def train_in_run_dir(run_dir: RunDir, *, resume: bool = False, console: bool = T
     if console:
         bus.add_sink(ConsoleSink(config.monitor.log_every, config.train.max_steps))
     bus.add_sink(GpuSampler(bus.publish))
+    bus.add_sink(HostSampler(bus.publish))  # CPU and RAM beside the GPU figures, with or without a GPU
     if config.run.report_to:
         from loratui.trackers import TrackerSink
 
