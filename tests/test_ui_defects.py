@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 
 import pytest
@@ -326,3 +327,31 @@ async def test_toasts_stay_off_the_events_list(live_run):
         assert toasts, "the save's toast"
         events = app.query_one(EventList).region
         assert all(not toast.region.overlaps(events) for toast in toasts)
+
+
+def steps_of(run_dir) -> list[dict]:
+    return [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines()) if e["type"] == "step"]
+
+
+@run_async
+async def test_8_tokens_per_second_and_eta_are_steady_figures(tmp_path):
+    live = recorded_run("healthy_fp16", tmp_path / "live", until_step=45)
+    steps = steps_of(live)
+    rates = [s["tokens_per_s"] for s in steps if s.get("tokens_per_s")]
+    assert len(set(rates[-16:])) > 1  # the raw figure does jump in this recording
+    app = DashboardApp(live)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        header = app.view.header
+        assert header.tokens_per_s == pytest.approx(statistics.median(rates[-16:]))
+        assert f"{fmt.rate(statistics.median(rates[-16:]))} tok/s" in screen_text(app)
+        paces = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(steps, steps[1:])][-63:]
+        assert header.eta_s == pytest.approx((60 - 45) * statistics.median(paces))
+
+    finished = recorded_run("healthy_fp16", tmp_path / "finished")
+    all_rates = [s["tokens_per_s"] for s in steps_of(finished) if s.get("tokens_per_s")]
+    app = DashboardApp(finished)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        assert app.view.header.tokens_per_s == pytest.approx(statistics.median(all_rates))
+        assert all_rates[-1] != pytest.approx(statistics.median(all_rates))  # not the last step's rate

@@ -27,6 +27,7 @@ STEP_LINE = re.compile(
     rb'\{"type":"step","time":[^,]*,"attempt":(\d+),"step":(\d+),"loss":([^,]*),"grad_norm":([^,]*),'
     rb'"lr":[^,]*,"precision":[^,]*,"scale":([^,]*),"skipped":(.)')
 STEP_TIME = re.compile(rb'\{"type":"step","time":([^,]*),')
+STEP_RATE = re.compile(rb'"tokens_per_s":([^,}]*)')
 # Every line that does not open like an encoder-written step line (searched in "\n" + block, so
 # the first line is found too; a leading newline is a fast literal to scan for).
 OTHER_LINE = re.compile(rb'\n(?!\{"type":"step")([^\n]+)')
@@ -37,6 +38,7 @@ class StepColumns:
     """One array per charted field, a row per step event, in file order."""
 
     tail_time: np.ndarray  # times of the last TAIL rows only (the ETA needs no more)
+    tail_rate: np.ndarray  # tokens_per_s of the same rows (nan where missing): the header's smoothed rate
     attempt: np.ndarray
     step: np.ndarray
     loss: np.ndarray
@@ -91,7 +93,7 @@ def parse_block(block: bytes, *, latest_only: tuple[str, ...] = ()) -> ParsedBlo
             last_step = decode_event(block[last_step_at:block.index(b"\n", last_step_at)])
         except ValueError:
             bad += 1
-    return ParsedBlock(_columns(rows, _tail_times(block, min(len(rows), TAIL))) if rows else None, others,
+    return ParsedBlock(_columns(rows, *_tail(block, min(len(rows), TAIL))) if rows else None, others,
                        last_step, last_step_at > last_other_at, bad)
 
 
@@ -122,21 +124,27 @@ def _superseded(lines: list[tuple[int, bytes]], types: tuple[str, ...]) -> set[i
     return superseded
 
 
-def _columns(rows: list[tuple[bytes, ...]], tail_time: np.ndarray) -> StepColumns:
+def _columns(rows: list[tuple[bytes, ...]], tail_time: np.ndarray, tail_rate: np.ndarray) -> StepColumns:
     attempt, step, loss, grad_norm, scale, skipped = zip(*rows)
     n = len(rows)
-    return StepColumns(tail_time=tail_time, attempt=_ints(attempt, n), step=_ints(step, n),
+    return StepColumns(tail_time=tail_time, tail_rate=tail_rate, attempt=_ints(attempt, n), step=_ints(step, n),
                        loss=_floats(loss, n), grad_norm=_floats(grad_norm, n), scale=_few_floats(scale, n),
                        skipped=np.frombuffer(b"".join(skipped), np.uint8) == ord("t"))
 
 
-def _tail_times(block: bytes, count: int) -> np.ndarray:
-    """The times of the block's last `count` step lines, oldest first."""
+def _tail(block: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The times and tokens_per_s of the block's last `count` step lines, oldest first."""
     starts, end = [], len(block)
     for _ in range(count):
         end = block.rfind(STEP_PREFIX, 0, end)
         starts.append(end)
-    return _floats(tuple(STEP_TIME.match(block, at).group(1) for at in reversed(starts)), count)
+    starts.reverse()
+    times = _floats(tuple(STEP_TIME.match(block, at).group(1) for at in starts), count)
+    rates = []
+    for at in starts:
+        found = STEP_RATE.search(block, at, block.find(b"\n", at))  # within its own line only
+        rates.append(found.group(1) if found else b"null")
+    return times, _floats(tuple(rates), count)
 
 
 def _floats(texts: tuple[bytes, ...], n: int) -> np.ndarray:
@@ -196,7 +204,7 @@ def _parse_line_by_line(block: bytes) -> ParsedBlock:
         def floats(name: str) -> np.ndarray:
             return np.array([_as_float(e.get(name)) for e in steps], np.float64)
 
-        columns = StepColumns(tail_time=floats("time")[-TAIL:], attempt=np.array([e.get("attempt", 0) for e in steps], np.int64),
+        columns = StepColumns(tail_time=floats("time")[-TAIL:], tail_rate=floats("tokens_per_s")[-TAIL:], attempt=np.array([e.get("attempt", 0) for e in steps], np.int64),
                               step=np.array([e["step"] for e in steps], np.int64), loss=floats("loss"),
                               grad_norm=floats("grad_norm"), scale=floats("scale"),
                               skipped=np.array([bool(e.get("skipped")) for e in steps], np.bool_))

@@ -8,7 +8,9 @@ buckets (history.py), the event list keeps the newest entries only.
 
 from __future__ import annotations
 
+import math
 import signal
+import statistics
 import threading
 import time
 from collections import deque
@@ -141,6 +143,7 @@ class RunModel:
     active_alerts: dict = field(default_factory=dict)
     entries: deque = field(default_factory=lambda: deque(maxlen=MAX_ENTRIES))
     recent_steps: deque = field(default_factory=lambda: deque(maxlen=64))  # (time, step), this attempt
+    rates: RateSamples = field(default_factory=lambda: RateSamples())  # tokens/s, for steady figures
     history: RunHistory = field(default_factory=RunHistory)
     first_time: float | None = None
     last_time: float | None = None
@@ -178,9 +181,11 @@ class RunModel:
             attempts, steps = columns.attempt[-tail:].tolist(), columns.step[-tail:].tolist()
             if attempts[-1] != self.attempt:
                 self.recent_steps.clear()
-            for when, attempt, step in zip(columns.tail_time.tolist(), attempts, steps):
+            for when, attempt, step, rate in zip(columns.tail_time.tolist(), attempts, steps,
+                                                 columns.tail_rate.tolist()):
                 if attempt == attempts[-1]:
                     self.recent_steps.append((when, step))
+                self.rates.add(rate)
             self._note_time(float(columns.tail_time[-1]))
         if block.last_step is not None:
             self._apply_last_step(block.last_step, resumes=block.steps_after_others)
@@ -446,18 +451,23 @@ class RunModel:
         return (self.run_started or {}).get("capabilities") or {}
 
     def eta_seconds(self) -> float | None:
+        """Steps left times the median pace of the recent steps: one slow step (a probe, a checkpoint) moves it little."""
         if not self.max_steps or len(self.recent_steps) < 2 or self.state in ENDED:
             return None
-        (t0, s0), (t1, s1) = self.recent_steps[0], self.recent_steps[-1]
-        if s1 <= s0 or t1 <= t0:
-            return None
-        return (self.max_steps - self.step) * (t1 - t0) / (s1 - s0)
+        paces = [(t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in zip(self.recent_steps, list(self.recent_steps)[1:])
+                 if s1 > s0 and t1 >= t0]
+        return (self.max_steps - self.step) * statistics.median(paces) if paces else None
+
+    def shown_rate(self) -> float | None:
+        """Tokens/s for the header: the median of the last steps while it runs, the run's median once it ended."""
+        rate = self.rates.run_median() if self.state in ENDED else self.rates.recent_median()
+        return rate if rate is not None else self.tokens_per_s
 
     def snapshot(self) -> RunView:
         started = self.run_started or {}
         elapsed = (self.last_time - self.first_time) if self.first_time and self.last_time else None
         header = HeaderView(self.run_name, self.shown_state, self.state_detail, self.precision, self.loss_scaling,
-                            self.step, self.max_steps, self.eta_seconds(), elapsed, self.tokens_per_s, self.lr,
+                            self.step, self.max_steps, self.eta_seconds(), elapsed, self.shown_rate(), self.lr,
                             self.attempt, self.phase, self.reading, len(self.active_alerts))
         caps = self.capabilities
         return RunView(self.version, header, self.history.chart_data(), dict(self.health), self.health_step,
@@ -481,6 +491,39 @@ class RunModel:
                 self.first_time = when
             if self.last_time is None or when > self.last_time:
                 self.last_time = when
+
+
+class RateSamples:
+    """Tokens/s readings: the recent ones for a steady live figure, a thinned sample of all for the run's median.
+
+    Memory stays bounded at any run length: when the sample is full, every other
+    reading goes and only every second one is taken from then on.
+    """
+
+    RECENT = 16
+    CAPACITY = 4096
+
+    def __init__(self):
+        self.recent: deque = deque(maxlen=self.RECENT)
+        self.sample: list[float] = []
+        self._stride, self._seen = 1, 0
+
+    def add(self, rate: float) -> None:
+        if not (rate > 0 and math.isfinite(rate)):  # nan (not reported), 0 (a skipped or probed step)
+            return
+        self.recent.append(rate)
+        self._seen += 1
+        if self._seen % self._stride == 0:
+            self.sample.append(rate)
+            if len(self.sample) >= self.CAPACITY:
+                self.sample = self.sample[::2]
+                self._stride *= 2
+
+    def recent_median(self) -> float | None:
+        return statistics.median(self.recent) if self.recent else None
+
+    def run_median(self) -> float | None:
+        return statistics.median(self.sample) if self.sample else None
 
 
 def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
