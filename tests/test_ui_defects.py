@@ -355,3 +355,19 @@ async def test_8_tokens_per_second_and_eta_are_steady_figures(tmp_path):
         await caught_up(app, pilot)
         assert app.view.header.tokens_per_s == pytest.approx(statistics.median(all_rates))
         assert all_rates[-1] != pytest.approx(statistics.median(all_rates))  # not the last step's rate
+
+
+@run_async
+async def test_7_fp16_without_loss_scaling_shows_no_scale_chart(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
+    lines = []
+    for event in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines()):
+        if event["type"] == "step":
+            event["scale"] = None  # as amp.loss_scaling = false writes it
+        lines.append(json.dumps(event))
+    (run_dir / "events.jsonl").write_text("\n".join(lines) + "\n")
+    app = DashboardApp(run_dir)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await caught_up(app, pilot)
+        assert app.view.charts.fp16_seen and not app.query_one("#chart-scale").display
+        assert "scale" not in screen_text(app).split("Health")[0]  # no chart titled scale: all nan/inf

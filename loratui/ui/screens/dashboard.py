@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -168,7 +169,9 @@ class DashboardScreen(Screen):
         self._drawn_charts = view.charts.revision
         for chart in self.query(MetricChart):
             chart.data = view.charts
-        self.query_one("#chart-scale").display = view.charts.fp16_seen
+        # Only with a loss scaler: fp16 with loss scaling off has no scale to chart (not "all nan/inf").
+        self.query_one("#chart-scale").display = view.charts.fp16_seen and any(
+            np.isfinite(series.scale_max).any() for series in view.charts.series)
 
     # ------------------------------------------------------- key rules
 
