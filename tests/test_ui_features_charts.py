@@ -167,3 +167,20 @@ async def test_the_direct_picture_is_plotexts_own_drawing():
             old, new = styled_cells(ansi_way), styled_cells(direct)
             assert old[-1][0] == "\n" and old[:-1] == new, chart.metric  # the ANSI text ends with a newline
             assert any(cell[1] for cell in new) and any(cell[2] for cell in new)  # coloured, on a background
+
+
+@run_async
+async def test_a_light_theme_draws_darker_lines():
+    from loratui.ui.widgets.metric_chart import LINE_COLOURS
+
+    colours = {}
+    for theme in ("textual-dark", "textual-light"):
+        app = Charts("healthy_fp16", ChartOptions())
+        async with app.run_test(size=(100, 45)) as pilot:
+            app.theme = theme
+            await pilot.pause()
+            chart = app.query_one("#loss", MetricChart)
+            chart.render()
+            colours[theme] = {colour for row in chart.plt.monitor.matrix.fullground for colour in row}
+    assert LINE_COLOURS["loss"][True] in colours["textual-dark"] - colours["textual-light"]
+    assert LINE_COLOURS["loss"][False] in colours["textual-light"] - colours["textual-dark"]
