@@ -130,3 +130,25 @@ async def test_the_light_theme_from_the_environment(tmp_path, monkeypatch):
         await caught_up(app, pilot)
         assert app.theme == "textual-dark"
         assert "LORATUI_THEME: 'neon' is not a theme" in screen_text(app), screen_text(app)
+
+
+@run_async
+async def test_help_lists_the_looking_keys_and_scrolls_on_a_small_terminal(tmp_path):
+    app = DashboardApp(recorded_run("healthy_fp16", tmp_path, until_step=30))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await caught_up(app, pilot)
+        await pilot.press("question_mark")
+        await settled(pilot)
+        keys = set(help_keys(app))
+        assert "esc or ?: close" not in screen_text(app)  # taller than the terminal ...
+        await pilot.press("end")
+        await settled(pilot)
+        assert "esc or ?: close" in screen_text(app)  # ... and scrolled to its end
+        keys |= set(help_keys(app))
+        assert {"m", "z", "c", "g", "/"} <= keys and "left" not in keys  # aliases without a tooltip stay out
+
+
+def help_keys(app) -> list[str]:
+    """The first word of each row of the help's key table on screen."""
+    return [line.strip("█ ").split()[0] for line in screen_text(app).splitlines()
+            if line.startswith("█   ") and len(line.strip("█ ").split()) > 1]

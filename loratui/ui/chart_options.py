@@ -21,7 +21,6 @@ from loratui.ui.history import ChartData
 SMOOTHING_LEVELS = ("off", "light", "heavy")
 SMOOTHING_WEIGHTS = {"off": 0.0, "light": 0.6, "heavy": 0.95}
 WINDOWS = (None, 1000, 200, 50)  # None: the whole run; else the last N steps
-CURSOR_BIG_MOVE = 10  # shift+arrow moves the cursor ten times as far
 
 
 @dataclass(frozen=True)
@@ -71,13 +70,6 @@ class ChartOptions:
         if self.cursor is None:
             return self
         return replace(self, cursor=min(max(self.cursor + by, first_step), latest_step))
-
-    def describe(self) -> str:
-        """A short line for the charts' status: what is on."""
-        parts = [f"smoothing {self.smoothing}" if self.smoothing != "off" else "",
-                 f"last {self.window} steps" if self.window else "",
-                 f"cursor at step {self.cursor}" if self.cursor is not None else ""]
-        return " · ".join(part for part in parts if part)
 
 
 def window_start(latest_step: int, window: int | None, first_step: int) -> int:

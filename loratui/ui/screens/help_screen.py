@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from loratui.ui.screens.dialog_base import Dialog
@@ -26,11 +26,11 @@ class HelpScreen(Dialog):
         table.add_column("does")
         rows: dict[str, list[str]] = {}  # one row per key: space pauses and resumes
         for binding in self.bindings:
-            if binding.show or binding.key == "enter":
+            if binding.show or binding.tooltip:  # hidden from the footer but described: listed here
                 rows.setdefault(binding.key_display or binding.key, []).append(binding.tooltip or binding.description)
         for key, does in rows.items():
             table.add_row(key, " / ".join(does))
-        with Vertical(id="box"):
+        with VerticalScroll(id="box"):  # taller than 24 rows: it scrolls (arrows, pgdn)
             yield Static(Text("Keys", style="bold"))
             yield Static(table)
             yield Static(Text.assemble(
