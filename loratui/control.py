@@ -49,7 +49,7 @@ def parse_command(line: str) -> Command | Rejected:
     raw.pop("time", None)
     if cmd not in COMMANDS:
         return Rejected(line, f"unknown cmd {cmd!r}; known: {', '.join(COMMANDS)}")
-    allowed = {"restart": {"precision", "learning_rate", "lr_factor", "from_step", "reason"},
+    allowed = {"restart": {"precision", "learning_rate", "lr_factor", "from_step", "loss_scaling", "reason"},
                "stop": {"reason"}, "save": set(), "pause": set(), "resume": set()}[cmd]
     extra = set(raw) - allowed
     if extra:
@@ -62,6 +62,8 @@ def parse_command(line: str) -> Command | Rejected:
                 return Rejected(line, f"{name} must be a positive number")
         if "learning_rate" in raw and "lr_factor" in raw:
             return Rejected(line, "give learning_rate or lr_factor, not both")
+        if "loss_scaling" in raw and not isinstance(raw["loss_scaling"], bool):
+            return Rejected(line, "loss_scaling must be true or false")
         if "from_step" in raw and (isinstance(raw["from_step"], bool) or not isinstance(raw["from_step"], int)
                                    or raw["from_step"] < 0):
             return Rejected(line, "from_step must be a step number")

@@ -10,6 +10,10 @@ from loratui.errors import Problem, UserInputError
 def resolve_model_path(name_or_path: str, progress=None) -> str:
     if name_or_path.startswith("builtin:"):
         from loratui.model.builtin import builtin_model_dir
+        from loratui.model.builtin_vlm import builtin_vlm_dir, is_builtin_vlm
+
+        if is_builtin_vlm(name_or_path):
+            return str(builtin_vlm_dir(name_or_path, progress=progress))
 
         return str(builtin_model_dir(name_or_path, progress=progress))
     return name_or_path
@@ -56,8 +60,12 @@ def load_base_model(auto_class, kind: str, path: str, dtype, *, trust_remote_cod
                                      f"{_first_line(exc)}")) from None
 
 
-def add_lora(model, lora_config, *, adapter_dtype, task_type: str = "CAUSAL_LM"):
+def add_lora(model, lora_config, *, adapter_dtype, task_type: str = "CAUSAL_LM", target_modules=None,
+             modules_to_save=None):
     """Wrap the model with LoRA adapters; only the adapters train, kept in `adapter_dtype`.
+
+    A family may confine LoRA to some of its parts (`target_modules`, replacing the config's) and train
+    others in full (`modules_to_save`, saved with the adapter).
 
     Under fp16 autocast the trainable weights must be fp32 (GradScaler refuses
     to unscale fp16 gradients), which peft's autocast_adapter_dtype provides.
@@ -65,7 +73,8 @@ def add_lora(model, lora_config, *, adapter_dtype, task_type: str = "CAUSAL_LM")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=lora_config.r, lora_alpha=lora_config.alpha, lora_dropout=lora_config.dropout,
-                        target_modules=lora_config.target_modules, task_type=task_type)
+                        target_modules=target_modules or lora_config.target_modules,
+                        modules_to_save=modules_to_save, task_type=task_type)
     try:
         peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as exc:

@@ -90,7 +90,8 @@ def _restart(trainer, command: Command, ack: dict) -> None:
     trainer.bus.publish("control", **ack, accepted=True, message=f"restarting from step {target.step}")
     trainer.paused = False
     restart(trainer, target, precision=command.args.get("precision"), learning_rate=command.args.get("learning_rate"),
-            lr_factor=command.args.get("lr_factor"), reason=command.args.get("reason") or "command")
+            lr_factor=command.args.get("lr_factor"), loss_scaling=command.args.get("loss_scaling"),
+            reason=command.args.get("reason") or "command")
 
 
 HANDLERS = {"pause": _pause, "resume": _resume, "save": _save, "stop": _stop, "restart": _restart}
@@ -168,7 +169,8 @@ def restart_target(trainer, from_step: int | None) -> ckpt.CheckpointInfo:
 
 
 def restart(trainer, target: ckpt.CheckpointInfo, *, precision: str | None = None,
-            learning_rate: float | None = None, lr_factor: float | None = None, reason: str = "") -> None:
+            learning_rate: float | None = None, lr_factor: float | None = None, loss_scaling: bool | None = None,
+            reason: str = "") -> None:
     """Go back to a checkpoint, change what was asked, and go on as the next attempt.
 
     The base weights are reloaded only when their dtype changes; the adapter,
@@ -182,6 +184,8 @@ def restart(trainer, target: ckpt.CheckpointInfo, *, precision: str | None = Non
         trainer.model = trainer.optimizer = None
         trainer.load_model(new_precision)
     trainer.precision_name = new_precision
+    if loss_scaling is not None:  # amp.loss_scaling for this attempt on (the underflow fix) or off
+        trainer.config.amp.loss_scaling = loss_scaling
     trainer.precision = setup_precision(new_precision, trainer.device_type, trainer.config.amp)
     trainer.attempt += 1
     trainer.bus.attempt = trainer.attempt
@@ -190,7 +194,7 @@ def restart(trainer, target: ckpt.CheckpointInfo, *, precision: str | None = Non
     trainer.load_checkpoint(target, learning_rate=float(learning_rate))
     trainer.bus.publish("restart", step=trainer.step, from_step=target.step, precision=trainer.precision_name,
                         learning_rate=trainer.learning_rate, reason=reason, checkpoint=str(target.path),
-                        adapter_dtype=trainer.adapter_dtype_name)
+                        adapter_dtype=trainer.adapter_dtype_name, loss_scaling=trainer.precision.scaler is not None)
     if trainer.monitor is not None:
         trainer.monitor.on_restart(trainer)
 

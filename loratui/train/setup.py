@@ -156,7 +156,9 @@ def setup_model(config, family, model_path: str, precision_name: str, adapter_dt
     # LoRA init must be the same on every rank and for every precision: seed it.
     torch.manual_seed(config.train.seed)
     adapter_dtype = torch.bfloat16 if adapter_dtype_name == "bf16" else torch.float32
-    model = add_lora(base, config.lora, adapter_dtype=adapter_dtype, task_type=family.lora_task_type)
+    model = add_lora(base, config.lora, adapter_dtype=adapter_dtype, task_type=family.lora_task_type,
+                     **family.lora_targets(config.lora, config.vision))
+    family.prepare_model(model, config, precision_name, runtime.device_type)
     model.to(runtime.device)
     model.train()
     model = runtime.accelerator.prepare_model(model)

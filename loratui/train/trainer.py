@@ -243,7 +243,8 @@ class Trainer:
                          nonfinite_grads=figures.nonfinite_grads, tokens=figures.tokens,
                          step_time_s=round(figures.seconds, 6),
                          tokens_per_s=round(figures.tokens / figures.seconds, 1) if figures.seconds > 0 else None,
-                         epoch=self.stream.position.epoch, **memory_figures(self.device))
+                         epoch=self.stream.position.epoch, **memory_figures(self.device),
+                         **self.family.step_figures(self.stream, figures.seconds))
 
     def save_checkpoint(self, reason: str) -> Path | None:
         """Write a complete checkpoint of everything needed to continue exactly from here."""

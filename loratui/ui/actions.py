@@ -12,12 +12,13 @@ from loratui.ui.run_files import CheckpointSummary
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Keys that append a command to control.jsonl: they need a live trainer.
-CONTROL_ACTIONS = ("switch_precision", "lower_lr", "rollback", "save", "pause", "resume")
+CONTROL_ACTIONS = ("switch_precision", "lower_lr", "rollback", "loss_scaling", "save", "pause", "resume")
 # Of those, the ones that restart the run: one at a time.
-RESTART_ACTIONS = ("switch_precision", "lower_lr", "rollback")
+RESTART_ACTIONS = ("switch_precision", "lower_lr", "rollback", "loss_scaling")
 
 
-def why_not(action: str, state: str, trainer_alive: bool) -> str | None:
+def why_not(action: str, state: str, trainer_alive: bool, *, precision: str | None = None,
+            loss_scaling: bool = False) -> str | None:
     """Why a control key cannot act now (shown when it is pressed), or None when it can."""
     if action not in CONTROL_ACTIONS:
         return None
@@ -33,6 +34,10 @@ def why_not(action: str, state: str, trainer_alive: bool) -> str | None:
         return "already paused: space resumes"
     if action == "resume" and state != states.PAUSED:
         return "not paused"
+    if action == "loss_scaling" and precision != "fp16":
+        return f"loss scaling is for fp16; this run trains in {precision or 'an unknown precision'}"
+    if action == "loss_scaling" and loss_scaling:
+        return "loss scaling is already on"
     return None
 
 

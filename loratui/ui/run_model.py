@@ -314,7 +314,9 @@ class RunModel:
         at_step = self.step
         self.attempt = event.get("attempt", self.attempt + 1)
         self.precision = event.get("precision") or self.precision
-        self.loss_scaling = self.precision == "fp16" and self.loss_scaling_configured
+        # Newer trainers say whether the attempt has a scaler (a restart may turn it on); else the config does.
+        self.loss_scaling = bool(event["loss_scaling"]) if "loss_scaling" in event else (
+            self.precision == "fp16" and self.loss_scaling_configured)
         self.peak_lr = _float(event.get("learning_rate")) or self.peak_lr
         self.step = event.get("step", from_step)
         self.recent_steps.clear()

@@ -42,6 +42,8 @@ import json
 from pathlib import Path
 
 from loratui.model.families.base import ModelFamily
+from loratui.model.families.llava import LlavaFamily
+from loratui.model.families.qwen2_vl import Qwen2VLFamily
 from loratui.model.families.text import TextFamily
 
 _BY_MODEL_TYPE: dict[str, type[ModelFamily]] = {}
@@ -68,3 +70,5 @@ def family_for(model_path: str) -> ModelFamily:
 
 
 register(TextFamily)
+register(LlavaFamily)
+register(Qwen2VLFamily)

@@ -33,6 +33,17 @@ class ModelFamily(ABC):
     @abstractmethod
     def identity(self, config, processor) -> dict: ...
 
+    def lora_targets(self, lora_config, vision_config) -> dict:
+        """Overrides of add_lora's target_modules / modules_to_save; none: the [lora] section as it is."""
+        return {}
+
+    def prepare_model(self, model, config, precision_name: str, device_type: str) -> None:
+        """A last change to the LoRA model before training (a part kept in fp32, say); none by default."""
+
+    def step_figures(self, stream, seconds: float) -> dict:
+        """Fields the family adds to each `step` event (images per second, say); none by default."""
+        return {}
+
     def part_of(self, module_name: str) -> str:
         """The part a module or parameter belongs to; anything no prefix claims is the language model."""
         name = module_name.removeprefix("base_model.model.")

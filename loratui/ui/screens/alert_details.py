@@ -40,12 +40,14 @@ class AlertDetails(Dialog):
         Binding("p", "fix('p')", "Switch precision", id="details.switch_precision"),
         Binding("l", "fix('l')", "Lower LR", id="details.lower_lr"),
         Binding("r", "fix('r')", "Roll back", id="details.rollback"),
+        Binding("a", "fix('a')", "Loss scaling on", id="details.loss_scaling"),
     ]
 
-    def __init__(self, alert: dict):
+    def __init__(self, alert: dict, *, loss_scaling_fix: bool = False):
         super().__init__()
         self.alert = alert
         self.fix_key = FIX_KEYS.get(alert.get("suggestion") or "")
+        self.loss_scaling_fix = loss_scaling_fix  # fp16 with loss scaling off: `a` turns it on
 
     def compose(self) -> ComposeResult:
         alert = self.alert
@@ -65,13 +67,20 @@ class AlertDetails(Dialog):
                     yield Static(Text("Evidence", style="bold underline"))
                     yield Static(_evidence_table(evidence))
                 yield Static(self._fix_text())
-            yield Static("esc: close" + (f" · {self.fix_key}: apply the fix" if self.fix_key else ""),
-                         classes="hint")
+            yield Static("esc: close" + (f" · {self.fix_key}: apply the fix" if self.fix_key else "")
+                         + (" · a: loss scaling on" if self.loss_scaling_fix else ""), classes="hint")
 
     def _fix_text(self) -> Text:
         suggestion = self.alert.get("suggestion") or "none"
         text = Text()
         text.append("Fix\n", style="bold underline")
+        if self.loss_scaling_fix:
+            text.append("loss scaling is off: turn it on (amp.loss_scaling = true)")
+            text.append(" · press a", style="bold")
+            if self.fix_key is None:
+                text.append(" · applied as a restart from a checkpoint")
+                return text
+            text.append(" · applied as a restart from a checkpoint\nor ")
         if self.fix_key is None:
             text.append("No automatic fix: read the evidence above.", style="")
             return text
@@ -84,7 +93,7 @@ class AlertDetails(Dialog):
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "fix":
-            return parameters[0] == self.fix_key
+            return parameters[0] == self.fix_key or (parameters[0] == "a" and self.loss_scaling_fix)
         return True
 
     def action_fix(self, key: str) -> None:

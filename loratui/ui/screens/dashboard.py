@@ -63,6 +63,9 @@ class DashboardScreen(Screen):
         Binding("l", "lower_lr", "Lower LR", id="lower_lr",
                 tooltip="lower the learning rate: restart from a checkpoint with the new rate"),
         Binding("r", "rollback", "Roll back", id="rollback", tooltip="roll back to a chosen checkpoint"),
+        Binding("a", "loss_scaling", "Loss scaling on", id="loss_scaling",
+                tooltip="fp16 with loss scaling off: turn it on (amp.loss_scaling = true), restarting from a "
+                        "checkpoint (the fix for gradients that underflow fp16)"),
         Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
         Binding("space", "pause", "Pause", id="pause", tooltip="pause training (at the next step boundary)"),
         Binding("space", "resume", "Resume", id="resume", tooltip="resume training"),
@@ -181,12 +184,14 @@ class DashboardScreen(Screen):
             return True
         if self.why_not(action) is None:
             return True
-        if action in ("pause", "resume") or not self.app.trainer_alive():
-            return False  # the toggle shows its other half; an ended run takes no commands at all
+        if action in ("pause", "resume", "loss_scaling") or not self.app.trainer_alive():
+            return False  # the toggle shows its other half; an ended run (or a run with a scaler) has no use for it
         return None
 
     def why_not(self, action: str) -> str | None:
-        return actions.why_not(action, self.app.state, self.app.trainer_alive())
+        model = self.app.model
+        return actions.why_not(action, self.app.state, self.app.trainer_alive(), precision=model.precision,
+                               loss_scaling=model.loss_scaling)
 
     def on_key(self, event) -> None:
         """A control key that cannot act now says why, instead of doing nothing."""
@@ -238,6 +243,14 @@ class DashboardScreen(Screen):
                                             current_step=self.app.model.step, preselect=preselect),
                              self.restart_with)
 
+    def action_loss_scaling(self, alert: dict | None = None) -> None:
+        """Turn fp16 loss scaling on: one key, a restart from the alert's step or the newest checkpoint."""
+        args = {"loss_scaling": True}
+        fix = (alert or {}).get("fix") or {}
+        if isinstance(fix.get("from_step"), int):
+            args["from_step"] = fix["from_step"]
+        self.restart_with(args)
+
     def restart_point(self, fix: dict | None) -> str:
         return actions.restart_point(fix, list_checkpoints(self.app.run_dir.checkpoints))
 
@@ -282,13 +295,15 @@ class DashboardScreen(Screen):
                                               else "Health checks", style="bold"), body))
 
     def show_alert(self, alert: dict) -> None:
-        fixes = {"p": self.action_switch_precision, "l": self.action_lower_lr, "r": self.action_rollback}
+        fixes = {"p": self.action_switch_precision, "l": self.action_lower_lr, "r": self.action_rollback,
+                 "a": self.action_loss_scaling}
 
         def apply_fix(key: str | None) -> None:
             if key in fixes:
                 fixes[key](alert)
 
-        self.app.push_screen(AlertDetails(alert), apply_fix)
+        scaling_fix = self.why_not("loss_scaling") is None and alert.get("kind") in ("underflow", "overflow")
+        self.app.push_screen(AlertDetails(alert, loss_scaling_fix=scaling_fix), apply_fix)
 
     # ------------------------------------------------ charts and logs
 
