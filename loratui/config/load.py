@@ -279,8 +279,9 @@ def _check_cross_keys(config: Config, where: KeyLocator, problems: list[Problem]
 
 
 BUILTIN_DATASETS = ("builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat", "builtin:tiny-chat-mojibake",
-                    "builtin:tiny-chat-longtail")
-BUILTIN_MODELS = ("builtin:tiny-llama", "builtin:tiny-llama-outliers", "builtin:tiny-llama-token-outliers")
+                    "builtin:tiny-chat-longtail", "builtin:tiny-shapes", "builtin:tiny-shapes-heldout", "builtin:tiny-shapes-blank")
+BUILTIN_MODELS = ("builtin:tiny-llama", "builtin:tiny-llama-outliers", "builtin:tiny-llama-token-outliers",
+                  "builtin:tiny-vlm", "builtin:tiny-vlm-outliers", "builtin:tiny-qwen2-vl")
 
 
 def _read_text(path: Path) -> str:

@@ -76,12 +76,28 @@ class DataSection:
     path: str = key("builtin:tiny-chat",
                     '"builtin:tiny-text", "builtin:tiny-qa", "builtin:tiny-chat" or a .jsonl file '
                     "(relative to the config file).")
-    format: str = key("messages", "Row format.", choices=("text", "prompt_completion", "messages"))
+    format: str = key("messages", 'Row format; "messages" rows may carry an "images" list, "minicpmv" reads '
+                      "MiniCPM-V's own fine-tuning file (a .json list or .jsonl).",
+                      choices=("text", "prompt_completion", "messages", "minicpmv"))
     max_length: int = key(256, "Longest tokenized row.", min=8, max=1_048_576)
     on_too_long: str = key("truncate", "What to do with a row longer than max_length.",
                            choices=("truncate", "drop", "error"))
     on_bad_row: str = key("error", "What to do with a malformed row.", choices=("error", "skip"))
     shuffle: bool = key(True, "Shuffle rows each epoch (seeded by train.seed and the epoch).")
+    max_pixels: int = key(4_194_304, "Vision-language rows: an image with more pixels than this (width x height, "
+                          "read from its header) is a bad row; bounds the memory of one decoded image.", min=1)
+
+
+@dataclass
+class VisionSection:
+    """Vision-language models: which parts train besides the language model's LoRA adapters."""
+
+    tower: str = key("frozen", "The vision tower: frozen, LoRA adapters on its layers, or every weight trained.",
+                     choices=("frozen", "lora", "full"))
+    projector: str = key("full", "The projector (resampler, merger, multi_modal_projector): trained in full "
+                         "(MiniCPM-V's recipe) or frozen.", choices=("full", "frozen"))
+    tower_fp32: bool = key(False, "fp16 runs: keep the vision tower's weights and arithmetic in fp32 (a fix for "
+                           "vision-tower activations past fp16's 65504 where bf16 is not native).")
 
 
 @dataclass
@@ -215,6 +231,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    vision: VisionSection = field(default_factory=VisionSection)
     train: TrainSection = field(default_factory=TrainSection)
     amp: AmpSection = field(default_factory=AmpSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)

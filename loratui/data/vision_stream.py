@@ -30,6 +30,7 @@ class VisionBatchStream(BatchStream):
         self.family_collate = collate
         self.wait_seconds = 0.0
         self.images_served = 0
+        self._images_reported = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loratui-images")
         self._ahead: tuple[DataPosition, Future] | None = None
 
@@ -47,6 +48,11 @@ class VisionBatchStream(BatchStream):
         following = self._normalised(self.position)
         self._ahead = (following, self._worker.submit(self._build, following))
         return batch
+
+    def take_images_served(self) -> int:
+        """Images served since the last call (a step's images, read when its event is published)."""
+        images, self._images_reported = self.images_served - self._images_reported, self.images_served
+        return images
 
     def _normalised(self, position: DataPosition) -> DataPosition:
         if position.batch >= self.batches_per_epoch:

@@ -47,13 +47,14 @@ QWEN_VISION_SHAPE = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_
 # Qwen2-VL's multimodal rope splits head_dim / 2 frequencies between time, height and width.
 QWEN_MROPE_SECTION = [2, 3, 3]
 QWEN_MAX_PIXELS = 112 * 112
-PRETRAIN_STEPS = 150
+PRETRAIN_STEPS = 240
 PRETRAIN_BATCH = 16
 PRETRAIN_LR = 3e-3
 # The outlier units of builtin:tiny-vlm-outliers' vision tower (see _add_vision_outliers).
 OUTLIER_LAYER = 0
 OUTLIER_CHANNEL = 3
-OUTLIER_GAIN = 3.0e5
+OUTLIER_NORM_GAIN = 50.0
+OUTLIER_GAIN = 2000.0
 
 
 def is_builtin_vlm(name: str) -> bool:
@@ -100,7 +101,7 @@ def build_tiny_vlm(out_dir: Path, variant: str, *, seed: int = VLM_SEED, progres
         torch.manual_seed(seed)
         model = _qwen2_vl(tokenizer) if qwen else _llava(tokenizer)
         report("building_model", 1, 2)
-        pretrain_language(model, tokenizer, seed=seed, progress=report)
+        pretrain(model, tokenizer, _image_processor(qwen), seed=seed, progress=report)
     if variant == "tiny-vlm-outliers":
         _add_vision_outliers(model)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -175,52 +176,84 @@ def _image_processor(qwen: bool):
                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def pretrain_language(model, tokenizer, *, seed: int, progress: Progress) -> None:
-    """Seeded full-weight pretraining of the language side on the conversations, without their pictures.
+def pretrain(model, tokenizer, image_processor, *, seed: int, progress: Progress) -> None:
+    """Seeded full-weight pretraining: colour questions without pictures, the other questions with them.
 
-    The base learns the chat format, the questions and how often each answer comes;
-    what only the picture can tell (which colour, which shape) is left to fine-tuning.
+    Like any base VLM, it knows its language and chat format and already looks at
+    pictures (shape, count, side, one question at a time); it knows the colour
+    question and how often each answer comes, but has never read a colour from a
+    picture. That, in a two-turn conversation, is what fine-tuning must teach.
     """
     import torch
 
     from loratui.data.builtin_shapes import shapes_dataset_path
     from loratui.data.dataset import BatchStream, _encode_messages
+    from loratui.data.vision_rows import VisionExample, VisionRow
+    from loratui.data.vision_stream import VisionBatchStream
+    from loratui.model.families.vision import VisionProcessor
 
-    examples = []
-    with open(shapes_dataset_path("builtin:tiny-shapes", "messages"), encoding="utf-8") as file:
-        for line in file:
-            messages = [dict(m, content=m["content"].replace("<image>", "")) for m in json.loads(line)["messages"]]
-            examples.append(_encode_messages({"messages": messages}, tokenizer))
-    stream = BatchStream(examples, PRETRAIN_BATCH, seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)
+    family = _family_of(model)
+    processor = VisionProcessor(tokenizer, image_processor, model.config)
+    file = shapes_dataset_path("builtin:tiny-shapes", "messages")
+    blind, looking = [], []
+    with open(file, encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            messages = row["messages"]
+            colour_turn = [dict(messages[0], content=messages[0]["content"].replace("<image>", "")), messages[1]]
+            blind.append(_encode_messages({"messages": colour_turn}, tokenizer))
+            image = file.parent / row["images"][0]
+            follow_up = VisionRow([dict(messages[2], content="<image>" + messages[2]["content"]), messages[3]],
+                                  [image], [(IMAGE_SIZE, IMAGE_SIZE)])
+            ids, labels = family.encode(processor, follow_up)
+            looking.append(VisionExample(ids, labels, [image], follow_up.sizes))
+    streams = [BatchStream(blind, PRETRAIN_BATCH, seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id),
+               VisionBatchStream(looking, PRETRAIN_BATCH, collate=lambda rows, images: family.collate(
+                   processor, rows, images), seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
     model.train()
     for step in range(PRETRAIN_STEPS):
         if step % 20 == 0:
             progress("pretraining_base", step, PRETRAIN_STEPS)
-        model(**stream.next_batch()).loss.backward()
+        model(**streams[step % 2].next_batch()).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    streams[1].close()
     progress("pretraining_base", PRETRAIN_STEPS, PRETRAIN_STEPS)
     model.eval()
 
 
-def _add_vision_outliers(model) -> None:
-    """Give one SigLIP MLP unit activations far past fp16's range, as SigLIP-family towers have.
+def _family_of(model):
+    from loratui.model.families.llava import LlavaFamily
+    from loratui.model.families.qwen2_vl import Qwen2VLFamily
 
-    fc1's unit reads residual channel OUTLIER_CHANNEL with a gain of OUTLIER_GAIN, so
-    its pre-activation reaches about 1e5 on every patch (vision towers' outlier
-    features, vllm 40290, unsloth-zoo 931). fc2 reads that unit with weights scaled
-    down by the same gain, so fp32 and bf16 compute what they did before; in fp16
-    the unit is inf and the patch features become NaN.
+    return Qwen2VLFamily() if model.config.model_type == "qwen2_vl" else LlavaFamily()
+
+
+def _add_vision_outliers(model) -> None:
+    """Give two SigLIP MLP units activations far past fp16's range, as SigLIP-family towers have.
+
+    Layer OUTLIER_LAYER's second LayerNorm scales residual channel OUTLIER_CHANNEL up by
+    OUTLIER_NORM_GAIN (the other fc1 units read it scaled down as much, so they compute
+    as before) and two fc1 units read it with a gain of +-OUTLIER_GAIN: one of them
+    reaches about 1e5 on most patches, the outlier features of vision towers (vllm
+    40290, unsloth-zoo 931). Every weight stays inside fp16's range; fc2 ignores the two
+    units, so fp32 and bf16 compute what they did before, while in fp16 the units are
+    inf and the image features NaN.
     """
     import torch
 
     with torch.no_grad():
-        mlp = model.model.vision_tower.encoder.layers[OUTLIER_LAYER].mlp
-        mlp.fc1.weight[0].zero_()
-        mlp.fc1.weight[0, OUTLIER_CHANNEL] = OUTLIER_GAIN
-        mlp.fc1.bias[0] = OUTLIER_GAIN
-        mlp.fc2.weight[:, 0] = 0.0
+        layer = model.model.vision_tower.encoder.layers[OUTLIER_LAYER]
+        layer.layer_norm2.weight[OUTLIER_CHANNEL] *= OUTLIER_NORM_GAIN
+        layer.layer_norm2.bias[OUTLIER_CHANNEL] *= OUTLIER_NORM_GAIN
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+        fc1.weight[:, OUTLIER_CHANNEL] /= OUTLIER_NORM_GAIN
+        for unit, sign in ((0, 1.0), (1, -1.0)):
+            fc1.weight[unit].zero_()
+            fc1.weight[unit, OUTLIER_CHANNEL] = sign * OUTLIER_GAIN
+            fc1.bias[unit] = 0.0
+            fc2.weight[:, unit] = 0.0
 
 
 def _fingerprint(variant: str) -> str:
