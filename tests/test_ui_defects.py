@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 import time
 
@@ -371,3 +372,23 @@ async def test_7_fp16_without_loss_scaling_shows_no_scale_chart(tmp_path):
         await caught_up(app, pilot)
         assert app.view.charts.fp16_seen and not app.query_one("#chart-scale").display
         assert "scale" not in screen_text(app).split("Health")[0]  # no chart titled scale: all nan/inf
+
+
+@run_async
+async def test_11_the_rollback_dialog_says_what_a_checkpoint_was_saved_in_and_what_the_restart_uses(tmp_path):
+    run_dir = recorded_run("restart_bf16", tmp_path, until_step=45)  # switched fp16 -> bf16 from step 20
+    start = run_dir / "checkpoints" / "step-000000"
+    shutil.copytree(run_dir / "checkpoints" / "step-000020", start)
+    state = json.loads((start / "trainer_state.json").read_text())
+    (start / "trainer_state.json").write_text(json.dumps({**state, "step": 0}))
+    app = DashboardApp(run_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await caught_up(app, pilot)
+        assert app.view.header.precision == "bf16"
+        await pilot.press("r")
+        choices = app.screen.query_one("#choices")
+        assert "saved in" in screen_text(app)
+        assert "start" in str(choices.get_option("0").prompt)  # the untrained adapter: no precision of its own
+        assert " fp16 " in str(choices.get_option("20").prompt)  # trained in fp16 before the switch
+        await pilot.press("down", "enter")
+        assert "Restart from step 20 in bf16" in screen_text(app)  # the run's precision, not the checkpoint's

@@ -240,7 +240,8 @@ class DashboardScreen(Screen):
     def action_rollback(self, alert: dict | None = None) -> None:
         preselect = ((alert or {}).get("fix") or {}).get("from_step")
         self.app.push_screen(RollbackDialog(list_checkpoints(self.app.run_dir.checkpoints),
-                                            current_step=self.app.model.step, preselect=preselect),
+                                            current_step=self.app.model.step, preselect=preselect,
+                                            current_precision=self.app.model.precision),
                              self.restart_with)
 
     def action_loss_scaling(self, alert: dict | None = None) -> None:

@@ -1,7 +1,9 @@
 """Roll back: the complete checkpoints with step, loss, precision and health at that step.
 
 Choosing one asks for confirmation; the app then writes a restart command
-with `from_step` to control.jsonl. Checkpoints after it are set aside by the
+with `from_step` to control.jsonl. The run goes on in its current precision:
+the "saved in" column says what a checkpoint was trained in, not what a
+rollback restores (that is the p key's job). Checkpoints after it are set aside by the
 trainer (moved, never deleted).
 
 Keys:
@@ -30,10 +32,12 @@ HEALTH_ORDER = ("alert", "warn", "ok", "n/a")
 class RollbackDialog(Dialog):
     """Dismisses with {"from_step": N} or None."""
 
-    def __init__(self, checkpoints: list[CheckpointSummary], *, current_step: int, preselect: int | None = None):
+    def __init__(self, checkpoints: list[CheckpointSummary], *, current_step: int, preselect: int | None = None,
+                 current_precision: str | None = None):
         super().__init__()
         self.checkpoints = checkpoints
         self.current_step = current_step
+        self.current_precision = current_precision  # a rollback keeps it: a checkpoint's own is not restored
         self.preselect = preselect
         self.choice: int | None = None
 
@@ -43,7 +47,7 @@ class RollbackDialog(Dialog):
             if not self.checkpoints:
                 yield Static("No complete checkpoint yet: the first one is written when training starts.")
             else:
-                header = Text(f"  {'step':>7}  {'loss':>8}  {'precision':<9} {'peak lr':>8}  health", style="dim")
+                header = Text(f"  {'step':>7}  {'loss':>8}  {'saved in':<9} {'peak lr':>8}  health", style="dim")
                 yield Static(header)
                 yield OptionList(*[Option(_line(c), id=str(c.step)) for c in self.checkpoints], id="choices")
             yield Static("enter: choose · esc: cancel", classes="hint", id="hint")
@@ -62,7 +66,8 @@ class RollbackDialog(Dialog):
         event.stop()
         self.choice = int(event.option.id)
         confirm = self.query_one("#confirm", Button)
-        confirm.label = f"Restart from step {self.choice}"
+        confirm.label = f"Restart from step {self.choice}" + (
+            f" in {self.current_precision}" if self.current_precision else "")
         self.query_one("#confirm-row").add_class("-shown")
         self.query_one("#hint", Static).update(f"steps after {self.choice} are set aside · enter: restart · "
                                                f"esc: cancel")
@@ -81,7 +86,9 @@ def _line(checkpoint: CheckpointSummary) -> Text:
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(f"{checkpoint.step:>7}  ", style="bold")
     line.append(f"{fmt.number(checkpoint.loss):>8}  ")
-    line.append(f"{checkpoint.precision or '?':<9} ")
+    # Step 0 is the untrained adapter: the same weights whatever precision the run had then.
+    saved_in = "start" if checkpoint.step == 0 else checkpoint.precision or "?"
+    line.append(f"{saved_in:<9} ")
     line.append(f"{fmt.number(checkpoint.learning_rate, 3):>8}  ")
     status, detail = health_summary(checkpoint.health)
     line.append(status, style={"alert": "bold red", "warn": "yellow", "ok": "green"}.get(status, "dim"))
