@@ -347,3 +347,43 @@ def test_a_signal_to_the_dashboard_stops_the_training_with_a_checkpoint(tmp_path
     assert ckpt.list_complete(run_dir / "checkpoints")[0].step == finished["step"] >= step  # what --resume takes
     wait_until_gone(pid, "the trainer")
     assert not alive(dashboard)
+
+
+def rename_run(run_dir: Path, name: str) -> None:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    for event in events:
+        if event["type"] == "run_started":
+            event["config"]["run"]["name"] = name
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+@pytest.mark.parametrize("width, height", [(80, 24), (100, 30), (160, 48)], ids=["80x24", "100x30", "160x48"])
+def test_a_finished_run_at_each_size_then_the_summary_on_the_way_out(tmp_path, terminal, width, height):
+    """Issue 16 at the sizes it was tried at: a long name never hides the state or attempt; q leaves a summary."""
+    run_dir = recorded_run("restart_bf16", tmp_path)
+    rename_run(run_dir, "a-rather-long-experiment-name-" * 4)
+    term = terminal(width=width, height=height)
+    term.start([*LORATUI, "watch", str(run_dir)])
+    term.wait_for(r"step 60/60", "the last step of the history")
+    header = term.screen().splitlines()[0]
+    assert "FINISHED" in header and "attempt 1" in header and "a-rather-long" in header, header
+    term.press("q")
+    assert term.exit_code(timeout=20) == 0
+    shown = term.text()
+    assert "loratui: run ended at step 60 (completed), loss" in shown
+    assert re.search(r"newest checkpoint: \S+step-000060 \(step 60\)", shown)
+    assert f"loratui watch {run_dir}" in shown and "--resume" in shown
+
+
+def test_ctrl_c_in_the_terminal_opens_the_quit_dialog(tmp_path, terminal):
+    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)  # live: nobody has written its end yet
+    term = terminal(width=100, height=30)
+    term.start([*LORATUI, "watch", str(run_dir)])
+    term.wait_for(r"step 45/60", "the live run")
+    term.press("C-c")
+    term.wait_for(r"Quit the dashboard", "the quit dialog after Ctrl+C", timeout=10)
+    term.press("c")
+    term.wait_for(r"RUNNING", "the dashboard again after cancel", timeout=10)
+    term.press("d")
+    assert term.exit_code(timeout=20) == 0
+    assert (run_dir / "control.jsonl").read_text() == ""  # neither key sent the run anything
