@@ -392,3 +392,12 @@ async def test_11_the_rollback_dialog_says_what_a_checkpoint_was_saved_in_and_wh
         assert " fp16 " in str(choices.get_option("20").prompt)  # trained in fp16 before the switch
         await pilot.press("down", "enter")
         assert "Restart from step 20 in bf16" in screen_text(app)  # the run's precision, not the checkpoint's
+
+
+def test_12_the_config_says_median_where_the_divergence_detector_uses_one():
+    from pathlib import Path
+
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    comments = [line for line in example.splitlines() if line.startswith("# Divergence:")]
+    assert comments and not any(" mean" in line for line in comments)
+    assert any("median loss" in line for line in comments)

@@ -204,9 +204,9 @@ class MonitorSection:
     spike_sigma: float = key(6.0, "Loss spike: above mean + this many standard deviations.",
                              min=0, min_exclusive=True)
     spike_window: int = key(50, "Loss spike: rolling window of finite losses.", min=5)
-    divergence_window: int = key(5, "Divergence: the mean loss of this many steps is compared with the "
-                                 "lowest such mean of the attempt.", min=2)
-    divergence_rise: float = key(0.25, "Divergence: alert when that mean stays this much (relative) above "
+    divergence_window: int = key(5, "Divergence: the median loss of this many steps is compared with the "
+                                 "lowest such median of the attempt.", min=2)
+    divergence_rise: float = key(0.25, "Divergence: alert when that median stays this much (relative) above "
                                  "the lowest.", min=0, min_exclusive=True)
     divergence_lr_factor: float = key(0.1, "Divergence: the suggested learning rate is the current one "
                                       "times this.", min=0, max=1, min_exclusive=True)
