@@ -210,6 +210,22 @@ class MonitorSection:
                                  "the lowest.", min=0, min_exclusive=True)
     divergence_lr_factor: float = key(0.1, "Divergence: the suggested learning rate is the current one "
                                       "times this.", min=0, max=1, min_exclusive=True)
+    min_loss_scale: float = key(2.0 ** -24, "fp16 with loss scaling: a loss scale that falls below this ends the "
+                                "attempt with a checkpoint (2^-24, fp16's smallest value: below it the scaled "
+                                "loss itself is zero, so no step can train).", min=0, min_exclusive=True)
+    update_ratio_max: float = key(0.1, "Learning rate too high: alert when the LoRA weights move more than this "
+                                  "share of their norm in one step, two steps in a row (healthy runs of the "
+                                  "built-in model move 0.01-3% per step).", min=0, min_exclusive=True)
+    update_ratio_target: float = key(0.01, "The per-step update-to-weight ratio the suggested learning rate "
+                                     "aims at.", min=0, min_exclusive=True)
+    weight_growth_max: float = key(4.0, "Learning rate too high: alert when the LoRA weights' norm grows past "
+                                   "this many times its value at the attempt's start.", min=1,
+                                   min_exclusive=True)
+    grad_norm_growth_max: float = key(10.0, "Learning rate too high: alert when the gradient norm's median over "
+                                      "divergence_window steps stays this many times above its early level.",
+                                      min=1, min_exclusive=True)
+    forecast_horizon: int = key(100, "Warn when the headroom's or the loss scale's trend says fp16 overflows (or "
+                                "the scale falls below 1) within this many steps.", min=1)
     resolve_after: int = key(10, "An alert from the per-step figures is resolved after this many healthy "
                              "steps in a row (a probe's, at the next healthy probe).", min=1)
     autopilot: AutopilotSection = field(default_factory=AutopilotSection)

@@ -60,6 +60,61 @@ def overflow_in_activations(trainer, step: int, peak, rows_over: int, rows: int,
                   "rows_over": rows_over, "rows": rows, "measured_in": "fp32 recomputation"}, step)
 
 
+def overflow_from_training(trainer, step: int, what: str, start_step: int, start_peak, start_headroom: float,
+                           peak, headroom_min: float, roomy_step: int | None, new_lr: float, how: str,
+                           weight_growth) -> Alert:
+    """fp16 overflows now, but the attempt started with room to spare: the updates grew the values."""
+    start, new_lr, fix = fixes.lower_lr_to(trainer, new_lr, at_or_before=roomy_step)
+    now = (f"; now {peak.module} {'receives' if peak.where == 'input' else 'produces'} {peak.value:.3g}"
+           if peak is not None else "")
+    growth = f" and the LoRA weights' norm is {weight_growth:.3g}x its start" if weight_growth else ""
+    message = (f"fp16 overflows ({what}) because training grew the values: at step {start_step} the largest "
+               f"activation was {start_peak.value:.3g}, {start_headroom:.3g}x below fp16's maximum{now}")
+    explanation = (f"Cause: the training dynamics, not the model's range. At step {start_step} of this attempt, "
+                   f"before the updates moved the weights, the largest activation ({start_peak.module} "
+                   f"{start_peak.where}) was {start_peak.value:.3g}, {start_headroom:.3g}x below fp16's maximum of "
+                   f"65504 (the margin needed is {headroom_min:g}x){now}{growth}. The updates grew the values "
+                   f"until they passed fp16's range. Switching precision would hide the symptom and keep the cause: "
+                   f"in bf16 the same rate goes on damaging the weights without an overflow to show it. Restart "
+                   + (f"from step {start}, the last checkpoint while the headroom was healthy, " if start is not None
+                      else "")
+                   + f"with a lower peak learning rate, {new_lr:.3g} ({how}).")
+    evidence = {"cause": "training_dynamics", "overflow_in": what, "start_step": start_step,
+                "start_module": start_peak.module, "start_where": start_peak.where, "start_peak": start_peak.value,
+                "start_headroom": start_headroom, "headroom_min": headroom_min, "fp16_max": FP16_MAX,
+                "last_healthy_probe_step": roomy_step, "weight_growth": weight_growth}
+    if peak is not None:
+        evidence.update(module=peak.module, where=peak.where, value=peak.value,
+                        headroom=FP16_MAX / peak.value if peak.value else None)
+    return Alert("overflow", "critical", message, "lower_lr", fix, explanation, evidence, step)
+
+
+def overflow_forecast(trainer, step: int, details: dict, new_lr: float, how: str) -> Alert:
+    """A warning while the run is still healthy: the trend says fp16 overflows (or the scale collapses) soon."""
+    start, new_lr, fix = fixes.lower_lr_to(trainer, new_lr, at_or_before=step)
+    left, at = details["estimated_steps"], details["estimated_step"]
+    if details["signal"] == "headroom":
+        message = (f"fp16 will overflow in about {left:.0f} steps (near step {at}): {details['module']} peaks at "
+                   f"{details['value']:.3g} and grows {details['growth_per_step']:.3g}x per step")
+        trend = (f"{details['module']} peaks at {details['value']:.3g} (fp16's maximum is 65504) and has grown "
+                 f"{details['growth_per_step']:.3g}x per step between this attempt's probes")
+        fault = "fp16 overflows"
+    else:
+        message = (f"the fp16 loss scale will fall below 1 in about {left:.0f} steps (near step {at}): it is "
+                   f"{details['value']:g} and falls {1 / details['growth_per_step']:.3g}x per step")
+        trend = (f"The loss scale is {details['value']:g} and has fallen {1 / details['growth_per_step']:.3g}x per "
+                 f"step over the last steps, after calibration: the GradScaler backs off on every overflow, so the "
+                 f"gradients keep outgrowing fp16's range")
+        fault = "the scale falls below 1 (a real overflow: the values pass 65504 even unscaled)"
+    explanation = (f"{trend}. At this rate {fault} in about {left:.0f} steps, near step {at}. Values that grow "
+                   f"step after step are the training dynamics, not the model's range: the updates are too large. "
+                   f"Restart " + (f"from step {start}, a checkpoint taken before any damage, " if start is not None
+                                  else "")
+                   + f"with a lower peak learning rate, {new_lr:.3g} ({how}); waiting costs the steps until then "
+                     f"and leaves the alert to come.")
+    return Alert("overflow_forecast", "warning", message, "lower_lr", fix, explanation, details, step)
+
+
 def _skips_words(details: dict) -> str:
     if details["consecutive_skips"] >= details["consecutive_skips_max"]:
         return f"{details['consecutive_skips']} steps in a row were skipped"
@@ -226,16 +281,42 @@ def loss_spike(trainer, step: int, details: dict) -> Alert:
     return Alert("loss_spike", "warning", message, "none", {}, explanation, details, step)
 
 
-def divergence(trainer, step: int, details: dict, lr_factor: float) -> Alert:
-    lowest_at = details["lowest_at_step"]
-    start, new_lr, fix = fixes.lower_lr_fix(trainer, lr_factor, at_or_before=lowest_at)
-    message = (f"the loss is diverging: median {details['recent_median_loss']:.4g} over the last "
-               f"{details['window_steps']} steps, up {details['rise']:.0%} from {details['lowest_median_loss']:.4g} "
-               f"at step {lowest_at}")
-    explanation = (f"The loss fell until step {lowest_at} (lr {details['lr_at_lowest']:.3g}) and has climbed since: "
-                   f"the learning rate (peak {trainer.learning_rate:.3g}) is too high for this model. Restart "
-                   + (f"from step {start}, the last checkpoint before the climb, " if start is not None else "")
-                   + f"with a {1 / lr_factor:g}x lower peak learning rate, {new_lr:.3g}.")
+def divergence(trainer, step: int, details: dict, new_lr: float, how: str) -> Alert:
+    """The learning rate is too high: the loss climbed back, or the weights or gradients grew out of proportion."""
+    signal = details.get("signal", "loss_trend")
+    onset = details["lowest_at_step"] if signal == "loss_trend" else details["first_step_over"] - 1
+    start, new_lr, fix = fixes.lower_lr_to(trainer, new_lr, at_or_before=onset)
+    peak = trainer.learning_rate
+    if signal == "loss_trend":
+        message = (f"the loss is diverging: median {details['recent_median_loss']:.4g} over the last "
+                   f"{details['window_steps']} steps, up {details['rise']:.0%} from "
+                   f"{details['lowest_median_loss']:.4g} at step {onset}")
+        measured = f"The loss fell until step {onset} (lr {details['lr_at_lowest']:.3g}) and has climbed since"
+    elif signal == "update_ratio":
+        message = (f"the learning rate is too high: the LoRA weights moved {details['update_ratio']:.0%} of their "
+                   f"norm in one step ({details['steps_over']} steps in a row above "
+                   f"{details['update_ratio_max']:.0%})")
+        measured = (f"Since step {details['first_step_over']} each step has moved the LoRA weights by more than "
+                    f"{details['update_ratio_max']:.0%} of their norm (now {details['update_ratio']:.2%} at lr "
+                    f"{details['lr']:.3g}; healthy fine-tuning moves them about 0.1-1% per step), so every "
+                    f"update overshoots what the gradient measured; the loss cannot settle and the weights "
+                    f"grow ({details['weight_growth']:.3g}x their norm at the attempt's start)")
+    elif signal == "weight_growth":
+        message = (f"the learning rate is too high: the LoRA weights' norm grew {details['weight_growth']:.3g}x "
+                   f"since the attempt's start (alert above {details['weight_growth_max']:g}x)")
+        measured = (f"The LoRA weights' norm went from {details['weight_norm_at_start']:.3g} to "
+                    f"{details['weight_norm']:.3g} (the last step moved them {details['update_ratio']:.2%}); an "
+                    f"adapter that healthy training shapes stays near its starting size")
+    else:
+        message = (f"the learning rate is too high: the gradient norm's median {details['grad_norm_median']:.3g} "
+                   f"is {details['grad_norm_growth']:.3g}x its early level ({details['grad_norm_early']:.3g})")
+        measured = (f"Over the last {details['window_steps']} steps the gradient norm's median rose to "
+                    f"{details['grad_norm_growth']:.3g}x its level in the attempt's first steps: the updates "
+                    f"have carried the weights where the loss is steeper, not flatter")
+    explanation = (f"{measured}: the learning rate (peak {peak:.3g}) is too high for this model. Restart "
+                   + (f"from step {start}, the last checkpoint before the trouble began (step {onset + 1}), "
+                      if start is not None else "")
+                   + f"with a lower peak learning rate, {new_lr:.3g} ({how}).")
     return Alert("divergence", "critical", message, "lower_lr", fix, explanation, details, step)
 
 

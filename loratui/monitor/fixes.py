@@ -43,6 +43,10 @@ def lower_lr_fix(trainer, factor: float, *, at_or_before: int | None) -> tuple[i
 
     Returns (that checkpoint's step or None, the new rate, the arguments).
     """
+    return lower_lr_to(trainer, lowered_learning_rate(trainer, factor), at_or_before=at_or_before)
+
+
+def lower_lr_to(trainer, new_lr: float, *, at_or_before: int | None) -> tuple[int | None, float, dict]:
+    """As lower_lr_fix, with the new rate given (computed from what the monitor measured)."""
     start = checkpoint_at_or_before(trainer, at_or_before)
-    new_lr = lowered_learning_rate(trainer, factor)
     return start, new_lr, {"learning_rate": new_lr, **({"from_step": start} if start is not None else {})}

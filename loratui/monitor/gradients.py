@@ -97,8 +97,13 @@ def compare_gradients(run_grads, reference, names: list[str], *, scale, accum: i
     `scale` is the loss scale the run's backward used (a tensor, or 1.0): the
     trainer backpropagates scale * loss / accum, so run / scale * accum is the
     gradient of the micro-batch loss, the quantity the reference computed.
+    A scale of 0 (a GradScaler left to halve on every overflow until its scale
+    underflows) leaves nothing to unscale: the comparison is empty, never a crash.
     """
     import torch
+
+    if not float(scale) > 0:
+        return GradientComparison(None, None, None, 0, 0, None, None)
 
     rows, row_names = [], []
     for run, ref, name in zip(run_grads, reference, names):

@@ -17,16 +17,22 @@ import math
 import time
 from dataclasses import dataclass
 
+from loratui.control import send_command
 from loratui.monitor import explain
 from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, display_name
 from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
 from loratui.monitor.detectors import LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
+from loratui.monitor.forecast import HeadroomTrend, ScaleTrend
+from loratui.monitor.motion import GradNormGrowth, WeightMotion
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
 from loratui.monitor.schedule import ProbeSchedule
 from loratui.monitor.staleness import UpdateWatch
 
-CHECK_NAMES = ("fp16_headroom", "underflow", "fidelity", "stale_update", "loss_scale", "skip_rate", "loss_trend")
+SCALE_TREND_WINDOW = 8  # steps of loss-scale history the forecast fits its slope to
+
+CHECK_NAMES = ("fp16_headroom", "underflow", "fidelity", "stale_update", "loss_scale", "skip_rate", "loss_trend",
+               "weight_motion")
 
 
 @dataclass
@@ -48,6 +54,11 @@ class HealthMonitor:
         self.scale = ScaleWatch()
         self.spikes = LossSpikes(sigma=config.spike_sigma, window=config.spike_window)
         self.trend = LossTrend(window=config.divergence_window, rise=config.divergence_rise)
+        self.motion = WeightMotion(ratio_max=config.update_ratio_max, growth_max=config.weight_growth_max)
+        self.grad_growth = GradNormGrowth(window=config.divergence_window, growth_max=config.grad_norm_growth_max)
+        self.headroom_trend = HeadroomTrend(horizon=config.forecast_horizon,
+                                            watch_below=16 * config.fp16_headroom_min)
+        self.scale_trend = ScaleTrend(window=SCALE_TREND_WINDOW, horizon=config.forecast_horizon)
         self.capture = GradientCapture()
         self.updates = UpdateWatch()
         self.lr_factor = lr_factor
@@ -59,6 +70,9 @@ class HealthMonitor:
                                       budget=config.probe_budget)
         self.refusals: list[str] = []
         self.last_checks: dict = {}
+        self.stop_requested = False
+        self.baseline: tuple[int, object] | None = None  # (step, the attempt's first measured largest activation)
+        self.last_roomy_step: int | None = None  # the last probe whose headroom was still above the margin
 
     # ------------------------------------------------------------ trainer hooks
 
@@ -79,9 +93,17 @@ class HealthMonitor:
         self.skips.reset(kind="overflow" if trainer.precision_name == "fp16" else "nonfinite_grads",
                          calibration_steps=self.config.calibration_steps if loss_scaling else 0)
         self.scale.reset(applies=loss_scaling)
+        self.scale_trend.reset(calibration_steps=self.config.calibration_steps if loss_scaling else 0)
+        self.headroom_trend.reset()
         self.spikes.reset()
         self.trend.reset()
+        self.motion.reset(trainer.params)
+        self.grad_growth.reset()
         self.schedule.start_attempt(trainer.step)
+        self.stop_requested = False
+        self.baseline = None
+        self.last_roomy_step = None
+        self.latest_headroom = math.inf
         self.param_names = [display_name(name) for name, param in trainer.unwrapped_model.named_parameters()
                             if param.requires_grad]
 
@@ -129,12 +151,17 @@ class HealthMonitor:
                                        figures.nonfinite_grads),
                     self.scale.observe(figures.scale),
                     self.spikes.observe(figures.loss),
-                    self.trend.observe(step, figures.loss, figures.lr))
+                    self.trend.observe(step, figures.loss, figures.lr),
+                    self.motion.observe(step, trainer.params, figures.lr, figures.skipped),
+                    self.grad_growth.observe(step, figures.grad_norm, figures.skipped),
+                    self.scale_trend.observe(step, figures.scale))
         for reading in readings:
             if reading is not None:
                 self._judge(trainer, step, reading)
+        self._end_below_scale_floor(trainer, step, figures.scale)
         if checks is not None:
-            checks.update(loss_scale=self.scale.check, skip_rate=self.skips.check, loss_trend=self.trend.check)
+            checks.update(loss_scale=self.scale.check, skip_rate=self.skips.check, loss_trend=self.trend.check,
+                          weight_motion=self.motion.check)
             self.last_checks = {name: checks[name] for name in CHECK_NAMES}
             self.bus.publish("health", step=step, precision=trainer.precision_name, checks=self.last_checks,
                              probe_seconds=round(probe.seconds, 4), next_probe_step=self.schedule.next_step,
@@ -155,16 +182,63 @@ class HealthMonitor:
             return  # the collapse follows from an overflow already reported
         if reading.kind == "loss_spike" and self.book.is_open("divergence"):
             return
+        if reading.kind == "overflow_forecast" and self.book.is_open("scale_collapse"):
+            return  # what it foretold is here
         build = {
-            "overflow": lambda: explain.overflow_in_gradients(trainer, step, reading.details,
-                                                              self.skips.calibration_steps),
+            "overflow": lambda: self._overflow_cause(trainer, step, "gradients", None) or
+            explain.overflow_in_gradients(trainer, step, reading.details, self.skips.calibration_steps),
             "nonfinite_grads": lambda: explain.nonfinite_gradients(trainer, step, reading.details, self.lr_factor),
-            "scale_collapse": lambda: explain.scale_collapse(trainer, step, reading.details),
+            "scale_collapse": lambda: self._overflow_cause(trainer, step, "loss scale", None) or
+            explain.scale_collapse(trainer, step, reading.details),
             "loss_spike": lambda: explain.loss_spike(trainer, step, reading.details),
-            "divergence": lambda: explain.divergence(trainer, step, reading.details,
-                                                     self.config.divergence_lr_factor),
+            "overflow_forecast": lambda: explain.overflow_forecast(trainer, step, reading.details,
+                                                                   *self._lower_rate(trainer)),
+            "divergence": lambda: explain.divergence(trainer, step, reading.details, *self._lower_rate(trainer)),
         }[reading.kind]
         self.book.bad(reading.kind, reading.source, build, healthy_needed=self._healthy_needed(reading.source))
+
+    def _overflow_cause(self, trainer, step: int, what: str, peak):
+        """An overflow that the updates caused: the alert that says so, with the fix; None for the others.
+
+        The first probe of an attempt measures the model before its updates moved it (step 1's forward runs
+        on the starting weights). Headroom above the margin there and an overflow now: the training dynamics
+        grew the values, so the fix is the learning rate, from before they grew. Headroom already short at the
+        start is the model's own range (bf16-pretrained outliers), for which the precision is the fix.
+        """
+        if self.baseline is None or trainer.precision_name != "fp16":
+            return None
+        start_step, start_peak = self.baseline
+        start_headroom = FP16_MAX / start_peak.value if start_peak.value > 0 else math.inf
+        if start_headroom < self.config.fp16_headroom_min:
+            return None
+        # And evidence that the values did grow: weights moving too fast or grown, or the headroom shrunk. Without
+        # it an overflow from healthy values (one bad batch, a bug) is not blamed on the learning rate.
+        growth = self.motion.check.get("growth") or 1.0
+        grown = (self.motion.first_over_step is not None or growth >= 2
+                 or self.latest_headroom * 2 <= start_headroom)
+        if not grown:
+            return None
+        rate, how = self._lower_rate(trainer)
+        onset = self.motion.first_over_step
+        roomy = self.last_roomy_step if onset is None else min(onset - 1, self.last_roomy_step or onset - 1)
+        return explain.overflow_from_training(trainer, step, what, start_step, start_peak, start_headroom, peak,
+                                              self.config.fp16_headroom_min, roomy, rate, how,
+                                              self.motion.check.get("growth"))
+
+    def _lower_rate(self, trainer) -> tuple[float, str]:
+        """The peak learning rate a learning-rate fix suggests, and how it was computed (in words).
+
+        Computed from how far the weights moved per unit of rate (WeightMotion), at most half the current
+        peak; the configured factor (monitor.divergence_lr_factor) when no update was measured.
+        """
+        target = self.config.update_ratio_target
+        computed = self.motion.suggested_rate(target)
+        if computed is None:
+            factor = self.config.divergence_lr_factor
+            return float(f"{trainer.learning_rate * factor:.3g}"), f"{1 / factor:g}x lower"
+        return min(computed, float(f"{trainer.learning_rate * 0.5:.2g}")), (
+            f"computed so that a step moves the LoRA weights about {target:.1%} of their norm, as measured on "
+            f"this run")
 
     def _healthy_needed(self, source: str) -> int:
         return 1 if source.startswith("probe") else self.config.resolve_after
@@ -186,7 +260,8 @@ class HealthMonitor:
                       and diagnosis.largest >= FP16_MAX
                       and len(diagnosis.failing_only_in_run_precision) * 2 > diagnosis.rows)
         if structural:
-            alert = explain.overflow_in_activations(trainer, step, diagnosis.peak_module,
+            alert = self._overflow_cause(trainer, step, "activations", diagnosis.peak_module) or \
+                explain.overflow_in_activations(trainer, step, diagnosis.peak_module,
                                                     len(diagnosis.failing_only_in_run_precision), diagnosis.rows,
                                                     self.config.fp16_headroom_min, loss_finite=False)
         else:
@@ -220,6 +295,11 @@ class HealthMonitor:
         # largest; `peak` is always the named module's own value. The check's value, the headroom,
         # is measured against the largest activation anywhere: that one is reported as largest_*.
         named = peaks.first_over(FP16_MAX / minimum) or largest
+        if self.baseline is None:
+            self.baseline = (step, largest)
+        self.latest_headroom = headroom
+        if headroom >= minimum:
+            self.last_roomy_step = step
         extra = dict(module=named.module, where=named.where, peak=named.value, largest_module=largest.module,
                      largest_where=largest.where, largest_peak=largest.value, threshold=minimum,
                      rows_over=rows_tight, rows=rows)
@@ -233,11 +313,13 @@ class HealthMonitor:
         # rows are (a NaN loss from them is judged as nonfinite_loss, with the rows named).
         structural = rows_tight * 2 > rows
         if structural:
-            self.book.bad("overflow", "probe:headroom", lambda: explain.overflow_in_activations(
+            self.book.bad("overflow", "probe:headroom", lambda: self._overflow_cause(
+                trainer, step, "activations", named) or explain.overflow_in_activations(
                 trainer, step, named, rows_tight, rows, minimum, loss_finite=math.isfinite(figures.loss)),
                 healthy_needed=1)
         else:
             self.book.healthy("overflow", "probe:headroom", step)
+            self._judge(trainer, step, self.headroom_trend.observe(step, peaks))
         status = "alert" if structural else ("warn" if rows_tight else "ok")
         if rows_beyond and not structural:
             summary += f"; {rows_beyond} of {rows} rows go past 65504"
@@ -294,6 +376,24 @@ class HealthMonitor:
         return check("alert" if bad else ("warn" if over else "ok"), round(stale.share, 6),
                      f"{stale.stale} of {stale.intended} intended updates lost to {stale.dtype} rounding",
                      module=stale.worst_module, threshold=self.config.stale_max)
+
+    def _end_below_scale_floor(self, trainer, step: int, scale: float | None) -> None:
+        """A loss scale under monitor.min_loss_scale can no longer train: end the attempt with a checkpoint.
+
+        GradScaler halves its scale on every overflow, without a floor (DeepSpeed holds min_loss_scale). Left
+        alone, a run whose every step overflows halves it to 0.0 and would go on skipping every step. The
+        weights are intact (skipped steps change nothing), so a stop, which saves a checkpoint, keeps them for
+        a restart with the alert's fix; the stop's reason says why in run_finished.
+        """
+        floor = self.config.min_loss_scale
+        if scale is None or scale >= floor or self.stop_requested or not trainer.is_main:
+            return
+        self.stop_requested = True
+        reason = (f"the fp16 loss scale fell to {scale:.3g} at step {step}, below monitor.min_loss_scale "
+                  f"({floor:.3g}): the scaled loss is smaller than fp16's smallest value, so no step can train. "
+                  f"Stopped with a checkpoint; restart it with the open alert's fix")
+        self.bus.publish("notice", step=step, source="monitor", message=reason)
+        send_command(trainer.run_dir.control, "stop", reason=reason)
 
     # ------------------------------------------------------------- autopilot
 
