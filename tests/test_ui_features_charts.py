@@ -184,3 +184,63 @@ async def test_a_light_theme_draws_darker_lines():
             colours[theme] = {colour for row in chart.plt.monitor.matrix.fullground for colour in row}
     assert LINE_COLOURS["loss"][True] in colours["textual-dark"] - colours["textual-light"]
     assert LINE_COLOURS["loss"][False] in colours["textual-light"] - colours["textual-dark"]
+
+
+class HistoryCharts(Charts):
+    """The charts fed a history built step by step (for shapes no recording has)."""
+
+    def __init__(self, chart_data, options: ChartOptions = ChartOptions()):
+        App.__init__(self)
+        self.chart_data = chart_data
+        self.options = options
+
+
+def history_of(steps: int, loss, restart_from: int | None = None):
+    from loratui.ui.history import RestartMark, RunHistory
+
+    history = RunHistory()
+    history.expect_steps(steps)
+    step = np.arange(1, steps + 1)
+    attempt = np.zeros(steps, np.int64)
+    if restart_from is not None:
+        history.mark_restart(RestartMark(steps // 2, restart_from, 1, "fp32", 1e-3))
+        attempt[steps // 2:] = 1
+        step[steps // 2:] = np.arange(restart_from + 1, restart_from + 1 + steps - steps // 2)
+    history.add_steps(attempt, step, np.asarray(loss, float), np.ones(steps), np.full(steps, np.nan),
+                      np.zeros(steps, bool))
+    return history.chart_data()
+
+
+def canvas_rows(chart) -> list[str]:
+    """The chart's picture, top row first."""
+    matrix = chart.plt.monitor.matrix
+    return ["".join(matrix.marker[row]) for row in reversed(matrix.Rows)]
+
+
+@run_async
+async def test_all_nonfinite_values_are_marked_along_the_top():
+    app = HistoryCharts(history_of(40, [float("nan")] * 40))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        chart = app.query_one("#loss", MetricChart)
+        rows = canvas_rows(chart)
+        marked = [index for index, row in enumerate(rows) if row.count("x") > 5]
+        frame_top = next(index for index, row in enumerate(rows) if "┌" in row)
+        assert marked == [frame_top + 1], rows  # the first row inside the frame
+        assert "all nan/inf" in rows[0]
+
+
+@run_async
+async def test_a_restart_to_the_first_step_is_drawn_beside_the_axis_not_on_it():
+    from loratui.ui.widgets.metric_chart import RESTART
+
+    app = HistoryCharts(history_of(40, np.linspace(3, 2, 40), restart_from=0))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        chart = app.query_one("#loss", MetricChart)
+        matrix = chart.plt.monitor.matrix
+        rows = canvas_rows(chart)
+        axis = next(row for row in rows if "┤" in row).index("┤")
+        restart_columns = {column for row in matrix.Rows for column in range(matrix.cols)
+                           if matrix.fullground[row][column] == RESTART}
+        assert restart_columns and min(restart_columns) > axis, (axis, restart_columns)

@@ -53,6 +53,7 @@ MARK = (255, 60, 60)
 RESTART = (220, 80, 220)
 CURSOR = {True: (230, 230, 230), False: (40, 40, 40)}
 AXIS_ALLOWANCE = 9  # cells taken by y labels and the frame
+ALL_NONFINITE_ROW = 0.97  # where the x marks of an all-nan/inf chart sit, on its 0..1 axis: the top row
 # ASCII mode: plotext's frame and lines are box-drawing characters; each becomes its ASCII cousin
 # (and the titles' middle dots a hyphen).
 ASCII_FRAME = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "└": "+", "┘": "+", "┬": "+", "┴": "+",
@@ -136,6 +137,8 @@ class MetricChart(PlotextPlot):
             plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
             return
         earliest, latest = steps_shown(data)
+        # The whole run starts at its earliest restart too: a restart back to step 0 is drawn at 0.
+        earliest = min([earliest] + [mark.from_step for mark in data.restarts])
         first = window_start(latest, options.window, earliest)
         end = latest + 1 if options.window else max(latest + 1, data.max_steps or 0)
         visible = [_from_step(series, first, data.width) for series in data.series]
@@ -156,17 +159,22 @@ class MetricChart(PlotextPlot):
             self.reading = _reading(data, options.cursor, low_field, high_field, self.metric,
                                     options.smoothing_weight if self.smooths(options) else 0.0)
             title += f" · {self.reading}"
-        plt.xlim(first, end)
+        # A restart back to the first step shown would sit on the y axis, unseen: one column of room.
+        column = (end - first) / max(1, self.size.width - AXIS_ALLOWANCE)
+        room = any(first <= mark.from_step < first + column for mark in data.restarts)
+        plt.xlim(first - column if room else first, end)
         plt.xticks(*_step_ticks(first, end))
         finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
         finite = [values for values in finite if values.size]
         plt.title(title)
         if not finite:
-            # Every value so far is nan/inf: nothing to draw a line through, so mark where they were.
+            # Every value so far is nan/inf: nothing to draw a line through, so mark where they were,
+            # along the top as on any other chart.
             plt.title(f"{title} · all nan/inf")
             for _series, steps, _low, _high, marks in merged:
                 if marks.any():
-                    plt.scatter(steps[marks].tolist(), [0.5] * int(marks.sum()), marker=glyphs.mark, color=MARK)
+                    plt.scatter(steps[marks].tolist(), [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
+                                color=MARK)
             plt.ylim(0, 1)
             plt.yticks([], [])
             self._cursor_line(plt, options, first, end, 0, 1, dark)
