@@ -1,8 +1,9 @@
-"""Defect 11 of issue 16: the underflow alert recommends loss scaling, and a key turns it on.
+"""Issue 16's defects that reach the trainer: loss scaling as a fix key (11) and what a resume changed (10).
 
 The dashboard half with Textual's pilot on a recorded fp16 run rewritten as
 amp.loss_scaling = false would log it; the trainer half with the real trainer
-on CPU (a restart command with loss_scaling, as the key writes it).
+on CPU (a restart command with loss_scaling, as the key writes it; a resume
+with another max_steps).
 """
 
 from __future__ import annotations
@@ -94,3 +95,19 @@ def test_the_trainer_restarts_with_a_scaler_when_asked(tmp_path):
     assert restart["loss_scaling"] is True and restart["precision"] == "fp16"
     after = steps_of(events, 1)
     assert after and all(isinstance(e["scale"], (int, float)) for e in after)  # a GradScaler's scale now
+
+
+def test_a_resume_says_when_it_takes_max_steps_from_the_current_config(tmp_path, capsys):
+    """Issue 16 defect 10, the trainer's half: the headless log names the step and what changed."""
+    from loratui.events.console import ConsoleSink
+
+    write_run_config(tmp_path, max_steps=4, every_steps=2)
+    code, _, _ = train_in_process(load_config(tmp_path / "config.toml"))
+    assert code == 0
+    code, events, _ = train_in_process(load_config(tmp_path / "config.toml", ["train.max_steps=6"]), resume=True)
+    assert code == 0
+    notices = [e["message"] for e in events if e["type"] == "notice"]
+    assert "train.max_steps is 6 for this resume (it was 4): the run trains to step 6" in notices
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    line = ConsoleSink(log_every=1, max_steps=6).format(started)
+    assert line.startswith(f"run resumed from step 4 ({started['resumed_from']})")

@@ -35,6 +35,7 @@ class TrainState:
     learning_rate: float
     config_learning_rate: float | None = None  # the config's rate then: tells a changed config from a restart
     config_precision: str | None = None
+    config_max_steps: int | None = None  # the config's then: a resume says when the current one differs
     data_position: dict  # {"epoch", "batch"}
     world_size: int | None = None
     loss: float | None = None

@@ -307,6 +307,9 @@ def plan_start(config, resume_from: ckpt.CheckpointInfo | None, capabilities, *,
         # Only an edit of the config overrides the rate in effect, which a restart (lower_lr) may have set.
         notices.append(f"train.learning_rate changed to {configured:g} for this resume (it was {learning_rate:g})")
         learning_rate = configured
+    if state.config_max_steps is not None and state.config_max_steps != config.train.max_steps:
+        notices.append(f"train.max_steps is {config.train.max_steps} for this resume (it was "
+                       f"{state.config_max_steps}): the run trains to step {config.train.max_steps}")
     return ResumePlan(precision, adapter_dtype, learning_rate, notices)
 
 
