@@ -7,6 +7,7 @@ characters for the whole process, which a test process shares with others.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -66,4 +67,22 @@ def test_watch_a_folder_lists_the_runs_and_opens_the_one_picked(tmp_path):
         terminal.press("g")
         terminal.wait_for(r"trainer\.log · not written yet", "the log view", timeout=20, poll=0.3)
         terminal.press("Escape", "q")
+        assert terminal.exit_code(timeout=30) == 0
+
+
+def test_the_run_list_under_no_color_underlines_the_highlighted_run(tmp_path):
+    runs = tmp_path / "runs"
+    recorded_run("healthy_fp16", runs)
+    recorded_run("fp16_overflow", runs)
+    with TmuxTerminal(tmp_path, width=120, height=20) as terminal:
+        terminal.start([*LORATUI, "watch", str(runs)], env={"NO_COLOR": "1"})
+        terminal.wait_for(r"1 open / 1", "the run list, read", timeout=60, poll=0.3)
+        styled = terminal.tmux("capture-pane", "-p", "-e", "-t", "main")
+        params = [int(p) for code in re.findall(r"\x1b\[([0-9;]*)m", styled) for p in code.split(";") if p]
+        colours = [p for p in params if 30 <= p <= 38 or 40 <= p <= 48 or 90 <= p <= 97 or 100 <= p <= 107]
+        assert not colours, colours  # 39 and 49 (the terminal's own default colours) set none
+        highlighted = [line for line in styled.splitlines()
+                       if "ui-" in line and re.search(r"\x1b\[([0-9;]*;)?4[;m]", line)]
+        assert len(highlighted) == 1  # one run underlined: the one enter would open
+        terminal.press("q")
         assert terminal.exit_code(timeout=30) == 0

@@ -56,6 +56,10 @@ class RunListApp(App[Path | None]):
         height: 1fr;
         border: round $primary-darken-1;
     }
+    /* NO_COLOR: the highlighted run stands out by its text style (its colours are gone). */
+    OptionList:nocolor > .option-list--option-highlighted {
+        text-style: bold underline;
+    }
     """
     BINDINGS = [
         Binding("q", "quit_list", "Quit", id="quit"),
