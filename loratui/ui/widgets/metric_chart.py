@@ -75,7 +75,7 @@ class MetricChart(PlotextPlot):
         super().__init__(**kwargs)
         self.metric = metric
         self._drawn: tuple | None = None
-        self._picture: Content | None = None  # the last plot, reused while neither data, size nor theme changed
+        self._picture: Content | None = None  # the last plot, reused while data, size, theme and options hold
         self.reading: str = ""  # the cursor's reading, as the title shows it
 
     def watch_data(self, data: ChartData | None) -> None:
@@ -107,8 +107,10 @@ class MetricChart(PlotextPlot):
         PlotextPlot.render has plotext write the picture as ANSI text, which is then
         parsed back into styled text and converted to Content: that round trip was half
         of a chart's build time in a profile of the dashboard beside a training run.
-        Here the same sizing and theme steps run, then the matrix is read directly; a
-        colour this reader does not know (none of our charts uses one) takes the old way.
+        Here the same sizing and theme steps run, then the matrix is read directly. Our
+        colours are RGB; a named one (plotext's default theme, which a chart drawn right
+        after a theme change gets until the new theme is registered with plotext) takes the
+        old way.
         """
         plot = self.plt
         plot.plotsize(self.size.width, self.size.height)
