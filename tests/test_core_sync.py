@@ -11,6 +11,12 @@ optimizer's host-side step counters) are theirs, not the trainer's.
 The data loader builds each batch in host memory, where reading it syncs nothing: the test
 gives the trainer its batches as `HostTensor`s, which stay host tensors until the trainer
 moves them to the device (`.to(device)`), as on CUDA.
+
+transformers' own reads are counted apart (issue 18): building the SDPA mask from a 2D
+padding mask reads it on the host (`_ignore_causal_mask_sdpa` asks whether any token is
+padding, then whether the padding is only at the end) once or twice per micro-batch, a
+sync outside loratui's one per step. Packed batches (data.packing, the default) bring
+their own 4D mask, which transformers takes as it is.
 """
 
 import sys
@@ -19,13 +25,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import loratui
 from helpers import make_config, ready_monitored_trainer, ready_trainer
+from loratui.data.packing import PackedBatch
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
 TORCH_DIR = str(Path(torch.__file__).parent)
 LORATUI_DIR = str(Path(loratui.__file__).parent)
+MASKING_FILE = str(Path(transformers.__file__).parent / "masking_utils.py")
 
 
 class HostTensor(torch.Tensor):
@@ -39,21 +48,26 @@ class HostTensor(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-def loratui_caller() -> str | None:
-    """'file:line' of the loratui code behind a read (through torch's own frames), else None."""
+def reader() -> tuple[str, str] | None:
+    """("loratui" or "mask", 'file:line') of the code behind a read (through torch's own frames), else None."""
     frame = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(TORCH_DIR):
         frame = frame.f_back
-    if frame is None or not frame.f_code.co_filename.startswith(LORATUI_DIR):
+    if frame is None:
         return None
-    return f"{Path(frame.f_code.co_filename).relative_to(LORATUI_DIR)}:{frame.f_lineno}"
+    if frame.f_code.co_filename == MASKING_FILE:
+        return "mask", f"masking_utils.py:{frame.f_lineno} ({frame.f_code.co_name})"
+    if frame.f_code.co_filename.startswith(LORATUI_DIR):
+        return "loratui", f"{Path(frame.f_code.co_filename).relative_to(LORATUI_DIR)}:{frame.f_lineno}"
+    return None
 
 
 class HostReadCounter:
-    """The host reads of device tensors by loratui code, one list of call sites per step."""
+    """The host reads of device tensors by loratui code, one list of call sites per step (and transformers' mask's)."""
 
     def __init__(self, monkeypatch):
         self.steps: list[list[str]] = []
+        self.mask_steps: list[list[str]] = []
         self._quiet = False  # inside a counted read (int() may call item()) or the data loader
         for name in HOST_READS:
             monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
@@ -61,9 +75,9 @@ class HostReadCounter:
     def _counted(self, name, read):
         def counted_read(tensor, *args, **kwargs):
             if self.steps and not self._quiet and not isinstance(tensor, HostTensor):
-                site = loratui_caller()
-                if site is not None:
-                    self.steps[-1].append(f"{name} at {site}")
+                found = reader()
+                if found is not None:
+                    (self.steps if found[0] == "loratui" else self.mask_steps)[-1].append(f"{name} at {found[1]}")
             with self.quiet():
                 return read(tensor, *args, **kwargs)
 
@@ -83,12 +97,14 @@ class HostReadCounter:
 
         def counted_train_step():
             self.steps.append([])
+            self.mask_steps.append([])
             return train_step()
 
         def host_batch():
             with self.quiet():
                 batch = next_batch()
-            return {name: tensor.as_subclass(HostTensor) for name, tensor in batch.items()}
+            tensors = {name: tensor.as_subclass(HostTensor) for name, tensor in batch.items()}
+            return PackedBatch(tensors, batch.real_tokens) if isinstance(batch, PackedBatch) else tensors
 
         monkeypatch.setattr(trainer, "train_step", counted_train_step)
         monkeypatch.setattr(trainer.stream, "next_batch", host_batch)
@@ -120,3 +136,24 @@ def test_one_host_read_per_step(tmp_path, monkeypatch, precision, monitored):
         # The counter sees reads made through torch helpers: the probe on step 1 reads the loss
         # scale with scaler.get_scale() (fine at the probe cadence, not on every step).
         assert any(site.startswith("item at monitor/") for site in reads.steps[0]), reads.steps[0]
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_packed_batches_take_no_host_read_in_the_attention_mask(tmp_path, monkeypatch, packing):
+    """Per micro-batch: one or two host reads in transformers' SDPA mask for padded batches, none for packed ones."""
+    config = make_config(tmp_path, STEPS + ["train.precision=fp32", "train.grad_accum=2",
+                                            f"data.packing={str(packing).lower()}", f"run.output_dir=\"{tmp_path}\""])
+    trainer = ready_trainer(config)
+    reads = HostReadCounter(monkeypatch)
+    reads.watch(trainer, monkeypatch)
+    try:
+        assert trainer.fit()[0] == "completed"
+    finally:
+        trainer.bus.close()
+        trainer.cleanup()
+    assert all(len(sites) == 1 for sites in reads.steps[1:3]), reads.steps  # loratui's own: one a step either way
+    for sites in reads.mask_steps:
+        if packing:
+            assert sites == [], sites
+        else:  # two micro-batches a step: one read each, a second where the batch holds padding
+            assert len(sites) >= 2 and all("_ignore_causal_mask_sdpa" in site for site in sites), sites

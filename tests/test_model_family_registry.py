@@ -52,13 +52,15 @@ def test_the_registry_picks_by_model_type_and_trains_anything_else_as_text(tmp_p
     assert type(families.family_for(resolve_model_path("builtin:tiny-llama"))) is TextFamily
     text = TextFamily()
     assert text.part_of("base_model.model.model.layers.0.self_attn.q_proj") == "language_model"
-    assert not text.supports_packing
+    assert text.supports_packing  # data.packing (data/packing.py)
 
 
 def test_the_loop_hands_the_familys_batch_to_the_model_untouched(tmp_path, monkeypatch):
     monkeypatch.setitem(families._BY_MODEL_TYPE, "llama", PositionsFamily)  # the built-in model's type
+    # Padded batches (data.packing off): the family's own position_ids are what this test follows.
     trainer = ready_trainer(make_config(tmp_path, ["train.precision=fp32", "train.max_steps=2", "train.batch_size=2",
-                                                   "checkpoint.every_steps=100", f"run.output_dir=\"{tmp_path}\""]))
+                                                   "checkpoint.every_steps=100", "data.packing=false",
+                                                   f"run.output_dir=\"{tmp_path}\""]))
     try:
         assert type(trainer.family) is PositionsFamily
         seen = []

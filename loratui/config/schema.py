@@ -84,6 +84,11 @@ class DataSection:
                            choices=("truncate", "drop", "error"))
     on_bad_row: str = key("error", "What to do with a malformed row.", choices=("error", "skip"))
     shuffle: bool = key(True, "Shuffle rows each epoch (seeded by train.seed and the epoch).")
+    packing: bool = key(True, "Pack each micro-batch's examples into shared rows, so no padding is computed; "
+                        "attention stays within each example and the loss is the same. Text models with sdpa "
+                        "or eager attention; others are padded.")
+    group_by_length: bool = key(True, "Padded micro-batches (packing off or not possible): batch examples of "
+                                "similar length together so less padding is computed; the order stays random.")
     max_pixels: int = key(4_194_304, "Vision-language rows: an image with more pixels than this (width x height, "
                           "read from its header) is a bad row; bounds the memory of one decoded image.", min=1)
 

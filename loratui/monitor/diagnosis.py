@@ -12,7 +12,6 @@ on exactly as if it had not happened.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -47,7 +46,7 @@ class Diagnosis:
 
 def replay_step(trainer, start_position) -> list[dict]:
     """The micro-batches of the step that began at `start_position`, rebuilt from the data stream."""
-    replica = copy.copy(trainer.stream)
+    replica = trainer.stream.unpacked()  # one example a row: the rows are reported one by one
     replica.position = start_position
     return [replica.next_batch() for _ in range(trainer.config.train.grad_accum)]
 

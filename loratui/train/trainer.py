@@ -129,6 +129,12 @@ class Trainer:
             self.notice(notice)
         self.precision_name, self.adapter_dtype_name = plan.precision, plan.adapter_dtype
         self.load_model(self.precision_name)
+        if self.family.supports_packing:
+            from loratui.data.packing import setup_packing
+
+            notice = setup_packing(self.stream, self.unwrapped_model, self.config.data)
+            if notice:
+                self.notice(notice)
         self.precision = setup_precision(self.precision_name, self.device_type, self.config.amp)
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.runtime, keep=self.config.checkpoint.keep)
         if resume_from is not None:

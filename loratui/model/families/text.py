@@ -9,6 +9,7 @@ class TextFamily(ModelFamily):
     name = "text causal LM"
     model_types = ("llama",)  # and any model_type no other family claims (families.family_for)
     parts = {"language_model": ""}
+    supports_packing = True  # data.packing: the stream is packed once the model is loaded (data/packing.py)
 
     def load_processor(self, path: str, *, trust_remote_code: bool):
         from loratui.model.loading import load_tokenizer
@@ -26,12 +27,15 @@ class TextFamily(ModelFamily):
                 world_size: int):
         from loratui.data.dataset import BatchStream
 
-        # Right-padded input_ids, labels and attention_mask (data.dataset.collate).
+        # Right-padded input_ids, labels and attention_mask (data.dataset.collate) until the trainer
+        # packs it for the loaded model (data.packing.setup_packing).
         return BatchStream(examples, batch_size, seed=seed, shuffle=shuffle, pad_id=processor.pad_token_id,
                            rank=rank, world_size=world_size)
 
     def count_tokens(self, batch: dict) -> int:
-        return int(batch["attention_mask"].sum())
+        from loratui.data.packing import PackedBatch
+
+        return batch.real_tokens if isinstance(batch, PackedBatch) else int(batch["attention_mask"].sum())
 
     def load_model(self, path: str, dtype, *, trust_remote_code: bool, device_map=None, quantization_config=None):
         from transformers import AutoModelForCausalLM
