@@ -49,6 +49,16 @@ SCENARIOS: dict[str, Scenario] = {
         {"model.name_or_path": "builtin:tiny-llama-token-outliers", "data.path": "builtin:tiny-chat-mojibake",
          "train.precision": "fp16"},
         alert="nonfinite_loss", fix="switch_precision"),
+    "vlm-healthy": Scenario(
+        "The built-in tiny vision-language model (a SigLIP tower, a projector and a small Llama) learns to read "
+        "the colour of shapes from pictures; no faults.",
+        {"model.name_or_path": "builtin:tiny-vlm", "data.path": "builtin:tiny-shapes", "train.learning_rate": 0.005}),
+    "vlm-fp16-overflow": Scenario(
+        "fp16 on a vision-language model whose SigLIP vision tower has outlier features (two MLP units near "
+        "1e5, as SigLIP-family towers have): the vision tower overflows fp16's 65504 on every picture.",
+        {"model.name_or_path": "builtin:tiny-vlm-outliers", "data.path": "builtin:tiny-shapes",
+         "train.learning_rate": 0.005, "train.precision": "fp16"},
+        alert="overflow", fix="switch_precision"),
 }
 
 

@@ -177,12 +177,12 @@ def _image_processor(qwen: bool):
 
 
 def pretrain(model, tokenizer, image_processor, *, seed: int, progress: Progress) -> None:
-    """Seeded full-weight pretraining: colour questions without pictures, the other questions with them.
+    """Seeded full-weight pretraining: the conversations without pictures, the follow-up questions with them.
 
     Like any base VLM, it knows its language and chat format and already looks at
-    pictures (shape, count, side, one question at a time); it knows the colour
+    pictures (shape, count and side, asked one at a time); it knows the colour
     question and how often each answer comes, but has never read a colour from a
-    picture. That, in a two-turn conversation, is what fine-tuning must teach.
+    picture. That is what fine-tuning must teach.
     """
     import torch
 
@@ -200,13 +200,12 @@ def pretrain(model, tokenizer, image_processor, *, seed: int, progress: Progress
         for line in lines:
             row = json.loads(line)
             messages = row["messages"]
-            colour_turn = [dict(messages[0], content=messages[0]["content"].replace("<image>", "")), messages[1]]
-            blind.append(_encode_messages({"messages": colour_turn}, tokenizer))
             image = file.parent / row["images"][0]
+            blind.append(_encode_messages({"messages": [dict(m, content=m["content"].replace("<image>", ""))
+                                                        for m in messages]}, tokenizer))
             follow_up = VisionRow([dict(messages[2], content="<image>" + messages[2]["content"]), messages[3]],
                                   [image], [(IMAGE_SIZE, IMAGE_SIZE)])
-            ids, labels = family.encode(processor, follow_up)
-            looking.append(VisionExample(ids, labels, [image], follow_up.sizes))
+            looking.append(VisionExample(*family.encode(processor, follow_up), [image], follow_up.sizes))
     streams = [BatchStream(blind, PRETRAIN_BATCH, seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id),
                VisionBatchStream(looking, PRETRAIN_BATCH, collate=lambda rows, images: family.collate(
                    processor, rows, images), seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)]
