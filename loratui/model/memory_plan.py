@@ -29,10 +29,18 @@ GIB = 1 << 30
 MIB = 1 << 20
 # Room left for the allocator's fragmentation, the CUDA context and kernels' workspaces.
 MARGIN = 0.10
-# Bytes kept for backward per token per layer, per unit of hidden size and of MLP size.
-ACTIVATION_BYTES = {"full": {"hidden": 75, "mlp": 26}, "half": {"hidden": 54, "mlp": 15}}
-# With gradient checkpointing: each layer's input (the residual stream) and its bookkeeping, per unit of hidden size.
+# Peak bytes per token and layer of a training step, per unit of hidden size and of MLP size, measured with
+# the real trainer on CPU (LoRA on every linear layer, dropout on): what autograd saves for the backward
+# pass (fp32 adapters and their dropout keep fp32 copies of their inputs even under autocast) plus the
+# backward's own working set, about half as much again.
+ACTIVATION_BYTES = {"full": {"hidden": 115, "mlp": 40}, "half": {"hidden": 96, "mlp": 27}}
+# With gradient checkpointing: each layer's input (the residual stream) and its bookkeeping, per unit of
+# hidden size, plus one layer recomputed at a time.
 CHECKPOINTED_BYTES_PER_HIDDEN = {"full": 6.5, "half": 4.3}
+# The monitor's probe (bf16 and fp16 runs) recomputes one micro-batch in fp32 arithmetic without
+# checkpointing: fp32 activations, held beside what the step freed. CUDA's caching allocator reuses the
+# step's freed blocks; on a CPU the heap grows by about twice the fp32 activations (measured).
+PROBE_FACTOR = {"cuda": 1.0, "cpu": 2.0}
 # Per token and vocabulary entry: the logits in fp32, the loss's log-probabilities and their gradient.
 LOGIT_BYTES = 12
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -137,8 +145,9 @@ def model_shape(model_config: dict, lora) -> ModelShape:
                       image_tokens=_image_tokens(model_config))
 
 
-def estimate(shape: ModelShape, config, precision: str) -> Estimate:
-    """The peak bytes of one training process for `config` in `precision` (fp32 | bf16 | fp16)."""
+def estimate(shape: ModelShape, config, precision: str, device_type: str = "cuda") -> Estimate:
+    """The peak bytes of one training process for `config` in `precision` (fp32 | bf16 | fp16) on
+    `device_type` (cuda | cpu: they differ only in what the monitor's probe costs)."""
     quantization = config.model.quantization
     dtype_bytes = DTYPE_BYTES[precision]
     adapter_bytes = DTYPE_BYTES[config.train.adapter_dtype]
@@ -158,23 +167,28 @@ def estimate(shape: ModelShape, config, precision: str) -> Estimate:
     parts["LoRA gradients"] = shape.lora_params * adapter_bytes
     parts["AdamW state"] = 2 * shape.lora_params * adapter_bytes
     tokens = config.train.batch_size * config.data.max_length
-    parts["activations"] = int(tokens * _activation_bytes_per_token(shape, precision,
-                                                                    config.train.gradient_checkpointing))
+    activations = int(tokens * _activation_bytes_per_token(shape, precision, config.train.gradient_checkpointing))
+    parts["activations"] = activations
+    if precision != "fp32":
+        probe = int(PROBE_FACTOR[device_type] * tokens * _activation_bytes_per_token(shape, "fp32", False))
+        parts["monitor probe (fp32 recomputation), beyond the step's"] = max(0, probe - activations)
     parts["logits and loss"] = tokens * shape.vocab * (LOGIT_BYTES + dtype_bytes)
     return Estimate(parts, precision, quantization)
 
 
-def plan(shape: ModelShape, config, precision: str, available: int | None, device: str) -> Plan:
-    """The estimate, and when it does not fit, each single change (then pairs) that would."""
-    result = Plan(estimate(shape, config, precision), available, device, image_tokens=shape.image_tokens)
+def plan(shape: ModelShape, config, precision: str, available: int | None, device: str,
+         device_type: str = "cuda") -> Plan:
+    """The estimate, and when it does not fit, the changes that would make it fit."""
+    result = Plan(estimate(shape, config, precision, device_type), available, device,
+                  image_tokens=shape.image_tokens)
     if result.fits is False:
-        result.fixes = _fixes(shape, config, precision, result.usable)
+        result.fixes = _fixes(shape, config, precision, result.usable, device_type)
     return result
 
 
-def plan_for_config(config, precision: str, available: int | None, device: str) -> Plan:
+def plan_for_config(config, precision: str, available: int | None, device: str, device_type: str = "cuda") -> Plan:
     return plan(model_shape(read_model_config(config.model.name_or_path), config.lora), config, precision,
-                available, device)
+                available, device, device_type)
 
 
 def device_memory(caps) -> tuple[int | None, str]:
@@ -208,53 +222,51 @@ def render(result: Plan) -> list[str]:
     return lines
 
 
-def _fixes(shape: ModelShape, config, precision: str, usable: int) -> list:
-    """The changes a user would try, cheapest in quality first; those that fit, with their estimates."""
-    candidates = []
-    if config.model.quantization == "none":
-        candidates.append(('model.quantization = "nf4"', _with(config, model={"quantization": "nf4"})))
-    elif config.model.quantization == "int8":
-        candidates.append(('model.quantization = "nf4"', _with(config, model={"quantization": "nf4"})))
+def _fixes(shape: ModelShape, config, precision: str, usable: int, device_type: str) -> list:
+    """What to change, in the order a user would try it (cheapest in quality first).
+
+    Each single change that fits on its own is listed; when none does, the changes
+    are applied one after another (halving the batch and the length as often as
+    needed) and the first combination that fits is the answer.
+    """
+    def fits(changed) -> bool:
+        return estimate(shape, changed, precision, device_type).total <= usable
+
+    singles = [(change, changed) for _, change, changed in _next_changes(config) if fits(changed)]
+    if singles:
+        return [(change, estimate(shape, changed, precision, device_type)) for change, changed in singles]
+    applied, current = {}, config  # key -> its latest change (the batch may halve more than once)
+    while True:
+        step = _next_changes(current)
+        if not step:
+            return []
+        key, applied[key], current = step[0]
+        if fits(current):
+            return [("; ".join(applied.values()), estimate(shape, current, precision, device_type))]
+
+
+def _next_changes(config) -> list:
+    """Each change still possible from `config`: (key, what to write in the config, the changed config)."""
+    changes = []
+    if config.model.quantization != "nf4":
+        changes.append(("quantization", 'model.quantization = "nf4"', _with(config, model={"quantization": "nf4"})))
     if not config.train.gradient_checkpointing:
-        candidates.append(("train.gradient_checkpointing = true",
-                           _with(config, train={"gradient_checkpointing": True})))
+        changes.append(("checkpointing", "train.gradient_checkpointing = true",
+                        _with(config, train={"gradient_checkpointing": True})))
     if config.train.batch_size > 1:
-        smaller = max(1, config.train.batch_size // 2)
-        candidates.append((f"train.batch_size = {smaller} (grad_accum = "
-                           f"{config.train.grad_accum * config.train.batch_size // smaller} keeps the batch)",
-                           _with(config, train={"batch_size": smaller, "grad_accum": config.train.grad_accum
-                                                * config.train.batch_size // smaller})))
+        smaller = config.train.batch_size // 2
+        accum = config.train.grad_accum * config.train.batch_size // smaller
+        changes.append(("batch", f"train.batch_size = {smaller} with train.grad_accum = {accum} (the same batch "
+                        "per step)", _with(config, train={"batch_size": smaller, "grad_accum": accum})))
     if config.data.max_length > 256:
-        candidates.append((f"data.max_length = {config.data.max_length // 2}",
-                           _with(config, data={"max_length": config.data.max_length // 2})))
-    singles = [(change, estimate(shape, changed, precision)) for change, changed in candidates]
-    fitting = [(change, est) for change, est in singles if est.total <= usable]
-    if fitting:
-        return fitting
-    # No one change is enough: the first pairs that are, in the same order.
-    for i, (first, first_config) in enumerate(candidates):
-        for second, _ in candidates[i + 1:]:
-            both = _merge(first_config, dict(candidates)[second], config)
-            est = estimate(shape, both, precision)
-            if est.total <= usable:
-                return [(f"{first} and {second}", est)]
-    return []
+        changes.append(("length", f"data.max_length = {config.data.max_length // 2}",
+                        _with(config, data={"max_length": config.data.max_length // 2})))
+    return changes
 
 
 def _with(config, **sections):
     changed = {name: replace(getattr(config, name), **values) for name, values in sections.items()}
     return replace(config, **changed)
-
-
-def _merge(first, second, original):
-    """`first` with the sections `second` changed from `original`."""
-    merged = first
-    for name in ("model", "train", "data"):
-        if getattr(second, name) != getattr(original, name):
-            ours, theirs, base = getattr(merged, name), getattr(second, name), getattr(original, name)
-            values = {k: v for k, v in vars(theirs).items() if vars(base)[k] != v}
-            merged = replace(merged, **{name: replace(ours, **values)})
-    return merged
 
 
 def _activation_bytes_per_token(shape: ModelShape, precision: str, checkpointing: bool) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,15 @@ def import_bitsandbytes():
     return bitsandbytes
 
 
-def bnb_config(quantization: str, precision: str, *, double_quant: bool):
+def bnb_config(quantization: str, precision: str, *, double_quant: bool, keep_unquantized: list | None = None):
     """transformers' BitsAndBytesConfig for `quantization` in a run of `precision`; None for "none".
 
     The 4-bit layers dequantize into their compute dtype for every matmul, so it
     follows the run's precision: fp16 where bf16 is not native, bf16 where it is.
+    `keep_unquantized` names module prefixes that keep their own dtype: a
+    vision-language model's tower and projector, as MiniCPM-V-2_6-int4 does
+    (only its language model is 4-bit). Naming them replaces transformers'
+    default list, so the output layer is named too.
     """
     if quantization == "none":
         return None
@@ -90,10 +95,12 @@ def bnb_config(quantization: str, precision: str, *, double_quant: bool):
 
     import_bitsandbytes()
     compute_dtype = getattr(torch, _DTYPE_NAMES[precision])
+    skip = sorted(set(keep_unquantized) | {"lm_head"}) if keep_unquantized else None
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_quant_storage=torch.uint8)
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_quant_storage=torch.uint8,
+                              llm_int8_skip_modules=skip)
 
 
 def prepare_for_kbit_training(model, *, gradient_checkpointing: bool):
@@ -123,9 +130,15 @@ def prepare_for_kbit_training(model, *, gradient_checkpointing: bool):
         if hasattr(layer, "support_avx512bf16_for_cpu"):
             layer.support_avx512bf16_for_cpu = False
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer in the backward pass; the frozen base's inputs ask for gradients so the
+    checkpointed layers still give their adapters some (non-reentrant checkpointing, as torch advises)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
 
 
 def quantized_modules(model) -> dict:
@@ -163,17 +176,21 @@ class DequantizationError:
                 "mean": self.mean, "modules": len(self.per_module)}
 
 
-def dequantization_error(model, model_dir: str, method: str) -> DequantizationError:
+def dequantization_error(model, model_dir: str, method: str, *, max_modules: int = 28) -> DequantizationError:
     """Each quantized layer's ||W_dequantized - W|| / ||W||, W read lazily from the safetensors files.
 
     One original tensor is in memory at a time, so this costs one layer's fp32
-    weight, not a second model.
+    weight, not a second model. A large model is sampled: `max_modules` layers
+    spread evenly from the first to the last (the tiny model's 28 are all of them).
     """
     import torch
 
     originals = _safetensors_index(Path(model_dir))
     errors = {}
-    for name, module in quantized_modules(model).items():
+    layers = list(quantized_modules(model).items())
+    if len(layers) > max_modules:
+        layers = [layers[round(i * (len(layers) - 1) / (max_modules - 1))] for i in range(max_modules)]
+    for name, module in layers:
         key = _checkpoint_key(name, originals)
         if key is None:
             continue
@@ -231,3 +248,21 @@ def _plain_name(module_name: str) -> str:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def gradient_checkpointing_paused(model):
+    """Layers keep their activations inside the block, whatever train.gradient_checkpointing says.
+
+    The monitor's fp32 reference needs it: checkpointed layers recompute in the
+    backward pass, outside the fp32 arithmetic the reference's forward ran in,
+    so their gradients would be half-precision ones again.
+    """
+    switched = [module for module in model.modules() if getattr(module, "gradient_checkpointing", None) is True]
+    for module in switched:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.gradient_checkpointing = True

@@ -68,10 +68,11 @@ def reference_gradients(model, batch: dict, params, rng: dict | None, recorder=N
     """Loss and LoRA gradients of `batch` in fp32 arithmetic; `.grad` is left as it was."""
     import torch
 
+    from loratui.model.quantization import gradient_checkpointing_paused
     from loratui.monitor.fp32_math import fp32_math
 
     recording = recorder.record(batch["input_ids"].shape[0]) if recorder is not None else nullcontext()
-    with rng_replayed(rng):
+    with rng_replayed(rng), gradient_checkpointing_paused(model):
         with fp32_math(), recording:
             loss = model(**batch).loss
         # Outside fp32_math: it would upcast `params` too and ask for gradients of copies.

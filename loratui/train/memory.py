@@ -14,3 +14,50 @@ def memory_figures(device) -> dict:
     return {"mem_allocated_mib": round(torch.cuda.memory_allocated(device) / MIB, 1),
             "mem_reserved_mib": round(torch.cuda.memory_reserved(device) / MIB, 1),
             "mem_peak_mib": round(torch.cuda.max_memory_allocated(device) / MIB, 1)}
+
+
+class PeakMemory:
+    """The training's real peak, to set beside the planner's estimate (run_finished).
+
+    On CUDA: the caching allocator's peak of allocated memory since `start`. On
+    a CPU: the process's peak resident memory (VmHWM, reset at `start` where
+    Linux allows) above its resident memory at `start`, which comes after the
+    libraries are imported and before the model loads, so what is counted is
+    what training itself holds: weights, adapters, optimizer, activations.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.baseline = 0
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+            self.baseline = torch.cuda.memory_allocated(device)
+            return
+        self.baseline = _status_bytes("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current resident size
+        except OSError:
+            pass  # not Linux, or not allowed: the peak is then the process's lifetime peak
+
+    def peak_bytes(self) -> int | None:
+        if self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) - self.baseline
+        peak = _status_bytes("VmHWM")
+        return None if peak is None or self.baseline is None else max(0, peak - self.baseline)
+
+
+def _status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status in bytes; None where there is no /proc (macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -82,6 +82,12 @@ def quiet_libraries() -> None:
     """transformers' own progress bars and chatter would interleave with our lines."""
     import warnings
 
+    from loratui.model.quantization import bitsandbytes_problem
+
+    # First: peft imports bitsandbytes whenever it is installed, and a plain import of it asks the Hub
+    # for a kernel; imported offline here, it is the module everyone gets. Where it cannot load, only a
+    # quantized config needs it, and machine_problems says so.
+    bitsandbytes_problem()
     import transformers
 
     # peft still calls a transformers API deprecated in v5; the warning says nothing to users.
@@ -146,13 +152,25 @@ def setup_data(config, family, model_path: str, runtime: Runtime, phase: Phase) 
 
 def setup_model(config, family, model_path: str, precision_name: str, adapter_dtype_name: str,
                 runtime: Runtime) -> TrainableModel:
-    """The base model in the precision's dtype, with LoRA adapters in adapter_dtype."""
+    """The base model in the precision's dtype (its linear layers quantized when model.quantization asks),
+    with LoRA adapters in adapter_dtype."""
     import torch
 
+    from loratui.model import quantization
     from loratui.model.loading import add_lora
 
+    quantized = quantization.bnb_config(config.model.quantization, precision_name,
+                                        double_quant=config.model.double_quant,
+                                        keep_unquantized=[prefix for part, prefix in family.parts.items()
+                                                          if part != "language_model" and prefix])
     base = family.load_model(model_path, getattr(torch, DTYPES[precision_name]),
-                             trust_remote_code=config.model.trust_remote_code)
+                             trust_remote_code=config.model.trust_remote_code,
+                             # bitsandbytes quantizes as it loads, on the device it is given
+                             device_map={"": runtime.device} if quantized else None, quantization_config=quantized)
+    if quantized:
+        base = quantization.prepare_for_kbit_training(base, gradient_checkpointing=config.train.gradient_checkpointing)
+    elif config.train.gradient_checkpointing:
+        quantization.enable_gradient_checkpointing(base)
     # LoRA init must be the same on every rank and for every precision: seed it.
     torch.manual_seed(config.train.seed)
     adapter_dtype = torch.bfloat16 if adapter_dtype_name == "bf16" else torch.float32
@@ -190,6 +208,29 @@ def set_peak_learning_rate(scheduler, learning_rate: float) -> None:
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
+def memory_estimate(config, model_path: str, precision_name: str, device_type: str):
+    """The planner's estimate for this run (loratui check's), or None for a model it cannot size."""
+    from loratui.errors import UserInputError
+    from loratui.model.memory_plan import estimate, model_shape, read_model_config
+
+    try:
+        return estimate(model_shape(read_model_config(model_path), config.lora), config, precision_name,
+                        device_type)
+    except UserInputError:
+        return None
+
+
+def quantization_fields(config, model, model_path: str, precision_name: str) -> dict | None:
+    """What run_started says about a quantized base: its format, compute dtype and dequantization error."""
+    if config.model.quantization == "none":
+        return None
+    from loratui.model.quantization import dequantization_error
+
+    error = dequantization_error(model, model_path, config.model.quantization)
+    return {"method": config.model.quantization, "double_quant": config.model.double_quant,
+            "compute_dtype": precision_name, "dequantization_error": error.as_dict()}
+
+
 def run_started_fields(trainer, resumed_from) -> dict:
     """The `run_started` event: what is in effect (precision, device, sizes, versions, config)."""
     import platform
@@ -214,4 +255,6 @@ def run_started_fields(trainer, resumed_from) -> dict:
         loss_scaling=trainer.precision.scaler is not None, adapter_dtype=trainer.adapter_dtype_name,
         max_steps=config.train.max_steps, capabilities=trainer.capabilities.as_dict(),
         resumed_from=str(resumed_from.path) if resumed_from else None, config=to_dict(config),
-        run_dir=str(trainer.run_dir.root), pid=os.getpid())
+        run_dir=str(trainer.run_dir.root), pid=os.getpid(),
+        memory_estimate=trainer.memory_estimate.as_dict() if trainer.memory_estimate else None,
+        quantization=quantization_fields(config, trainer.unwrapped_model, trainer.model_path, trainer.precision_name))

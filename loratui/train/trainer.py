@@ -31,7 +31,7 @@ from loratui.events.jsonl import next_attempt
 from loratui.run_dir import PRIVATE_UMASK, RunDir
 from loratui.train import run_control, setup
 from loratui.train.checkpoint import Checkpointer, CheckpointNotWritten, Trainables, TrainState
-from loratui.train.memory import memory_figures
+from loratui.train.memory import MIB, PeakMemory, memory_figures
 from loratui.train.precision import scale_tensor, setup_precision
 from loratui.train.run_control import StopTraining
 from loratui.train.signals import SignalWatcher
@@ -68,6 +68,8 @@ class Trainer:
         self.precision_name = config.train.precision
         self.learning_rate = config.train.learning_rate
         self.adapter_dtype_name = config.train.adapter_dtype
+        self.peak_memory: PeakMemory | None = None  # set in setup, before the model loads
+        self.memory_estimate = None  # the planner's Estimate for this run, when it can size the model
 
     def run(self) -> int:
         """Train to the end; returns the exit code (0 done, 1 failed, 2 bad input, 128+N signal)."""
@@ -128,6 +130,7 @@ class Trainer:
         for notice in plan.notices:
             self.notice(notice)
         self.precision_name, self.adapter_dtype_name = plan.precision, plan.adapter_dtype
+        self.peak_memory = PeakMemory(self.device)  # after the imports, before the model: what training holds
         self.load_model(self.precision_name)
         if self.family.supports_packing:
             from loratui.data.packing import setup_packing
@@ -135,6 +138,8 @@ class Trainer:
             notice = setup_packing(self.stream, self.unwrapped_model, self.config.data)
             if notice:
                 self.notice(notice)
+        self.memory_estimate = setup.memory_estimate(self.config, self.model_path, self.precision_name,
+                                                     self.device_type)
         self.precision = setup_precision(self.precision_name, self.device_type, self.config.amp)
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.runtime, keep=self.config.checkpoint.keep)
         if resume_from is not None:
@@ -303,7 +308,17 @@ class Trainer:
             return
         if getattr(self, "model", None) is not None and self.step > 0:
             self.save_adapter()
-        self.bus.publish("run_finished", step=self.step, reason=reason, adapter=str(self.run_dir.adapter))
+        self.bus.publish("run_finished", step=self.step, reason=reason, adapter=str(self.run_dir.adapter),
+                         **self.memory_outcome())
+
+    def memory_outcome(self) -> dict:
+        """The estimate beside the measured peak (CUDA's allocated memory, or the process's resident memory)."""
+        if self.peak_memory is None:
+            return {}
+        peak, estimate = self.peak_memory.peak_bytes(), self.memory_estimate
+        return {"mem_estimate_mib": round(estimate.total / MIB, 1) if estimate else None,
+                "mem_peak_measured_mib": round(peak / MIB, 1) if peak is not None else None,
+                "mem_peak_measured_as": "cuda allocated" if self.device_type == "cuda" else "process resident"}
 
     @property
     def unwrapped_model(self):

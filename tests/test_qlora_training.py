@@ -1,0 +1,151 @@
+"""QLoRA on CPU for real: the built-in model with a 4-bit (nf4) base through bitsandbytes' CPU backend.
+
+It trains in fp32, bf16 and fp16 (a real GradScaler), its adapter reloads onto
+a freshly quantized base and reproduces the trained logits, a stopped run
+resumes exactly, a restart fp16 -> bf16 keeps the 4-bit base, and the fp16
+overflow scenario on a 4-bit base raises its alert naming the module.
+4-bit layers are slow on a CPU (every matmul dequantizes), so the default
+suite keeps one run of a few steps and the rest are slow tests.
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import StepHook, command_at, make_config, ready_trainer, steps_of, train_in_process
+
+NF4 = ['model.quantization="nf4"', "train.batch_size=4", "train.warmup_steps=2", "checkpoint.every_steps=4",
+       "lora.dropout=0.1"]
+
+
+def linear4bit_layers(model) -> dict:
+    from loratui.model.quantization import import_bitsandbytes
+
+    bnb = import_bitsandbytes()
+    return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def losses(events, attempt=None) -> dict:
+    return {e["step"]: e["loss"] for e in steps_of(events, attempt)}
+
+
+def assert_loss_falls(events, steps: int) -> None:
+    loss = [e["loss"] for e in steps_of(events)]
+    assert len(loss) == steps
+    third = steps // 3
+    assert sum(loss[-third:]) / third < 0.85 * sum(loss[:third]) / third, loss
+
+
+def test_bf16_on_a_4bit_base_learns_and_its_adapter_reloads_onto_a_4bit_base(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loratui.model.quantization import bnb_config, prepare_for_kbit_training
+
+    config = make_config(tmp_path, NF4 + ["train.precision=bf16", "train.max_steps=12",
+                                          f'run.output_dir="{tmp_path}"'])
+    trainer = ready_trainer(config)
+    model = trainer.unwrapped_model
+    layers = linear4bit_layers(model)
+    assert len(layers) == 28 and all(m.compute_dtype == torch.bfloat16 for m in layers.values())
+    assert all(p.dtype == torch.float32 for p in trainer.params)  # adapters fp32, as asked by default
+    reason, code = trainer.fit()
+    trainer.finish("completed")
+    trainer.bus.close()
+    assert code == 0
+    from loratui.events.jsonl import read_events
+
+    events = read_events(trainer.run_dir.events)
+    assert_loss_falls(events, 12)
+    started = next(e for e in events if e["type"] == "run_started")
+    quant = started["quantization"]
+    assert quant["method"] == "nf4" and quant["compute_dtype"] == "bf16" and quant["double_quant"] is True
+    error = quant["dequantization_error"]
+    assert error["modules"] == 28 and error["worst_module"].startswith("model.layers.") and 0 < error["mean"] < 0.5
+    assert started["memory_estimate"]["quantization"] == "nf4"
+    finished = next(e for e in events if e["type"] == "run_finished")
+    assert finished["mem_estimate_mib"] == started["memory_estimate"]["total_mib"]
+    assert finished["mem_peak_measured_mib"] > 0 and finished["mem_peak_measured_as"] == "process resident"
+
+    batch = {k: v for k, v in trainer.stream.next_batch().items()}
+    model.eval()
+    with torch.no_grad(), trainer.precision.autocast():
+        trained = model(**batch).logits.float()
+    base = AutoModelForCausalLM.from_pretrained(trainer.model_path, dtype=torch.bfloat16, device_map={"": "cpu"},
+                                                quantization_config=bnb_config("nf4", "bf16", double_quant=True))
+    base = prepare_for_kbit_training(base, gradient_checkpointing=False)
+    reloaded = PeftModel.from_pretrained(base, str(trainer.run_dir.adapter)).eval()
+    assert len(linear4bit_layers(reloaded)) == 28
+    with torch.no_grad(), trainer.precision.autocast():
+        again = reloaded(**batch).logits.float()
+    assert torch.equal(trained, again)
+    base_only = reloaded.get_base_model()
+    with torch.no_grad(), trainer.precision.autocast(), reloaded.disable_adapter():
+        untrained = base_only(**batch).logits.float()
+    assert not torch.allclose(untrained, trained, atol=1e-3)  # the adapter is what reproduces them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fp32_and_fp16_with_a_grad_scaler_learn_on_a_4bit_base(tmp_path, precision):
+    config = make_config(tmp_path, NF4 + [f"train.precision={precision}", "train.max_steps=24",
+                                          f'run.output_dir="{tmp_path}"'])
+    code, events, _ = train_in_process(config)
+    assert code == 0
+    assert_loss_falls(events, 24)
+    steps = steps_of(events)
+    if precision == "fp16":
+        assert all(e["scale"] is not None for e in steps)  # a real GradScaler ran
+    started = next(e for e in events if e["type"] == "run_started")
+    assert started["precision"] == precision and started["quantization"]["compute_dtype"] == precision
+
+
+@pytest.mark.slow
+def test_a_stopped_qlora_run_resumes_exactly(tmp_path):
+    out = f'run.output_dir="{tmp_path / "runs"}"'
+    base = NF4 + ["train.precision=fp32", "train.max_steps=8"]
+    code, full_events, full_dir = train_in_process(make_config(tmp_path, base + [out, "run.name=full"]))
+    assert code == 0
+    part = make_config(tmp_path, base + [out, "run.name=part"])
+    code, _, part_dir = train_in_process(part, monitor=StepHook({5: command_at("stop")}))
+    assert code == 0
+    code, events, _ = train_in_process(part, resume=True)
+    assert code == 0
+    full, after = losses(full_events), losses(events, attempt=1)
+    assert sorted(after) == [6, 7, 8]
+    for step, loss in after.items():
+        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
+    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
+    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
+    assert final_full.keys() == final_part.keys()
+    assert all(torch.equal(final_full[name], final_part[name]) for name in final_full)
+
+
+@pytest.mark.slow
+def test_a_restart_from_fp16_to_bf16_keeps_the_4bit_base(tmp_path):
+    config = make_config(tmp_path, NF4 + ["train.precision=fp16", "train.max_steps=6",
+                                          f'run.output_dir="{tmp_path}"'])
+    seen = {}
+
+    def remember(trainer):
+        seen.update({name: m.compute_dtype for name, m in linear4bit_layers(trainer.unwrapped_model).items()})
+
+    code, events, _ = train_in_process(config, monitor=StepHook({
+        (0, 3): command_at("restart", precision="bf16"), (1, 5): remember}))
+    assert code == 0
+    restart = next(e for e in events if e["type"] == "restart")
+    assert restart["precision"] == "bf16"
+    assert [e["precision"] for e in steps_of(events, attempt=1)] and \
+        all(e["precision"] == "bf16" for e in steps_of(events, attempt=1))
+    assert len(seen) == 28 and set(seen.values()) == {torch.bfloat16}  # still 4-bit, now computing in bf16
+
+
+@pytest.mark.slow
+def test_the_fp16_overflow_scenario_on_a_4bit_base_names_the_module(tmp_path):
+    from helpers import loratui_cli
+
+    result = loratui_cli("demo", "--scenario", "fp16-overflow", "--headless", "--set", "train.max_steps=2",
+                         "--set", "train.batch_size=2", "--set", 'model.quantization="nf4"', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ALERT [critical] overflow at step 1: fp16 overflows: model.layers.1.mlp.down_proj received" \
+        in result.stdout
