@@ -167,20 +167,21 @@ def test_a_malformed_minicpmv_json_list_names_its_line(llava, tmp_path):
     assert f"{path}:1" in caught.value.render() and "<image_01>" in caught.value.render()
 
 
-def test_images_are_decoded_lazily_off_the_training_thread_within_a_memory_bound(llava, tmp_path):
-    """2400 pictures of 256x256 (470 MB if all were decoded at once) stream with a bounded resident size."""
+@pytest.mark.parametrize("count", [pytest.param(2400, marks=pytest.mark.slow), 480])
+def test_images_are_decoded_lazily_off_the_training_thread_within_a_memory_bound(llava, tmp_path, count):
+    """Pictures of 256x256 (470 MB for 2400 if all were decoded at once) stream with a bounded resident size."""
     import psutil
 
     family, processor = llava
     folder = tmp_path / "many"
     folder.mkdir()
     rows = []
-    for index in range(2400):
+    for index in range(count):
         name = f"{index}.png"
         Image.new("RGB", (256, 256), (index % 251, 90, 160)).save(folder / name, compress_level=1)
         rows.append({"messages": chat("<image>What colour?"), "images": [name]})
     examples, report = family.build_examples(data_config(write_jsonl(folder / "d.jsonl", rows)), processor)
-    assert report.images == 2400
+    assert report.images == count
     stream = family.batches(examples, processor, batch_size=16, seed=0, shuffle=True, rank=0, world_size=1)
     process = psutil.Process()
     threads = set()
@@ -193,11 +194,11 @@ def test_images_are_decoded_lazily_off_the_training_thread_within_a_memory_bound
         peak = max(peak, process.memory_info().rss)
     stream.close()
     assert batch["pixel_values"].shape[1:] == (3, 56, 56)
-    assert stream.images_served == 2400 + 16  # a whole epoch and the next one's first batch
+    assert stream.images_served == count + 16  # a whole epoch and the next one's first batch
     import threading
 
     assert threads and threading.get_ident() not in threads  # decoded on the worker thread
-    decoded_all = 2400 * 256 * 256 * 3
+    decoded_all = count * 256 * 256 * 3
     assert peak - baseline < decoded_all / 10, f"resident memory grew {(peak - baseline) / 2**20:.0f} MiB"
 
 
@@ -209,3 +210,22 @@ def _recording_thread(collate, threads: set):
         return collate(examples, images)
 
     return recording
+
+
+def test_image_rows_and_a_text_model_or_text_formats_and_a_vlm_are_refused_with_the_key(llava, tmp_path):
+    from loratui.data.dataset import load_examples
+    from loratui.model.loading import load_tokenizer
+
+    family, processor = llava
+    with pytest.raises(UserInputError) as caught:
+        family.build_examples(data_config("builtin:tiny-shapes", "text"), processor)
+    assert "data.format" in caught.value.render() and '"messages" or "minicpmv"' in caught.value.render()
+    tokenizer = load_tokenizer(str(builtin_vlm_dir("builtin:tiny-vlm")), trust_remote_code=False)
+    with pytest.raises(UserInputError) as caught:
+        load_examples(str(shapes_dataset_path("builtin:tiny-shapes", "minicpmv")), "minicpmv", tokenizer,
+                      max_length=64, on_too_long="truncate", on_bad_row="error")
+    assert "data.format" in caught.value.render() and "vision-language model" in caught.value.render()
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": chat("<image>?"), "images": ["a.png"]}])
+    with pytest.raises(UserInputError) as caught:
+        load_examples(str(path), "messages", tokenizer, max_length=64, on_too_long="truncate", on_bad_row="error")
+    assert f"{path}:1" in caught.value.render() and "images need a vision-language model" in caught.value.render()

@@ -68,6 +68,9 @@ def load_examples(path: str, data_format: str, tokenizer, *, max_length: int, on
     lines = _read_lines(file)
     report = DataReport()
     examples: list[Example] = []
+    if data_format not in _ENCODERS:  # "minicpmv": rows with images, read by a vision-language family
+        raise UserInputError(Problem("data.format", f'"{data_format}" rows carry images: they need a '
+                                     "vision-language model (this one is a text model)"))
     encode = _ENCODERS[data_format]
     for index, (line_number, raw) in enumerate(lines):
         if progress and index % 256 == 0:
@@ -184,6 +187,8 @@ def _encode_messages(row: dict, tokenizer) -> Example:
     model must learn to say. Tokens are labelled by their character offsets.
     """
     messages = row.get("messages")
+    if row.get("images"):
+        raise BadRow("the row has images and the model is a text model (images need a vision-language model)")
     if messages is None:
         raise BadRow("missing field 'messages'")
     if not isinstance(messages, list) or not messages:

@@ -102,7 +102,11 @@ class VisionLanguageFamily(ModelFamily):
     def build_examples(self, data_config, processor: VisionProcessor, *, progress=None):
         from loratui.data.builtin_shapes import is_shapes_dataset, shapes_dataset_path
         from loratui.data.vision_rows import load_vision_examples
+        from loratui.errors import Problem, UserInputError
 
+        if data_config.format not in ("messages", "minicpmv"):
+            raise UserInputError(Problem("data.format", f'a vision-language model reads "messages" or "minicpmv" '
+                                         f'rows, not "{data_config.format}"'))
         path = data_config.path
         file = shapes_dataset_path(path, data_config.format) if is_shapes_dataset(path) else Path(path)
         return load_vision_examples(file, data_config.format, lambda row: self.encode(processor, row),
