@@ -30,7 +30,7 @@ def losses(events, attempt=None) -> dict[int, float]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_the_tiny_vlm_trains_in_each_precision(tmp_path, precision):
     config = make_config(tmp_path, VLM + out(tmp_path, precision) + [f"train.precision={precision}",
-                                                                     "train.max_steps=6"])
+                                                                     "train.max_steps=4"])
     code, events, run_dir = train_in_process(config)
     assert code == 0, events[-1]
     started = next(e for e in events if e["type"] == "run_started")
@@ -38,7 +38,7 @@ def test_the_tiny_vlm_trains_in_each_precision(tmp_path, precision):
     data = next(e for e in events if e["type"] == "data")
     assert data["images"] == data["examples"] == 1024
     steps = steps_of(events)
-    assert len(steps) == 6 and all(math.isfinite(s["loss"]) for s in steps)
+    assert len(steps) == 4 and all(math.isfinite(s["loss"]) for s in steps)
     assert all(s["images"] == 8 and s["images_per_s"] > 0 for s in steps)  # one picture a row
     if precision == "fp16":
         assert all(s["scale"] is not None for s in steps)
@@ -121,17 +121,17 @@ def test_the_tiny_vlm_starts_to_read_colours_within_40_steps(tmp_path):
 
 @pytest.mark.parametrize("model", ["builtin:tiny-vlm", "builtin:tiny-qwen2-vl"])
 def test_exact_resume_on_a_vlm_run(tmp_path, model):
-    base = VLM + ["train.precision=fp32", "train.max_steps=8", "checkpoint.every_steps=3", "lora.dropout=0.1",
+    base = VLM + ["train.precision=fp32", "train.max_steps=6", "checkpoint.every_steps=2", "lora.dropout=0.1",
                   f"model.name_or_path=\"{model}\""]
     code, full_events, full_dir = train_in_process(make_config(tmp_path, base + out(tmp_path, "full")))
     assert code == 0, full_events[-1]
     part = make_config(tmp_path, base + out(tmp_path, "part"))
-    code, first, part_dir = train_in_process(part, monitor=StepHook({5: command_at("stop")}))
-    assert code == 0 and max(losses(first)) == 5
+    code, first, part_dir = train_in_process(part, monitor=StepHook({3: command_at("stop")}))
+    assert code == 0 and max(losses(first)) == 3
     code, events, _ = train_in_process(part, resume=True)
     assert code == 0, events[-1]
     full, after = losses(full_events), losses(events, attempt=1)
-    assert sorted(after) == [6, 7, 8]
+    assert sorted(after) == [4, 5, 6]
     for step, loss in after.items():
         assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
     final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
