@@ -35,6 +35,11 @@ CHECK_NAMES = ("fp16_headroom", "underflow", "fidelity", "stale_update", "loss_s
                "weight_motion")
 
 
+def _part(trainer, module: str | None) -> str | None:
+    """The model part (vision_tower, projector, language_model) a reading's module belongs to."""
+    return trainer.family.part_of(module) if module else None
+
+
 @dataclass
 class ProbeResults:
     step: int
@@ -300,7 +305,8 @@ class HealthMonitor:
         self.latest_headroom = headroom
         if headroom >= minimum:
             self.last_roomy_step = step
-        extra = dict(module=named.module, where=named.where, peak=named.value, largest_module=largest.module,
+        extra = dict(module=named.module, part=_part(trainer, named.module), where=named.where, peak=named.value,
+                     largest_module=largest.module,
                      largest_where=largest.where, largest_peak=largest.value, threshold=minimum,
                      rows_over=rows_tight, rows=rows)
         summary = (f"{named.module} {named.where} peaks at {named.value:.3g}: "
@@ -353,7 +359,8 @@ class HealthMonitor:
         underflow = check("alert" if share is not None and share > config.underflow_max else "ok",
                           None if share is None else round(share, 6),
                           f"{gradients.underflowed} of {gradients.compared} gradient values zero or subnormal in "
-                          f"fp16", module=gradients.worst_module, threshold=config.underflow_max)
+                          f"fp16", module=gradients.worst_module, part=_part(trainer, gradients.worst_module),
+                          threshold=config.underflow_max)
         return {"underflow": underflow, "fidelity": fidelity}
 
     def _stale(self, trainer, step: int, figures, measured: bool) -> dict:
@@ -375,7 +382,8 @@ class HealthMonitor:
             self.book.healthy("stale_update", "probe:stale", step)
         return check("alert" if bad else ("warn" if over else "ok"), round(stale.share, 6),
                      f"{stale.stale} of {stale.intended} intended updates lost to {stale.dtype} rounding",
-                     module=stale.worst_module, threshold=self.config.stale_max)
+                     module=stale.worst_module, part=_part(trainer, stale.worst_module),
+                     threshold=self.config.stale_max)
 
     def _end_below_scale_floor(self, trainer, step: int, scale: float | None) -> None:
         """A loss scale under monitor.min_loss_scale can no longer train: end the attempt with a checkpoint.
