@@ -160,3 +160,18 @@ def test_a_bad_image_stops_the_run_before_training_with_its_place(tmp_path):
     assert code == 0, events[-1]
     data_event = next(e for e in events if e["type"] == "data")
     assert data_event["skipped"] == {"image not found": 1} and data_event["images"] == 2
+
+
+def test_health_readings_name_the_part_of_the_model(tmp_path):
+    """The monitor's probes cover the whole VLM: the headroom reading names the vision tower's module and its part,
+    in fp16 (where it overflows) and in bf16 (where the same activation is only measured)."""
+    from test_monitor_support import train_monitored
+
+    for precision in ("fp16", "bf16"):
+        config = make_config(tmp_path, VLM + out(tmp_path, precision) + [
+            "model.name_or_path=\"builtin:tiny-vlm-outliers\"", f"train.precision={precision}",
+            "train.max_steps=1", "monitor.probe_first_steps=1", "train.batch_size=4"])
+        code, events, _ = train_monitored(config)
+        assert code == 0, events[-1]
+        headroom = next(e for e in events if e["type"] == "health")["checks"]["fp16_headroom"]
+        assert headroom["module"].startswith("model.vision_tower.") and headroom["part"] == "vision_tower"
