@@ -175,3 +175,17 @@ def test_health_readings_name_the_part_of_the_model(tmp_path):
         assert code == 0, events[-1]
         headroom = next(e for e in events if e["type"] == "health")["checks"]["fp16_headroom"]
         assert headroom["module"].startswith("model.vision_tower.") and headroom["part"] == "vision_tower"
+
+
+def test_the_fp32_vision_tower_keeps_fp16_finite_on_the_outlier_tower(tmp_path):
+    """[vision] tower_fp32: the tower's weights and arithmetic in fp32, the rest in fp16 with its loss scaler."""
+    def fp16_losses(name: str, extra: list[str]) -> list[float]:
+        config = make_config(tmp_path, VLM + out(tmp_path, name) + [
+            "model.name_or_path=\"builtin:tiny-vlm-outliers\"", "train.precision=fp16", "train.max_steps=3",
+            "train.batch_size=4", *extra])
+        code, events, _ = train_in_process(config)
+        assert code == 0, events[-1]
+        return [float(s["loss"]) for s in steps_of(events)]  # "nan" as the log writes it
+
+    assert not any(map(math.isfinite, fp16_losses("plain", [])))  # the tower overflows on every picture
+    assert all(map(math.isfinite, fp16_losses("tower-fp32", ["vision.tower_fp32=true"])))
