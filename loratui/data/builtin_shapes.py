@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 SHAPES_SEED = 2024
@@ -62,31 +59,10 @@ def all_questions() -> list[str]:
     return [COLOUR_QUESTION, *FOLLOW_UPS.values()]
 
 
-def _cache_dir() -> Path:
-    # The same cache as the built-in models (loratui.model.builtin.cache_root); computed here because
-    # the data package must not import the model package that imports it.
-    base = os.environ.get("LORATUI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loratui")
-    return Path(base) / "data"
-
-
 def _generated_dir() -> Path:
-    target = _cache_dir() / f"tiny-shapes-{_fingerprint()}"
-    if (target / "complete").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-shapes-", dir=target.parent))
-    try:
-        write_shapes(staging)
-        (staging / "complete").write_text("")
-        try:
-            os.rename(staging, target)  # atomic: a concurrent writer's result is as good as ours
-        except OSError:
-            if not (target / "complete").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    from loratui.data.cache import built_once, cache_root
+
+    return built_once(cache_root() / "data" / f"tiny-shapes-{_fingerprint()}", write_shapes)
 
 
 def write_shapes(out_dir: Path) -> None:

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from loratui.data.builtin_shapes import IMAGE_SIZE, all_answers, all_questions
@@ -63,26 +60,11 @@ def is_builtin_vlm(name: str) -> bool:
 
 def builtin_vlm_dir(name: str, progress: Progress | None = None) -> Path:
     """The directory of a built-in VLM, building it on first use (cached by content)."""
+    from loratui.data.cache import built_once
+
     variant = name.removeprefix("builtin:")
-    target = cache_root() / "models" / f"{variant}-{_fingerprint(variant)}"
-    if (target / "complete").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{variant}-", dir=target.parent))
-    try:
-        build_tiny_vlm(staging, variant, progress=progress)
-        (staging / "complete").write_text("")
-        if target.exists():  # an interrupted copy made by hand: set it aside so the rename can succeed
-            shutil.rmtree(target.rename(target.with_name(f".broken-{target.name}-{os.getpid()}")),
-                          ignore_errors=True)
-        try:
-            os.rename(staging, target)  # atomic: a concurrent builder's result is as good as ours
-        except OSError:
-            if not (target / "complete").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return built_once(cache_root() / "models" / f"{variant}-{_fingerprint(variant)}",
+                      lambda staging: build_tiny_vlm(staging, variant, progress=progress))
 
 
 def build_tiny_vlm(out_dir: Path, variant: str, *, seed: int = VLM_SEED, progress: Progress | None = None) -> None:
