@@ -11,7 +11,7 @@ sampler, publishes a `host` event every few seconds from a daemon thread:
 cpu_pct is the whole machine (all cores, 0-100); process_cpu_pct the trainer
 and its children (data-loader workers) as `top` counts it (100 = one core);
 rss_mib their resident memory together. The bus stops the sampler before the
-run's last word, as it does the GPU sampler.
+run's last word, as it does the GPU sampler; stopping takes one last reading.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class HostSampler:
         self._interval = interval
         self._step: int | None = None
         self._stopped = threading.Event()
+        self._last_reading = False
         self._thread: threading.Thread | None = None
 
     def write(self, event: dict) -> None:
@@ -83,7 +84,9 @@ class HostSampler:
             self._thread.start()
 
     def stop(self) -> None:
-        """End sampling and wait for the thread: the bus calls this before run_finished or run_failed."""
+        """End sampling with one last reading, and wait for it: the bus calls this before run_finished or
+        run_failed, so every run that started has its final figures in the log, however short it was."""
+        self._last_reading = True
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT_S)
@@ -95,4 +98,6 @@ class HostSampler:
     def _sample(self) -> None:
         reader = self._reader_factory()
         while not self._stopped.wait(self._interval):
+            self._publish("host", step=self._step, **reader.read())
+        if self._last_reading:  # stop(), not close(): the bus still takes events
             self._publish("host", step=self._step, **reader.read())
