@@ -189,3 +189,22 @@ def test_the_fp32_vision_tower_keeps_fp16_finite_on_the_outlier_tower(tmp_path):
 
     assert not any(map(math.isfinite, fp16_losses("plain", [])))  # the tower overflows on every picture
     assert all(map(math.isfinite, fp16_losses("tower-fp32", ["vision.tower_fp32=true"])))
+
+
+def test_the_per_row_diagnosis_replays_a_vlm_step_with_its_pictures(tmp_path):
+    """The monitor's row-by-row replay (run precision and fp32) feeds the pictures too: fp16 fails on every row of
+    the outlier tower and fp32 does not, with the vision tower's module named as where fp16's range ends."""
+    from dataclasses import replace
+
+    from helpers import ready_trainer
+    from loratui.monitor.diagnosis import diagnose
+
+    config = make_config(tmp_path, VLM + out(tmp_path, "rows") + [
+        "model.name_or_path=\"builtin:tiny-vlm-outliers\"", "train.precision=fp16", "train.batch_size=4"])
+    trainer = ready_trainer(config)
+    try:
+        found = diagnose(trainer, replace(trainer.stream.position), limit=65504.0)
+    finally:
+        trainer.cleanup()
+    assert found.rows == 4 and len(found.failing) == 4 and not found.failing_in_fp32
+    assert found.peak_module.module.startswith("model.vision_tower.")

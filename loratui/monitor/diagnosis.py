@@ -67,7 +67,8 @@ def diagnose(trainer, start_position, *, limit: float) -> Diagnosis:
         with torch.no_grad(), rng_replayed(None):
             for micro, batch in enumerate(replay_step(trainer, start_position)):
                 batch = {k: v.to(trainer.device) for k, v in batch.items()}
-                inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                # Everything the forward takes but the labels (a VLM's pixel inputs too): the loss is per row here.
+                inputs = {key: value for key, value in batch.items() if key != "labels"}
                 with trainer.precision.autocast():
                     run_losses = row_losses(model(**inputs).logits, batch["labels"]).tolist()
                 with fp32_math(), recorder.record(batch["input_ids"].shape[0]):
