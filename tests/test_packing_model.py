@@ -13,13 +13,16 @@ from loratui.data.packing import Packer, attention_span, packing_mask_kind
 
 
 @pytest.fixture(scope="module")
-def chat_examples():
+def mixed_examples():
     from loratui.model.loading import load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(resolve_model_path("builtin:tiny-llama"), trust_remote_code=False)
-    examples, _ = load_examples("builtin:tiny-chat", "messages", tokenizer, max_length=256, on_too_long="truncate",
-                                on_bad_row="error")
-    return examples[:8]
+    chat, _ = load_examples("builtin:tiny-chat", "messages", tokenizer, max_length=256, on_too_long="truncate",
+                            on_bad_row="error")
+    # Text rows learn every token, their first included: the label the packed layout must drop.
+    text, _ = load_examples("builtin:tiny-text", "text", tokenizer, max_length=256, on_too_long="truncate",
+                            on_bad_row="error")
+    return chat[:5] + text[:3]
 
 
 def lora_model(implementation: str):
@@ -70,10 +73,10 @@ def example_token_losses(batch, logits, examples):
 
 @pytest.mark.parametrize("short_rows", [False, True], ids=["long_rows", "short_rows"])
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_packed_batch_computes_what_the_padded_batch_computes(chat_examples, implementation, short_rows):
+def test_packed_batch_computes_what_the_padded_batch_computes(mixed_examples, implementation, short_rows):
     model = lora_model(implementation)
-    padded = collate(chat_examples, 0)
-    packed = packer_for(model, short_rows)(chat_examples)
+    padded = collate(mixed_examples, 0)
+    packed = packer_for(model, short_rows)(mixed_examples)
     assert packed.real_tokens == int(padded["attention_mask"].sum())
     assert packed["input_ids"].shape[0] >= 4 if short_rows else packed["input_ids"].shape[0] <= 2
 
@@ -86,9 +89,9 @@ def test_packed_batch_computes_what_the_padded_batch_computes(chat_examples, imp
     assert abs(packed_out.loss.item() - padded_out.loss.item()) < 1e-5
     assert (padded["labels"][:, 1:] != -100).sum() == (packed["labels"][:, 1:] != -100).sum()
     # Every example's every token, one by one.
-    by_padded = example_token_losses(padded, padded_out.logits.detach(), chat_examples)
-    by_packed = example_token_losses(packed, packed_out.logits.detach(), chat_examples)
-    assert by_padded.keys() == by_packed.keys() and len(by_packed) == len({tuple(e.input_ids) for e in chat_examples})
+    by_padded = example_token_losses(padded, padded_out.logits.detach(), mixed_examples)
+    by_packed = example_token_losses(packed, packed_out.logits.detach(), mixed_examples)
+    assert by_padded.keys() == by_packed.keys() and len(by_packed) == len({tuple(e.input_ids) for e in mixed_examples})
     for key in by_padded:
         assert torch.allclose(by_packed[key], by_padded[key], atol=1e-5, rtol=0), implementation
     for ours, theirs in zip(packed_grads, padded_grads):
