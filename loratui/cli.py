@@ -232,12 +232,11 @@ def print_memory_plan(config, caps, precision: str, device_memory_gib: float | N
 
     if precision not in ("fp32", "bf16", "fp16"):  # "advise" decides later: plan for the largest
         precision = "fp32"
-    if device_memory_gib is not None:  # a GPU elsewhere, planned from here
+    if device_memory_gib is not None:
         available, device = int(device_memory_gib * GIB), f"a {device_memory_gib:g} GiB device (--device-memory)"
-        device_type = "cuda"
     else:
-        (available, device), device_type = device_memory(caps), caps.device
-    for line in render(plan_for_config(config, precision, available, device, device_type)):
+        available, device = device_memory(caps)
+    for line in render(plan_for_config(config, precision, available, device)):
         print(line)
 
 

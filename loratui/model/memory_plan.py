@@ -29,21 +29,20 @@ GIB = 1 << 30
 MIB = 1 << 20
 # Room left for the allocator's fragmentation, the CUDA context and kernels' workspaces.
 MARGIN = 0.10
-# Peak bytes per token and layer of a training step, per unit of hidden size and of MLP size, measured with
-# the real trainer on CPU (LoRA on every linear layer, dropout on): what autograd saves for the backward
-# pass (fp32 adapters and their dropout keep fp32 copies of their inputs even under autocast) plus the
-# backward's own working set, about half as much again.
-ACTIVATION_BYTES = {"full": {"hidden": 115, "mlp": 40}, "half": {"hidden": 96, "mlp": 27}}
+# Bytes per token and layer held for the backward pass, per unit of hidden size and of MLP size: what
+# autograd saves in a Llama block with LoRA on every linear layer and dropout on (fp32 adapters and their
+# dropout keep fp32 copies of their inputs even under autocast), measured in fp32 and under bf16 autocast.
+ACTIVATION_BYTES = {"full": {"hidden": 75, "mlp": 26}, "half": {"hidden": 54, "mlp": 15}}
 # With gradient checkpointing: each layer's input (the residual stream) and its bookkeeping, per unit of
 # hidden size, plus one layer recomputed at a time.
 CHECKPOINTED_BYTES_PER_HIDDEN = {"full": 6.5, "half": 4.3}
-# The monitor's probe (bf16 and fp16 runs) recomputes one micro-batch in fp32 arithmetic without
-# checkpointing: fp32 activations, held beside what the step freed. CUDA's caching allocator reuses the
-# step's freed blocks; on a CPU the heap grows by about twice the fp32 activations (measured).
-PROBE_FACTOR = {"cuda": 1.0, "cpu": 2.0}
 # Per token and vocabulary entry: the logits in fp32, the loss's log-probabilities and their gradient.
 LOGIT_BYTES = 12
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# What a training process holds beside its tensors' sizes: kernels' workspaces, the allocator's rounding and
+# the framework's own buffers (measured on a CPU as the estimate's shortfall at zero activations; small
+# beside any model worth planning for, and the margin covers the CUDA context).
+RUNTIME_BYTES = 64 * MIB
 # Where a vision-language model keeps the parts that are never quantized.
 VISION_PARTS = ("vision", "visual", "vpm", "resampler", "multi_modal_projector", "mm_projector", "merger")
 NORM_HINTS = ("norm", "ln_")
@@ -145,9 +144,8 @@ def model_shape(model_config: dict, lora) -> ModelShape:
                       image_tokens=_image_tokens(model_config))
 
 
-def estimate(shape: ModelShape, config, precision: str, device_type: str = "cuda") -> Estimate:
-    """The peak bytes of one training process for `config` in `precision` (fp32 | bf16 | fp16) on
-    `device_type` (cuda | cpu: they differ only in what the monitor's probe costs)."""
+def estimate(shape: ModelShape, config, precision: str) -> Estimate:
+    """The peak bytes of one training process for `config` in `precision` (fp32 | bf16 | fp16)."""
     quantization = config.model.quantization
     dtype_bytes = DTYPE_BYTES[precision]
     adapter_bytes = DTYPE_BYTES[config.train.adapter_dtype]
@@ -170,25 +168,25 @@ def estimate(shape: ModelShape, config, precision: str, device_type: str = "cuda
     activations = int(tokens * _activation_bytes_per_token(shape, precision, config.train.gradient_checkpointing))
     parts["activations"] = activations
     if precision != "fp32":
-        probe = int(PROBE_FACTOR[device_type] * tokens * _activation_bytes_per_token(shape, "fp32", False))
+        # The monitor's probe recomputes one micro-batch in fp32 arithmetic, without checkpointing.
+        probe = int(tokens * _activation_bytes_per_token(shape, "fp32", False))
         parts["monitor probe (fp32 recomputation), beyond the step's"] = max(0, probe - activations)
     parts["logits and loss"] = tokens * shape.vocab * (LOGIT_BYTES + dtype_bytes)
+    parts["runtime (workspaces, allocator)"] = RUNTIME_BYTES
     return Estimate(parts, precision, quantization)
 
 
-def plan(shape: ModelShape, config, precision: str, available: int | None, device: str,
-         device_type: str = "cuda") -> Plan:
+def plan(shape: ModelShape, config, precision: str, available: int | None, device: str) -> Plan:
     """The estimate, and when it does not fit, the changes that would make it fit."""
-    result = Plan(estimate(shape, config, precision, device_type), available, device,
-                  image_tokens=shape.image_tokens)
+    result = Plan(estimate(shape, config, precision), available, device, image_tokens=shape.image_tokens)
     if result.fits is False:
-        result.fixes = _fixes(shape, config, precision, result.usable, device_type)
+        result.fixes = _fixes(shape, config, precision, result.usable)
     return result
 
 
-def plan_for_config(config, precision: str, available: int | None, device: str, device_type: str = "cuda") -> Plan:
+def plan_for_config(config, precision: str, available: int | None, device: str) -> Plan:
     return plan(model_shape(read_model_config(config.model.name_or_path), config.lora), config, precision,
-                available, device, device_type)
+                available, device)
 
 
 def device_memory(caps) -> tuple[int | None, str]:
@@ -222,7 +220,7 @@ def render(result: Plan) -> list[str]:
     return lines
 
 
-def _fixes(shape: ModelShape, config, precision: str, usable: int, device_type: str) -> list:
+def _fixes(shape: ModelShape, config, precision: str, usable: int) -> list:
     """What to change, in the order a user would try it (cheapest in quality first).
 
     Each single change that fits on its own is listed; when none does, the changes
@@ -230,11 +228,11 @@ def _fixes(shape: ModelShape, config, precision: str, usable: int, device_type: 
     needed) and the first combination that fits is the answer.
     """
     def fits(changed) -> bool:
-        return estimate(shape, changed, precision, device_type).total <= usable
+        return estimate(shape, changed, precision).total <= usable
 
     singles = [(change, changed) for _, change, changed in _next_changes(config) if fits(changed)]
     if singles:
-        return [(change, estimate(shape, changed, precision, device_type)) for change, changed in singles]
+        return [(change, estimate(shape, changed, precision)) for change, changed in singles]
     applied, current = {}, config  # key -> its latest change (the batch may halve more than once)
     while True:
         step = _next_changes(current)
@@ -242,7 +240,7 @@ def _fixes(shape: ModelShape, config, precision: str, usable: int, device_type: 
             return []
         key, applied[key], current = step[0]
         if fits(current):
-            return [("; ".join(applied.values()), estimate(shape, current, precision, device_type))]
+            return [("; ".join(applied.values()), estimate(shape, current, precision))]
 
 
 def _next_changes(config) -> list:

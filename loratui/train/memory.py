@@ -19,28 +19,35 @@ def memory_figures(device) -> dict:
 class PeakMemory:
     """The training's real peak, to set beside the planner's estimate (run_finished).
 
-    On CUDA: the caching allocator's peak of allocated memory since `start`. On
-    a CPU: the process's peak resident memory (VmHWM, reset at `start` where
-    Linux allows) above its resident memory at `start`, which comes after the
-    libraries are imported and before the model loads, so what is counted is
-    what training itself holds: weights, adapters, optimizer, activations.
+    Counted from just before the model loads (after the libraries are imported),
+    with the peak itself taken from when loading is done: what training holds
+    (weights, adapters, optimizer, activations, the monitor's probes), not the
+    loader's passing copies (on a CPU, a checkpoint's memory-mapped file and the
+    tensors converted from it). On CUDA these are the caching allocator's counts
+    of allocated memory; on a CPU the process's resident memory (VmRSS, VmHWM).
     """
 
     def __init__(self, device):
         self.device = device
-        self.baseline = 0
         if device.type == "cuda":
             import torch
 
-            torch.cuda.reset_peak_memory_stats(device)
             self.baseline = torch.cuda.memory_allocated(device)
+        else:
+            self.baseline = _status_bytes("VmRSS")
+
+    def model_loaded(self) -> None:
+        """From here on, the peak counts."""
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
             return
-        self.baseline = _status_bytes("VmRSS")
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")  # resets VmHWM to the current resident size
+                clear_refs.write("5")  # Linux: VmHWM starts again from the current resident size
         except OSError:
-            pass  # not Linux, or not allowed: the peak is then the process's lifetime peak
+            pass  # elsewhere the peak is the process's lifetime peak, loading included
 
     def peak_bytes(self) -> int | None:
         if self.device.type == "cuda":

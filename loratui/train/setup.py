@@ -208,14 +208,13 @@ def set_peak_learning_rate(scheduler, learning_rate: float) -> None:
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
-def memory_estimate(config, model_path: str, precision_name: str, device_type: str):
+def memory_estimate(config, model_path: str, precision_name: str):
     """The planner's estimate for this run (loratui check's), or None for a model it cannot size."""
     from loratui.errors import UserInputError
     from loratui.model.memory_plan import estimate, model_shape, read_model_config
 
     try:
-        return estimate(model_shape(read_model_config(model_path), config.lora), config, precision_name,
-                        device_type)
+        return estimate(model_shape(read_model_config(model_path), config.lora), config, precision_name)
     except UserInputError:
         return None
 

@@ -132,14 +132,14 @@ class Trainer:
         self.precision_name, self.adapter_dtype_name = plan.precision, plan.adapter_dtype
         self.peak_memory = PeakMemory(self.device)  # after the imports, before the model: what training holds
         self.load_model(self.precision_name)
+        self.peak_memory.model_loaded()
         if self.family.supports_packing:
             from loratui.data.packing import setup_packing
 
             notice = setup_packing(self.stream, self.unwrapped_model, self.config.data)
             if notice:
                 self.notice(notice)
-        self.memory_estimate = setup.memory_estimate(self.config, self.model_path, self.precision_name,
-                                                     self.device_type)
+        self.memory_estimate = setup.memory_estimate(self.config, self.model_path, self.precision_name)
         self.precision = setup_precision(self.precision_name, self.device_type, self.config.amp)
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.runtime, keep=self.config.checkpoint.keep)
         if resume_from is not None:
