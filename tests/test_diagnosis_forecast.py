@@ -18,7 +18,7 @@ def peaks(**values) -> Peaks:
 def test_the_headroom_trend_extrapolates_the_fastest_closing_module():
     trend = HeadroomTrend(horizon=100, watch_below=64)
     assert not trend.observe(10, peaks(a=2000.0, b=10.0)).bad  # one probe: no trend yet
-    reading = trend.observe(20, peaks(a=4000.0, b=5000.0))  # a doubles in 10 steps; b is roomy (headroom > 64x)
+    reading = trend.observe(20, peaks(a=4000.0, b=20.0))  # a doubles in 10 steps; b doubles too, but is roomy
     assert reading.bad and reading.details["module"] == "a output"
     # 4000 -> 65504 at 2x per 10 steps: log2(16.4) * 10 = 40.3 steps.
     assert reading.details["estimated_steps"] == pytest.approx(10 * math.log2(FP16_MAX / 4000), abs=0.1)
@@ -62,7 +62,7 @@ def test_a_warning_foretells_the_scale_collapse_and_the_dashboard_shows_it(tmp_p
     from loratui.ui.event_parser import parse_block
     from loratui.ui.run_model import RunModel
 
-    model = RunModel()
+    model = RunModel(run_name="forecast")
     model.apply(parse_block(run_dir.events.read_bytes()))
     shown = [entry for entry in model.entries if entry.alert is not None and entry.alert["kind"] == "overflow_forecast"]
     assert shown and warning["message"] in shown[0].text and shown[0].severity == "warning"

@@ -1,5 +1,6 @@
 """Every fault scenario: the right alert, with the right fix, within 5 steps of the fault's onset; then the fix
-applied through control.jsonl (as the dashboard's key does) makes the run healthy.
+applied through control.jsonl (as the dashboard's key does) makes the run healthy. Every scenario as shipped
+raises its alert in the default suite too (only max_steps set).
 
 The default suite runs each scenario at batch size 4 (1 for fp16-underflow, which accumulates 4; divergence in
 fp32, the fastest on CPU) and watches 20 steps after the fix; `make torture` (LORATUI_TORTURE=full) also runs
@@ -20,13 +21,9 @@ def onset(name: str, steps: list[dict]) -> int:
     if name in ("fp16-overflow", "nonfinite-data"):
         return next(e["step"] for e in steps if not finite(e["loss"]))  # the first batch fp16 cannot hold
     if name == "divergence":
-        # The loss turns around: the first of three steps in a row more than 25% above the lowest loss before them.
-        losses = [e["loss"] for e in steps]
-        for index in range(1, len(losses) - 2):
-            lowest = min(losses[:index])
-            if all(loss > 1.25 * lowest for loss in losses[index:index + 3]):
-                return steps[index]["step"]
-        raise AssertionError("the loss never turned around")
+        # The rate passes what the built-in model tolerates (it trains healthily up to 3e-3 and is damaged above
+        # 1e-2; docs/diagnosis.md): the alert must come before the loss shows it.
+        return next(e["step"] for e in steps if e["lr"] > 1e-2)
     return 1  # underflow and stale updates come with the config: present from the first step
 
 
@@ -106,8 +103,33 @@ def check_evidence(name: str, alert: dict) -> None:
         assert alert["fix"] == {"precision": "fp32"}
         assert "native" not in alert["explanation"]  # from bf16 the fix is fp32 on every device
     if name == "divergence":
-        assert evidence["rise"] > 0.25 and evidence["lowest_at_step"] < alert["step"]
-        assert alert["fix"]["learning_rate"] == pytest.approx(0.003) and alert["fix"]["from_step"] == 0
+        assert evidence["signal"] == "update_ratio" and evidence["update_ratio"] > evidence["update_ratio_max"]
+        assert evidence["first_step_over"] < alert["step"]
+        # Computed from the run: the rate at which a step moves the weights 1% of their norm.
+        assert 1e-4 <= alert["fix"]["learning_rate"] <= 3e-3 and alert["fix"]["from_step"] == 0
+
+
+# Steps enough for each alert as shipped (onset + 5 at most): fp16's overflows show at step 1's probe; underflow and
+# stale updates come with the config (onset 1) and show once the first updates have moved LoRA's B off zero; the
+# learning rate passes 1e-2 at step 5 of warmup; a mojibake row (one in twenty) is in a batch of 8 within a few steps.
+AS_SHIPPED_STEPS = {"fp16-overflow": 2, "fp16-underflow": 4, "divergence": 10, "bf16-stale": 4, "nonfinite-data": 8,
+                    "vlm-fp16-overflow": 2}
+
+
+@pytest.mark.parametrize("name", FAULTS)
+def test_every_scenario_as_shipped_raises_its_alert(tmp_path, name):
+    """`loratui demo --scenario NAME` as a user types it: the precision auto picks here, the shipped batch size and
+    learning rate; only max_steps is set, to keep the suite short."""
+    scenario = SCENARIOS[name]
+    config = scenario_config(tmp_path, name, ["checkpoint.every_steps=1000", "monitor.log_every=1000",
+                                              f"train.max_steps={AS_SHIPPED_STEPS[name]}"])
+    code, events, _ = train_monitored(config)
+    assert code == 0
+    alerts = of_type(events, "alert")
+    assert alerts, f"{name}: no alert"
+    assert (alerts[0]["kind"], alerts[0]["suggestion"]) == (scenario.alert, scenario.fix), alerts[0]
+    assert alerts[0]["step"] <= onset(name, steps_of(events)) + 5
+    check_evidence(name, alerts[0])
 
 
 def test_the_demo_command_reports_the_scenarios_alert(tmp_path):

@@ -181,3 +181,32 @@ class LossTrend:
             "recent_median_loss": round(median, 4), "lowest_median_loss": round(self.best, 4),
             "lowest_at_step": self.best_step, "lr_at_lowest": self.best_lr, "lr": lr, "window_steps": self.window,
             "rise": round(ratio - 1, 4), "rise_max": self.rise, "rising_steps": self.rising})
+
+
+class LossCollapse:
+    """`loss 0.0` with a non-finite gradient norm, step after step: the pattern MiniCPM-V users report.
+
+    A loss of exactly 0.0 whose gradients are NaN is not a model that learned everything: something
+    replaced a non-finite or empty loss by zero (a masked loss whose mask kept nothing, code that
+    zeroes NaN losses), and every step is skipped. `consecutive` such steps in a row are the alert.
+    """
+
+    def __init__(self, *, consecutive: int = 2):
+        self.consecutive = consecutive
+        self.reset()
+
+    def reset(self) -> None:
+        self.run = 0
+        self.first_step: int | None = None
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Reading | None:
+        collapsed = loss == 0.0 and not math.isfinite(grad_norm)
+        if not collapsed:
+            was = self.run
+            self.reset()
+            return Reading("loss_collapse", "collapse", False) if was else None
+        self.run += 1
+        if self.first_step is None:
+            self.first_step = step
+        return Reading("loss_collapse", "collapse", self.run >= self.consecutive, {
+            "loss": loss, "grad_norm": grad_norm, "steps_in_a_row": self.run, "first_step": self.first_step})

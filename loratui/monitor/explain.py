@@ -115,6 +115,34 @@ def overflow_forecast(trainer, step: int, details: dict, new_lr: float, how: str
     return Alert("overflow_forecast", "warning", message, "lower_lr", fix, explanation, details, step)
 
 
+def loss_collapse(trainer, step: int, details: dict, facts: dict) -> Alert:
+    """loss 0.0 with NaN gradients step after step: name the causes the probe's evidence supports."""
+    precision = trainer.precision_name
+    first = details["first_step"]
+    evidence = {**details, "precision": precision, "probe": facts}
+    message = (f"the loss is 0.0 with a non-finite gradient norm on {details['steps_in_a_row']} steps in a row "
+               f"(since step {first}): every update is skipped")
+    opening = (f"Since step {first} the loss has been exactly 0.0 while the gradient norm is {details['grad_norm']}: "
+               f"not a model that has learned everything, but a loss replaced by zero (a masked or guarded loss) "
+               f"over a computation that produced NaN, whose gradients are NaN; the trainer skips those steps. ")
+    # Rows with nothing to learn (every label -100) never reach a batch: the data loader drops them.
+    targets, fp32_loss = facts.get("target_tokens"), facts.get("fp32_loss")
+    if precision != "fp32" and fp32_loss is not None and fp32_loss == fp32_loss and 0 < abs(fp32_loss) < 1e30:
+        suggestion, fix = _switch_fix(trainer)
+        explanation = (opening + f"The probe recomputed step {facts['step']}'s batch in fp32 and got a finite loss, "
+                       f"{fp32_loss:.4g}, with {int(targets) if targets is not None else 'some'} target tokens: the "
+                       f"NaN comes from {precision} arithmetic (in vision-language models typically vision-tower "
+                       f"activations past fp16's 65504, or NaN after the resampler). " + _target_words(trainer, fix))
+        return Alert("loss_collapse", "critical", message, suggestion, fix, explanation, evidence, step)
+    measured = (f"The probe's fp32 recomputation of step {facts['step']}'s batch gave {fp32_loss}"
+                if fp32_loss is not None else f"In {precision} there is no narrower arithmetic to blame")
+    explanation = (opening + f"{measured}, and every row has labels to train on (rows without any are dropped when "
+                   f"the data loads), so neither the data's labels nor the precision explains it: look at the "
+                   f"model's code (an attention kernel that returns NaN for fully masked rows, a custom loss that "
+                   f"zeroes NaN).")
+    return Alert("loss_collapse", "critical", message, "none", {}, explanation, evidence, step)
+
+
 def _skips_words(details: dict) -> str:
     if details["consecutive_skips"] >= details["consecutive_skips_max"]:
         return f"{details['consecutive_skips']} steps in a row were skipped"

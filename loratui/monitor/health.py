@@ -22,7 +22,7 @@ from loratui.monitor import explain
 from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, display_name
 from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
-from loratui.monitor.detectors import LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
+from loratui.monitor.detectors import LossCollapse, LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
 from loratui.monitor.forecast import HeadroomTrend, ScaleTrend
 from loratui.monitor.motion import GradNormGrowth, WeightMotion
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
@@ -47,6 +47,8 @@ class ProbeResults:
     gradients: GradientComparison | None = None
     stale_measured: bool = False
     seconds: float = 0.0
+    reference_loss: object = None  # the fp32 recomputation's loss (a tensor until read)
+    target_tokens: object = None  # tokens of the batch whose label is trained on (a tensor until read)
 
 
 class HealthMonitor:
@@ -59,6 +61,8 @@ class HealthMonitor:
         self.scale = ScaleWatch()
         self.spikes = LossSpikes(sigma=config.spike_sigma, window=config.spike_window)
         self.trend = LossTrend(window=config.divergence_window, rise=config.divergence_rise)
+        self.collapse = LossCollapse()
+        self.probe_facts: dict = {}  # the newest probe's fp32 loss and target tokens: a collapse's evidence
         self.motion = WeightMotion(ratio_max=config.update_ratio_max, growth_max=config.weight_growth_max)
         self.grad_growth = GradNormGrowth(window=config.divergence_window, growth_max=config.grad_norm_growth_max)
         self.headroom_trend = HeadroomTrend(horizon=config.forecast_horizon,
@@ -102,6 +106,8 @@ class HealthMonitor:
         self.headroom_trend.reset()
         self.spikes.reset()
         self.trend.reset()
+        self.collapse.reset()
+        self.probe_facts = {}
         self.motion.reset(trainer.params)
         self.grad_growth.reset()
         self.schedule.start_attempt(trainer.step)
@@ -123,10 +129,13 @@ class HealthMonitor:
     def probe_after_backward(self, trainer, batch) -> None:
         started = time.perf_counter()
         self.capture.finish()
+        if "labels" in batch:
+            self.probe.target_tokens = (batch["labels"][..., 1:] != -100).sum()  # shifted, as the loss sees them
         if trainer.precision_name in ("fp16", "bf16"):
             model = trainer.unwrapped_model
             recorder = ActivationPeaks(model)
-            _, reference = reference_gradients(model, batch, trainer.params, self.capture.rng_state, recorder)
+            self.probe.reference_loss, reference = reference_gradients(model, batch, trainer.params,
+                                                                       self.capture.rng_state, recorder)
             scaler = trainer.precision.scaler
             self.probe.peaks = recorder.peaks()
             self.probe.gradients = compare_gradients(
@@ -151,6 +160,8 @@ class HealthMonitor:
         self.schedule.observe(step, figures.seconds, probe.seconds if probe is not None else None)
         self._report_refusals(trainer)
         checks = self._probe_checks(trainer, figures, probe) if probe is not None else None
+        if probe is not None:
+            self._note_probe_facts(probe)
         self._judge_loss(trainer, step, figures)
         readings = (self.skips.observe(step, figures.loss, figures.skipped, figures.scale,
                                        figures.nonfinite_grads),
@@ -159,7 +170,8 @@ class HealthMonitor:
                     self.trend.observe(step, figures.loss, figures.lr),
                     self.motion.observe(step, trainer.params, figures.lr, figures.skipped),
                     self.grad_growth.observe(step, figures.grad_norm, figures.skipped),
-                    self.scale_trend.observe(step, figures.scale))
+                    self.scale_trend.observe(step, figures.scale),
+                    self.collapse.observe(step, figures.loss, figures.grad_norm))
         for reading in readings:
             if reading is not None:
                 self._judge(trainer, step, reading)
@@ -196,11 +208,24 @@ class HealthMonitor:
             "scale_collapse": lambda: self._overflow_cause(trainer, step, "loss scale", None) or
             explain.scale_collapse(trainer, step, reading.details),
             "loss_spike": lambda: explain.loss_spike(trainer, step, reading.details),
+            "loss_collapse": lambda: explain.loss_collapse(trainer, step, reading.details, self.probe_facts),
             "overflow_forecast": lambda: explain.overflow_forecast(trainer, step, reading.details,
                                                                    *self._lower_rate(trainer)),
             "divergence": lambda: explain.divergence(trainer, step, reading.details, *self._lower_rate(trainer)),
         }[reading.kind]
         self.book.bad(reading.kind, reading.source, build, healthy_needed=self._healthy_needed(reading.source))
+
+    def _note_probe_facts(self, probe: ProbeResults) -> None:
+        """Read the probe's fp32 loss and target count (one transfer, probe steps only)."""
+        import torch
+
+        values = [probe.reference_loss, probe.target_tokens]
+        present = [v for v in values if v is not None]
+        if not present:
+            return
+        read = iter(torch.stack([v.detach().float().cpu() for v in present]).tolist())
+        self.probe_facts = {"step": probe.step, **{name: next(read) for name, v in
+                                                   zip(("fp32_loss", "target_tokens"), values) if v is not None}}
 
     def _overflow_cause(self, trainer, step: int, what: str, peak):
         """An overflow that the updates caused: the alert that says so, with the fix; None for the others.
