@@ -122,3 +122,15 @@ def test_device_memory_must_be_a_size(tmp_path, capsys):
     assert main(["check", str(config), "--device-memory", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--device-memory" in err and "positive number of GiB" in err
+
+
+def test_the_dashboards_event_list_sets_the_measured_peak_beside_the_estimate():
+    from loratui.ui.run_model import RunModel
+
+    model = RunModel("run")
+    model.apply_events([
+        {"type": "run_started", "time": 1.0, "attempt": 0, "step": 0, "precision": "bf16", "config": {}},
+        {"type": "run_finished", "time": 2.0, "attempt": 0, "step": 2, "reason": "completed",
+         "mem_estimate_mib": 900.0, "mem_peak_measured_mib": 1100.0, "mem_peak_measured_as": "cuda allocated"}])
+    assert model.entries[-1].text == ("run finished at step 2: completed; memory peak 1.1 GiB (cuda allocated), "
+                                      "estimated 900 MiB")

@@ -356,7 +356,11 @@ class RunModel:
         self.state, self.finish_reason = FINISHED, event.get("reason") or "completed"
         self.state_detail = self.finish_reason
         self.step = event.get("step", self.step)
-        self._add(event, "good", f"run finished at step {self.step}: {self.finish_reason}")
+        memory = ""
+        if event.get("mem_peak_measured_mib") is not None:  # the planner's estimate beside the real peak
+            memory = (f"; memory peak {fmt.mib(event['mem_peak_measured_mib'])} "
+                      f"({event.get('mem_peak_measured_as')}), estimated {fmt.mib(event.get('mem_estimate_mib'))}")
+        self._add(event, "good", f"run finished at step {self.step}: {self.finish_reason}{memory}")
 
     def _on_run_failed(self, event: dict) -> None:
         if self._before_resume(event):
