@@ -86,3 +86,43 @@ def test_the_run_list_under_no_color_underlines_the_highlighted_run(tmp_path):
         assert len(highlighted) == 1  # one run underlined: the one enter would open
         terminal.press("q")
         assert terminal.exit_code(timeout=30) == 0
+
+
+CUBE = (0, 95, 135, 175, 215, 255)  # xterm's 6x6x6 colour cube levels
+
+
+def background_colours(styled: str) -> list[tuple[int, int, int]]:
+    """Every background the screen sets, as RGB: truecolour (48;2;R;G;B) or xterm-256 (48;5;N, cube or greys)."""
+    colours = [tuple(map(int, found)) for found in re.findall(r"48;2;(\d+);(\d+);(\d+)", styled)]
+    for index in map(int, re.findall(r"48;5;(\d+)", styled)):
+        if 16 <= index <= 231:
+            index -= 16
+            colours.append((CUBE[index // 36], CUBE[index % 36 // 6], CUBE[index % 6]))
+        elif index >= 232:
+            colours.append((8 + 10 * (index - 232),) * 3)
+    return colours
+
+
+def test_light_theme_window_and_cursor_in_a_terminal(tmp_path):
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    with TmuxTerminal(tmp_path, width=160, height=48) as terminal:
+        terminal.start([*LORATUI, "watch", str(run_dir), "--theme", "light"])
+        terminal.wait_for(r"FINISHED", "the dashboard", timeout=60, poll=0.3)
+        styled = terminal.tmux("capture-pane", "-p", "-e", "-t", "main")
+        backgrounds = background_colours(styled)
+        light = [colour for colour in backgrounds if min(colour) >= 150]
+        assert backgrounds and len(light) > len(backgrounds) / 2, backgrounds[:20]
+        terminal.press("z")
+        terminal.wait_for(r"loss · last 50", "the window, in the title", timeout=20, poll=0.3)
+        terminal.press("c")  # a narrow chart's title keeps the cursor's reading first
+        terminal.wait_for(r"loss · (last 50 · )?step 60: ", "the cursor's reading", timeout=20, poll=0.3)
+        terminal.press("Left")
+        terminal.wait_for(r"loss · (last 50 · )?step 5\d: ", "the cursor moved", timeout=20, poll=0.3)
+        terminal.press("q")
+        assert terminal.exit_code(timeout=30) == 0
+    with TmuxTerminal(tmp_path, width=160, height=48) as terminal:  # the default: dark
+        terminal.start([*LORATUI, "watch", str(run_dir)])
+        terminal.wait_for(r"FINISHED", "the dashboard", timeout=60, poll=0.3)
+        backgrounds = background_colours(terminal.tmux("capture-pane", "-p", "-e", "-t", "main"))
+        assert len([colour for colour in backgrounds if max(colour) <= 80]) > len(backgrounds) / 2, backgrounds[:20]
+        terminal.press("q")

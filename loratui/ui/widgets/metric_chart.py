@@ -130,8 +130,9 @@ class MetricChart(PlotextPlot):
         title, low_field, high_field, marks_field, transform = METRICS[self.metric]
         dark = self.app.current_theme.dark
         colour, glyphs = LINE_COLOURS[self.metric][dark], options.glyphs
+        short = SHORT_TITLES[self.metric]
         if self.size.width < NARROW:
-            title = SHORT_TITLES[self.metric]
+            title = short
         plt.clear_data()
         plt.clear_figure()
         self.reading = ""
@@ -153,14 +154,10 @@ class MetricChart(PlotextPlot):
         smoothed = {series.attempt: _smoothed(whole[series.attempt], merged_steps, low_field, high_field, transform,
                                               options.smoothing_weight, data.width)
                     for series, merged_steps, *_ in merged if series.current and self.smooths(options)}
-        if options.window:
-            title += f" · last {options.window}"
-        if self.smooths(options):
-            title += f" · {options.smoothing} smoothing" if self.size.width >= NARROW else f" · {options.smoothing}"
         if options.cursor is not None:
             self.reading = _reading(data, options.cursor, low_field, high_field, self.metric,
                                     options.smoothing_weight if self.smooths(options) else 0.0)
-            title += f" · {self.reading}"
+        title = self._title(title, short, options)
         # A restart back to the first step shown would sit on the y axis, unseen: one column of room.
         column = (end - first) / max(1, self.size.width - AXIS_ALLOWANCE)
         room = any(first <= mark.from_step < first + column for mark in data.restarts)
@@ -172,7 +169,8 @@ class MetricChart(PlotextPlot):
         if not finite:
             # Every value so far is nan/inf: nothing to draw a line through, so mark where they were,
             # along the top as on any other chart.
-            plt.title(f"{title} · all nan/inf")
+            marked = f"{title} · all nan/inf"
+            plt.title(marked if len(marked) <= self.size.width - 2 else f"{short} · all nan/inf")
             for _series, steps, _low, _high, marks in merged:
                 if marks.any():
                     plt.scatter(steps[marks].tolist(), [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
@@ -212,6 +210,20 @@ class MetricChart(PlotextPlot):
         self._cursor_line(plt, options, first, end, bottom, top, dark)
         plt.ylim(bottom, top)
         plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
+
+    def _title(self, title: str, short: str, options: ChartOptions) -> str:
+        """The title with what is on (window, smoothing, the cursor's reading), as much as fits.
+
+        plotext leaves out a title wider than the chart, so a narrow chart drops words
+        first, then the window and smoothing, and keeps the cursor's reading longest.
+        """
+        window = f"last {options.window}" if options.window else ""
+        smoothing = options.smoothing if self.smooths(options) else ""
+        candidates = [(title, window, f"{smoothing} smoothing" if smoothing else "", self.reading),
+                      (short, window, smoothing, self.reading), (short, self.reading), (self.reading,),
+                      (short, window, smoothing), (short,)]
+        joined = [" · ".join(part for part in parts if part) for parts in candidates]
+        return next((text for text in joined if text and len(text) <= self.size.width - 2), short)
 
     def smooths(self, options: ChartOptions) -> bool:
         """Loss and grad norm are smoothed; the loss scale is a staircase, shown as it is."""
