@@ -13,6 +13,7 @@ the alert its screenshot opens: the README would show stale pictures.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -62,10 +63,11 @@ async def render_run_list(name: str) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         recordings = sorted(path.name.removeprefix("ui_") for path in DATA.glob("ui_*"))
-        for age, recording in enumerate(recordings):
+        for recording in recordings:
             run = recorded_run(recording, runs)
-            stamp = time.time() - 3600 * age
-            os.utime(run / "events.jsonl", (stamp, stamp))
+            # Written when it was recorded (its last event): the same picture at every rendering.
+            last = json.loads((run / "events.jsonl").read_text().splitlines()[-1])["time"]
+            os.utime(run / "events.jsonl", (last, last))
         app = RunListApp(Path("runs"), find_runs(runs))
         async with app.run_test(size=(120, 16)) as pilot:
             while len(app.summaries) < len(recordings):
