@@ -150,3 +150,25 @@ def test_the_fp16_overflow_scenario_on_a_4bit_base_names_the_module(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ALERT [critical] overflow at step 1: fp16 overflows: model.layers.1.mlp.down_proj received" \
         in result.stdout
+
+
+def test_the_probes_read_a_4bit_base_with_checkpointing_and_name_its_modules(tmp_path):
+    """fp16 on nf4 with gradient checkpointing: headroom, underflow, fidelity and stale updates all measure
+    (the fp32 reference dequantizes per matmul and runs without checkpointing) and name modules."""
+    from helpers import ready_monitored_trainer
+    from loratui.events.jsonl import read_events
+
+    config = make_config(tmp_path, ['model.quantization="nf4"', "train.precision=fp16", "amp.init_scale=256",
+                                    "train.gradient_checkpointing=true", "train.max_steps=2", "train.batch_size=2",
+                                    f'run.output_dir="{tmp_path}"'])
+    trainer = ready_monitored_trainer(config)
+    trainer.fit()
+    trainer.finish("completed")
+    trainer.bus.close()
+    probed = [e["checks"] for e in read_events(trainer.run_dir.events) if e["type"] == "health"]
+    assert len(probed) == 2  # the first steps of an attempt are probed
+    for checks in probed:
+        assert {checks[name]["status"] for name in ("fp16_headroom", "underflow", "fidelity", "stale_update")} \
+            == {"ok"}
+        assert checks["fp16_headroom"]["module"] and checks["underflow"]["module"].startswith("model.layers.")
+        assert checks["fidelity"]["value"] > 0.99  # fp16 against fp32 arithmetic on the same 4-bit weights

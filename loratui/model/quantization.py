@@ -137,7 +137,11 @@ def prepare_for_kbit_training(model, *, gradient_checkpointing: bool):
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each layer in the backward pass; the frozen base's inputs ask for gradients so the
     checkpointed layers still give their adapters some (non-reentrant checkpointing, as torch advises)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.enable_input_require_grads()
 
 
