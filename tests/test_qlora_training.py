@@ -172,3 +172,23 @@ def test_the_probes_read_a_4bit_base_with_checkpointing_and_name_its_modules(tmp
             == {"ok"}
         assert checks["fp16_headroom"]["module"] and checks["underflow"]["module"].startswith("model.layers.")
         assert checks["fidelity"]["value"] > 0.99  # fp16 against fp32 arithmetic on the same 4-bit weights
+
+
+def test_a_vision_language_model_quantizes_its_language_model_only(tmp_path):
+    """As MiniCPM-V-2_6-int4: the language model's linear layers are 4-bit, tower and projector keep their dtype."""
+    config = make_config(tmp_path, ['model.name_or_path="builtin:tiny-vlm"', 'data.path="builtin:tiny-shapes"',
+                                    'model.quantization="nf4"', "train.precision=bf16", "train.max_steps=1",
+                                    "train.batch_size=2", f'run.output_dir="{tmp_path}"'])
+    trainer = ready_trainer(config)
+    model = trainer.unwrapped_model
+    quantized = linear4bit_layers(model)
+    assert quantized and all(trainer.family.part_of(name) == "language_model" for name in quantized)
+    kept = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear
+            and trainer.family.part_of(name) in ("vision_tower", "projector") and "lora_" not in name}
+    assert {trainer.family.part_of(name) for name in kept} == {"vision_tower", "projector"}
+    assert all(m.weight.dtype in (torch.bfloat16, torch.float32) for m in kept.values())
+    from loratui.events.jsonl import read_events
+
+    started = next(e for e in read_events(trainer.run_dir.events) if e["type"] == "run_started")
+    assert started["memory_estimate"]["parts_mib"]["vision tower"] > 0
+    trainer.bus.close()
