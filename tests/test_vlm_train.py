@@ -208,3 +208,30 @@ def test_the_per_row_diagnosis_replays_a_vlm_step_with_its_pictures(tmp_path):
         trainer.cleanup()
     assert found.rows == 4 and len(found.failing) == 4 and not found.failing_in_fp32
     assert found.peak_module.module.startswith("model.vision_tower.")
+
+
+def test_the_minicpmv_standin_trains_and_resumes_exactly(tmp_path):
+    """MiniCPM-V-2_6's interface (remote code, model(data={...}), vpm / resampler / llm) through a test stand-in
+    (tests/fakes/minicpmv_standin), on the recipe's own data format."""
+    from fakes.minicpmv_standin import build_standin
+
+    model_dir = build_standin(tmp_path / "MiniCPM-V-standin")
+    base = [f"model.name_or_path=\"{model_dir}\"", "model.trust_remote_code=true", "data.path=\"builtin:tiny-shapes\"",
+            "data.format=\"minicpmv\"", "train.precision=fp32", "train.batch_size=4", "train.warmup_steps=1",
+            "train.max_steps=6", "checkpoint.every_steps=2", "monitor.probe_every=1000",
+            "monitor.probe_first_steps=0"]
+    code, full_events, full_dir = train_in_process(make_config(tmp_path, base + out(tmp_path, "full")))
+    assert code == 0, full_events[-1]
+    assert all(math.isfinite(s["loss"]) and s["images"] == 4 for s in steps_of(full_events))
+    part = make_config(tmp_path, base + out(tmp_path, "part"))
+    code, first, part_dir = train_in_process(part, monitor=StepHook({3: command_at("stop")}))
+    assert code == 0 and max(losses(first)) == 3
+    code, events, _ = train_in_process(part, resume=True)
+    assert code == 0, events[-1]
+    full, after = losses(full_events), losses(events, attempt=1)
+    assert sorted(after) == [4, 5, 6] and all(abs(after[s] - full[s]) <= 1e-6 for s in after)
+    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
+    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
+    assert final_full.keys() == final_part.keys() and all(torch.equal(final_full[k], final_part[k]) for k in final_full)
+    assert any("llm" in k and "lora_A" in k for k in final_full) and any("resampler" in k for k in final_full)
+    assert not any("vpm" in k for k in final_full)

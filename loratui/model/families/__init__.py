@@ -43,6 +43,7 @@ from pathlib import Path
 
 from loratui.model.families.base import ModelFamily
 from loratui.model.families.llava import LlavaFamily
+from loratui.model.families.minicpmv import MiniCPMVFamily
 from loratui.model.families.qwen2_vl import Qwen2VLFamily
 from loratui.model.families.text import TextFamily
 
@@ -71,4 +72,5 @@ def family_for(model_path: str) -> ModelFamily:
 
 register(TextFamily)
 register(LlavaFamily)
+register(MiniCPMVFamily)
 register(Qwen2VLFamily)
