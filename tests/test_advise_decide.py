@@ -243,7 +243,42 @@ def test_fastest_healthy_wins_and_says_the_hardware_rule_was_overruled():
 def test_the_prior_stands_within_measurement_noise():
     choice = decide({"bf16": 950.0, "fp16": 1000.0, "fp32": 400.0})
     assert choice.trial == "bf16"
-    assert "the hardware rule's choice, is healthy and within 10% of the fastest (fp16)" in choice.reasons[0]
+    assert choice.reasons[0].startswith("too close to call: bf16, the hardware rule's choice, and the fastest (fp16) "
+                                        "differ by less than the measurement's spread (10%)")
+
+
+def decide_two_passes(passes: dict, *, prior="bf16"):
+    """recommend() over trials timed in two passes: {name: (first pass tokens/s, reverse pass tokens/s)}."""
+    records, figures, verdicts = [], {}, {}
+    for name, (first, second) in passes.items():
+        rec = record(name)
+        records.append(rec)
+        figures[name] = trial_figures(steps(6, seconds=100 / first), steps(6, seconds=100 / second))
+        verdicts[name] = judge(rec, figures[name], THRESHOLDS)
+    return figures, recommend(records, figures, verdicts, prior, "prior note")
+
+
+def test_two_passes_average_the_speed_and_their_difference_is_the_spread():
+    figures, _ = decide_two_passes({"bf16": (600.0, 1000.0), "fp32": (500.0, 500.0)})
+    assert figures["bf16"].tokens_per_s_passes == [600.0, 1000.0]
+    assert figures["bf16"].tokens_per_s == pytest.approx(800.0) and figures["bf16"].speed_spread == pytest.approx(0.5)
+    assert figures["fp32"].speed_spread == 0.0 and figures["bf16"].timed_steps == 10
+
+
+def test_a_difference_inside_the_spread_is_too_close_to_call():
+    """The load changed during the first pass (fp32 ran while the machine was idle): the reverse pass shows it,
+    the spread covers the difference, and the hardware rule's choice stands."""
+    _, choice = decide_two_passes({"bf16": (400.0, 900.0), "fp32": (1000.0, 800.0)})
+    assert choice.trial == "bf16"
+    assert choice.reasons[0].startswith("too close to call: bf16, the hardware rule's choice, and the fastest (fp32)")
+    assert any("bf16 400 then 900; fp32 1000 then 800" in reason for reason in choice.reasons)
+
+
+def test_a_difference_beyond_the_spread_decides_and_a_close_runner_up_is_named():
+    _, choice = decide_two_passes({"bf16": (300.0, 310.0), "fp32": (1000.0, 1020.0), "fp16": (960.0, 990.0)})
+    assert choice.trial == "fp32" and choice.reasons[0].startswith("fp32 is the fastest healthy precision here")
+    assert any(r.startswith("too close to call on speed: fp32 and fp16 differ by less than the measurement's "
+                            "spread") for r in choice.reasons)
 
 
 def test_rejected_trials_never_win_and_their_reasons_are_listed():

@@ -38,14 +38,16 @@ def test_run_advises_first_then_trains_with_the_choice(tmp_path, capsys, monkeyp
     assert (started["requested_precision"], started["precision"]) == ("advise", choice)
     steps = steps_of(events)
     assert [s["step"] for s in steps] == [1, 2] and {s["precision"] for s in steps} == {choice}
-    # Progress while it measured: one phase per trial, in the run's own log (the dashboard shows it).
-    phases = {e["name"] for e in events if e["type"] == "phase" and e["name"].startswith("advise")
-              and e["done"] == e["total"] == 2}
-    assert phases == {"advise: bf16 trial (1 of 3)", "advise: fp16 trial (2 of 3)", "advise: fp32 trial (3 of 3)"}
+    # Progress while it measured: one phase per trial, then per timing repeat in reverse order, in the run's own log
+    # (the dashboard shows it).
+    phases = [e["name"] for e in events if e["type"] == "phase" and e["name"].startswith("advise")
+              and e["done"] == e["total"] == 2]
+    assert phases == ["advise: bf16 trial (1 of 3)", "advise: fp16 trial (2 of 3)", "advise: fp32 trial (3 of 3)",
+                      "advise: fp32 trial (4 of 6)", "advise: fp16 trial (5 of 6)", "advise: bf16 trial (6 of 6)"]
     assert f"note: advise: training in {choice}: {advice['reasons'][0]}" in printed
     # The trials' steps are in their own log, not the run's.
     trial_steps = [e for e in read_events(run_dir.root / "advise" / "events.jsonl") if e["type"] == "step"]
-    assert len(trial_steps) == 6
+    assert len(trial_steps) == 12  # 3 trials of 2 steps, twice (the timing repeat)
 
     # Trained as a run given that precision outright would have: the trials leave no trace.
     _, plain_events, _ = run_headless(tmp_path, "direct", choice, capsys)

@@ -33,7 +33,7 @@ def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progr
         # The trials' checkpoints and control file served only to run them; their events stay as evidence.
         shutil.rmtree(workspace.checkpoints, ignore_errors=True)
         workspace.control.unlink(missing_ok=True)
-    figures = {r.plan.name: trial_figures(r.events) for r in records}
+    figures = {r.plan.name: trial_figures(r.events, r.repeat_events) for r in records}
     verdicts = {r.plan.name: judge(r, figures[r.plan.name], config.monitor) for r in records}
     prior = resolve_precision("auto", capabilities)
     prior_why = capabilities.notes.get(prior) or f"{prior} is {capabilities.support.get(prior)} here"

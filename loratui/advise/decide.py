@@ -23,8 +23,10 @@ only warn. A trial is rejected on:
         the learning rate's doing, not the precision's, and rejects none)
   any   a loss that was not finite, or a trial that could not run to the end
 Of the healthy trials the fastest wins, unless the hardware rule's choice is
-healthy and within SPEED_TOLERANCE of it: short trials time a few percent apart
-from run to run, and there the prior stands. On a CPU the fastest is often
+healthy and within the measurement's spread of it ("too close to call"): every
+trial is timed in two passes, the second in reverse order (advise/trials.py),
+and the spread is the larger of the two trials' relative differences between
+their passes, never less than SPEED_TOLERANCE; there the prior stands. On a CPU the fastest is often
 fp32: half precision there is emulated or converted op by op, and the
 reasons say so.
 """
@@ -129,16 +131,36 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
     def speed(record: TrialRecord) -> float:
         return figures[record.plan.name].tokens_per_s
 
+    def spread(record: TrialRecord) -> float:
+        return figures[record.plan.name].speed_spread or 0.0
+
+    def close(a: TrialRecord, b: TrialRecord) -> float | None:
+        """The margin two speeds must differ by to count: the larger of the passes' spreads and SPEED_TOLERANCE."""
+        margin = max(SPEED_TOLERANCE, spread(a), spread(b))
+        return margin if speed(a) >= speed(b) * (1 - margin) else None
+
     fastest = max(healthy, key=speed)
     winner = fastest
-    if prior_trial in healthy and speed(prior_trial) >= speed(fastest) * (1 - SPEED_TOLERANCE):
+    margin = close(prior_trial, fastest) if prior_trial in healthy and prior_trial is not fastest else None
+    if margin is not None:
         winner = prior_trial
     others = ", ".join(f"{r.plan.name} {speed(r):.0f}" for r in healthy if r is not winner)
     reasons = [f"{winner.plan.name} is the fastest healthy precision here: {speed(winner):.0f} tokens/s"
                + (f" (healthy too, in tokens/s: {others})" if others else "")
                if winner is fastest else
-               f"{winner.plan.name}, the hardware rule's choice, is healthy and within {SPEED_TOLERANCE:.0%} of the "
-               f"fastest ({fastest.plan.name}): {speed(winner):.0f} against {speed(fastest):.0f} tokens/s"]
+               f"too close to call: {winner.plan.name}, the hardware rule's choice, and the fastest "
+               f"({fastest.plan.name}) differ by less than the measurement's spread ({margin:.0%}): "
+               f"{speed(winner):.0f} against {speed(fastest):.0f} tokens/s, so the hardware rule's choice stands"]
+    runner_up = max((r for r in healthy if r is not fastest), key=speed, default=None)
+    if winner is fastest and runner_up is not None and close(runner_up, fastest) is not None:
+        reasons.append(f"too close to call on speed: {fastest.plan.name} and {runner_up.plan.name} differ by less "
+                       f"than the measurement's spread ({close(runner_up, fastest):.0%}): {speed(fastest):.0f} "
+                       f"against {speed(runner_up):.0f} tokens/s")
+    passes = [f"{r.plan.name} {' then '.join(f'{v:.0f}' for v in figures[r.plan.name].tokens_per_s_passes)}"
+              for r in healthy if len(figures[r.plan.name].tokens_per_s_passes) == 2]
+    if passes:
+        reasons.append("each trial timed twice, the second pass in reverse order so that a change in the "
+                       "machine's load cannot decide (tokens/s: " + "; ".join(passes) + ")")
     if prior_trial is not None and prior_trial is not winner:
         status = verdicts[prior_trial.plan.name].status
         outcome = (f"measured on this machine, {winner.plan.name} is {speed(winner) / speed(prior_trial):.1f}x as fast"

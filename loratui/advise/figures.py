@@ -18,8 +18,10 @@ from loratui.events.encode import as_float
 
 @dataclass
 class TrialFigures:
-    tokens_per_s: float | None = None  # the median over unprobed steps after the first (probes recompute in fp32)
+    tokens_per_s: float | None = None  # the mean of the passes' medians over unprobed steps after the first
     timed_steps: int = 0
+    tokens_per_s_passes: list[float] = field(default_factory=list)  # the first pass's, then the reverse pass's
+    speed_spread: float | None = None  # |difference| of the two passes / their mean; None with one pass
     final_loss: float | None = None
     steps_done: int = 0
     nonfinite_loss_steps: int = 0
@@ -49,12 +51,24 @@ class TrialFigures:
         return self.calibration_skips > 0 and not self.steps_after_calibration
 
 
-def trial_figures(events: list[dict]) -> TrialFigures:
+def trial_figures(events: list[dict], repeat_events: list[dict] = ()) -> TrialFigures:
+    """The figures of one trial; `repeat_events`, its timing repeat in the reverse pass, add to its speed only."""
     steps = [e for e in events if e.get("type") == "step"]
     health = [e for e in events if e.get("type") == "health"]
     figures = TrialFigures(steps_done=len(steps), probes=len(health))
     figures.alerts = sorted({e["kind"] for e in events if e.get("type") == "alert"})
     _speed(figures, steps, {e["step"] for e in health})
+    repeat = TrialFigures()
+    _speed(repeat, [e for e in repeat_events if e.get("type") == "step"],
+           {e["step"] for e in repeat_events if e.get("type") == "health"})
+    if figures.tokens_per_s is not None:
+        figures.tokens_per_s_passes = [figures.tokens_per_s]
+    if figures.tokens_per_s is not None and repeat.tokens_per_s is not None:
+        first, second = figures.tokens_per_s, repeat.tokens_per_s
+        figures.tokens_per_s_passes = [first, second]
+        figures.tokens_per_s = round((first + second) / 2, 1)
+        figures.speed_spread = round(abs(first - second) / figures.tokens_per_s, 4) if figures.tokens_per_s else None
+        figures.timed_steps += repeat.timed_steps
     _loss_and_scaling(figures, steps)
     _probes(figures, health)
     return figures

@@ -45,6 +45,7 @@ ROWS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("verdict", "verdict", _text),
     ("support here", "support", _text),
     ("tokens/s", "tokens_per_s", _number(".0f")),
+    ("tokens/s spread (2 passes)", "speed_spread", _number(".1%")),
     ("peak memory MiB", "peak_memory_mib", _number(".0f")),
     ("loss at the end", "final_loss", _number(".4f")),
     ("skipped steps", "skipped_steps", _skips),

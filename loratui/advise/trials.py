@@ -8,6 +8,11 @@ the base weights only when their dtype changes. The tokenizer and the data
 are loaded once. Between the two bf16 trials (fp32 and bf16 adapters) the
 base model stays loaded: only the adapter is cast, as loading would cast it.
 
+After every trial has run, they run again in reverse order (the last one
+first), timed only: a trial's speed is read from both passes, so a change in
+the machine's load cannot decide between trials, and the two passes'
+difference is the spread the recommendation weighs (advise/decide.py).
+
 The health monitor probes every third step (and the first): its `health`
 events, with the trainer's `step` events, are the evidence the advisor
 decides on. Trials never checkpoint beyond step 0 and never apply fixes.
@@ -48,6 +53,7 @@ class TrialRecord:
     memory_measure: str = ""
     seconds: float = 0.0
     error: str | None = None  # why it stopped early (out of memory, an op this dtype lacks)
+    repeat_events: list[dict] = field(default_factory=list)  # the timing repeat's (see _run), for speed only
 
 
 class TrialsFailed(Exception):
@@ -113,8 +119,8 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
     trial_cfg = trial_config(config, records[0].plan)
     bus = EventBus()
     bus.add_sink(JsonlSink(workspace.events))
-    current: list[TrialRecord] = []
-    bus.add_sink(CallbackSink(lambda event: current[0].events.append(event) if current else None))
+    current: list[list] = []  # the event list the running trial (or its timing repeat) fills
+    bus.add_sink(CallbackSink(lambda event: current[0].append(event) if current else None))
     trainer = Trainer(trial_cfg, workspace, bus, monitor=build_monitor(trial_cfg, bus))
     # Signals stop a trial at its next step boundary like a training run (StopTraining), and
     # the caller's own handlers come back afterwards. The trainer's cleanup() is not called:
@@ -125,13 +131,29 @@ def _run(config, workspace: RunDir, records: list[TrialRecord], steps: int, prog
         start = ckpt.list_complete(workspace.checkpoints)[0]
         memory = PeakMemory(trainer.device)
         for index, record in enumerate(records):
-            current[:] = [record]
+            current[:] = [record.events]
             try:
                 _run_one(trainer, record, index, len(records), steps, start, memory, progress)
             except StopTraining:
                 raise  # a signal or a stop command ends the advice, as it ends a run
             except Exception as exc:  # out of memory (loading or training), or an op this dtype lacks here
                 _record_failure(trainer, record, exc, progress)
+        # The same trials again in reverse order, timed only: a change in the machine's load during the first
+        # pass slows the trials it overlapped, and the reverse pass puts other trials under it. Each trial's
+        # speed is then read from both passes, and their difference is the measurement's spread.
+        timed = [record for record in records if record.error is None and record.attempt is not None]
+        for index, record in enumerate(reversed(timed)):
+            current[:] = [record.repeat_events]
+            try:
+                _switch(trainer, record.plan, start)  # back to step 0: the same batches as the first pass
+                _train(trainer, record, len(records) + index, len(records) + len(timed), steps, progress)
+            except StopTraining:
+                raise
+            except Exception as exc:  # the repeat only times: its failure leaves the first pass's figures
+                record.repeat_events.clear()
+                progress.note(f"{record.plan.name}: its timing repeat stopped ({_first_line(exc)}); "
+                              f"its speed is the first pass's alone")
+                trainer.base_dtype_name = None
     finally:
         current.clear()
         trainer.signals.uninstall()

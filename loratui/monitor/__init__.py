@@ -11,9 +11,11 @@ The trainer calls a monitor through these methods:
   health_summary() -> dict              stored in each checkpoint
 
 Modules: health.py (the monitor itself), detectors.py (per-step signals),
-activations.py, gradients.py, staleness.py, fp32_math.py (the probes),
-diagnosis.py (why a loss was not finite), explain.py (alerts in words),
-fixes.py (which fix), alerts.py (episodes), autopilot.py.
+motion.py (learning-rate faults from the weights' motion), forecast.py
+(warnings before fp16 overflows), activations.py, gradients.py, staleness.py,
+fp32_math.py (the probes), diagnosis.py (why a loss was not finite),
+explain.py (alerts in words), fixes.py (which fix), alerts.py (episodes),
+autopilot.py.
 """
 
 
