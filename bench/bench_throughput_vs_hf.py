@@ -125,12 +125,14 @@ def tokens_per_second(ends: list[float], tokens: list[int], warmup: int) -> floa
 
 
 def hf_fp16_on_cpu() -> str:
-    """What the Trainer's accelerate does with fp16 here, in its own words (mixed precision, scaler)."""
-    from accelerate import Accelerator
+    """What the Trainer's accelerate does with fp16 here, in its own words (mixed precision, scaler).
 
-    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
-    return (f"accelerate(cpu, mixed_precision=fp16): native_amp={accelerator.native_amp}, "
-            f"scaler={accelerator.scaler}")
+    Asked in a fresh process: accelerate's state is a process-wide singleton, set already by the trainers above.
+    """
+    probe = ("from accelerate import Accelerator; a = Accelerator(cpu=True, mixed_precision='fp16'); "
+             "print(f'native_amp={a.native_amp}, scaler={a.scaler}')")
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    return f"accelerate(cpu, mixed_precision=fp16): {answer}"
 
 
 def packing_gain(data: str, precision: str, steps: int, batch_size: int, rounds: int = 4) -> float:
