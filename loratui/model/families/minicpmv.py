@@ -60,8 +60,7 @@ class MiniCPMVFamily(VisionLanguageFamily):
         """Pixels patch by patch, each image's patch grid, its row and the span of its query tokens."""
         import torch
 
-        config = processor.model_config
-        side, patch = config.scale_resolution, config.patch_size
+        side, patch = _slice_settings(processor.model_config)
         unk = processor.tokenizer.convert_tokens_to_ids(self.image_token)
         rows, bounds = [], []
         for row, ids in enumerate(input_ids.tolist()):
@@ -72,6 +71,13 @@ class MiniCPMVFamily(VisionLanguageFamily):
                 "tgt_sizes": torch.tensor([[side // patch, side // patch]] * len(images), dtype=torch.long),
                 "image_rows": torch.tensor(rows, dtype=torch.long),
                 "image_bound": torch.tensor(bounds, dtype=torch.long)}
+
+
+def _slice_settings(config) -> tuple[int, int]:
+    """(scale_resolution, patch_size): MiniCPM-V 2.x keeps them in its slice_config, the stand-in at the top."""
+    settings = getattr(config, "slice_config", None) or config
+    read = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key)
+    return int(read("scale_resolution")), int(read("patch_size"))
 
 
 def _runs(ids: list[int], token: int) -> list[list[int]]:
@@ -124,6 +130,9 @@ def with_data_forward(model):
                     grouped["pixel_values"][row].append(pixel_values[index])
                     grouped["tgt_sizes"][row].append(tgt_sizes[index])
                     grouped["image_bound"][row].append(image_bound[index])
+            # As MiniCPM-V's own collator gives them: per row, a (k, 2) tensor of patch grids and of spans.
+            for name in ("tgt_sizes", "image_bound"):
+                grouped[name] = [torch.stack(values) if values else [] for values in grouped[name]]
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(rows, -1)
             data = {"input_ids": input_ids, "position_ids": position_ids, **grouped}
             return self.model(data=data, attention_mask=attention_mask, labels=labels, **kwargs)
