@@ -85,7 +85,10 @@ class ScaleTrend:
         if len(self.recent) < self.window or scale < 1:
             return None  # below 1 is scale_collapse's
         slope = _slope(self.recent)
-        if slope >= 0:
+        # A sustained backoff, not a sporadic overflow or two (normal after calibration): the scale fell on at
+        # least half of the window's steps.
+        falls = sum(later < earlier for (_, earlier), (_, later) in zip(self.recent, list(self.recent)[1:]))
+        if slope >= 0 or falls * 2 < len(self.recent) - 1:
             return Reading("overflow_forecast", "scale_trend", False)
         left = math.log2(scale) / -slope
         return Reading("overflow_forecast", "scale_trend", left <= self.horizon,
