@@ -41,7 +41,8 @@ def test_the_scale_trend_counts_the_halvings_left_after_calibration():
     assert [steady.observe(step, 1024.0) for step in range(1, 5)][-1].bad is False
     sporadic = ScaleTrend(window=4, horizon=50)  # one overflow in the window: a backoff, not a trend
     sporadic.reset(calibration_steps=0)
-    assert [sporadic.observe(step, scale) for step, scale in enumerate([64.0, 64.0, 4.0, 4.0], start=1)][-1].bad is False
+    readings = [sporadic.observe(step, scale) for step, scale in enumerate([64.0, 64.0, 4.0, 4.0], start=1)]
+    assert readings[-1].bad is False
 
 
 def test_a_warning_foretells_the_scale_collapse_and_the_dashboard_shows_it(tmp_path):
