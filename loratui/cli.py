@@ -137,7 +137,7 @@ def start_run(config, *, headless: bool, resume: bool) -> int:
     refuse_what_this_machine_cannot_run(config)  # before the run directory exists: nothing to clean up
     # Under `accelerate launch` every rank runs this; rank 0 alone prepares the run directory.
     run_dir = run_dir_for_this_rank(config, resume=resume, config_text=render_toml(config))
-    from loratui.train.entry import train_in_run_dir
+    from loratui.entry import train_in_run_dir
 
     return train_in_run_dir(run_dir, resume=resume)
 

@@ -1,7 +1,7 @@
 """Run the trainer on a prepared run directory: the headless process, whoever started it.
 
 `loratui run --headless` calls `train_in_run_dir` in its own process; the
-dashboard starts `python -m loratui.train.entry RUN_DIR` as a child process
+dashboard starts `python -m loratui.entry RUN_DIR` as a child process
 (its own session, output to trainer.log); `accelerate launch` starts one per
 rank. All of them read the resolved config.toml in the run directory.
 
@@ -96,7 +96,7 @@ def advise_first(config, run_dir: RunDir, bus: EventBus, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loratui.train.entry",
+    parser = argparse.ArgumentParser(prog="python -m loratui.entry",
                                      description="Train in a prepared loratui run directory.")
     parser.add_argument("run_dir")
     parser.add_argument("--resume", action="store_true")

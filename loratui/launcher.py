@@ -25,7 +25,7 @@ ENGINE_OPTIONS = ("--config_file", "--multi_gpu", "--use_fsdp", "--use_deepspeed
 
 
 def trainer_command(config, run_dir: RunDir, *, resume: bool) -> list[str]:
-    entry = ["-m", "loratui.train.entry", str(run_dir.root)] + (["--resume"] if resume else [])
+    entry = ["-m", "loratui.entry", str(run_dir.root)] + (["--resume"] if resume else [])
     if config.launch.num_processes <= 1 and not config.launch.accelerate_args:
         return [sys.executable, *entry]
     return [sys.executable, "-m", "accelerate.commands.launch", *accelerate_options(config.launch), *entry]

@@ -90,7 +90,7 @@ def ready_trainer(config, monitor=None):
 
 
 def ready_monitored_trainer(config):
-    """As `ready_trainer`, with the health monitor a headless run builds (see train/entry.py)."""
+    """As `ready_trainer`, with the health monitor a headless run builds (see entry.py)."""
     from loratui.monitor import build_monitor
 
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))

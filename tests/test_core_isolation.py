@@ -11,7 +11,7 @@ def modules_after(code: str) -> set:
 
 
 def test_trainer_imports_no_textual_or_rich():
-    loaded = modules_after("import loratui.train.entry, loratui.train.trainer, loratui.monitor, "
+    loaded = modules_after("import loratui.entry, loratui.train.trainer, loratui.monitor, "
                            "loratui.events.console")
     assert not {m for m in loaded if m.split(".")[0] in ("textual", "rich", "textual_plotext")}
 

@@ -178,7 +178,7 @@ def test_the_control_reader_survives_any_bytes(tmp_path_factory, chunks):
 
 
 # ------------------------------------------------------------------ import direction
-# cli -> (ui | train.entry | advise) -> train -> (monitor, model, data, events, config).
+# cli -> (ui | entry | advise) -> train -> (monitor, model, data, events, config).
 # Each unit of the code is placed in one layer; an import may only go down, or sideways within the
 # lowest layer (the parts use each other: the monitor reads data, the model builds on data) or the
 # top one. The entry points of layer 2 stay independent of each other except for SIDEWAYS.
@@ -187,7 +187,7 @@ LAYERS = {
     "loratui.cli": 3, "loratui.__main__": 3,
     # Entry points and the tools beside the trainer: the dashboard, the process that runs a trainer,
     # the advisor, the launcher's command line, the Hugging Face callback.
-    "loratui.ui": 2, "loratui.train.entry": 2, "loratui.advise": 2, "loratui.launcher": 2,
+    "loratui.ui": 2, "loratui.entry": 2, "loratui.advise": 2, "loratui.launcher": 2,
     "loratui.integrations": 2,
     "loratui.train": 1,
     "loratui.monitor": 0, "loratui.model": 0, "loratui.data": 0, "loratui.events": 0, "loratui.config": 0,
@@ -199,12 +199,12 @@ ENTRIES = 2
 # The only imports between two different entry points, each with its reason.
 SIDEWAYS = {
     ("loratui.ui", "loratui.launcher"),  # the command the dashboard runs to start a trainer
-    ("loratui.train.entry", "loratui.advise"),  # train.precision = "advise" is measured before the trainer exists
+    ("loratui.entry", "loratui.advise"),  # train.precision = "advise" is measured before the trainer exists
 }
 
 
 def unit_of(module: str) -> str:
-    """The most specific unit in LAYERS that holds `module` (loratui.train.entry before loratui.train)."""
+    """The most specific unit in LAYERS that holds `module` (loratui.model.families before loratui.model)."""
     parts = module.split(".")
     for end in range(len(parts), 0, -1):
         candidate = ".".join(parts[:end])
@@ -240,7 +240,7 @@ def import_edges() -> list[tuple[str, int, str, str]]:
 def test_the_import_walk_sees_imports_inside_functions():
     """The walk must see lazy imports (how torch-free modules reach the heavy ones), or it proves nothing."""
     edges = {(source, target) for _, _, source, target in import_edges()}
-    assert ("loratui.train.entry", "loratui.advise.run") in edges  # inside advise_first
+    assert ("loratui.entry", "loratui.advise.run") in edges  # inside advise_first
     assert ("loratui.cli", "loratui.ui.launch") in edges  # inside start_run
     assert ("loratui.monitor.fixes", "loratui.checkpoint_files") in edges  # `from loratui import checkpoint_files`
 
@@ -285,3 +285,10 @@ def test_the_training_package_never_imports_the_advisor_or_the_ui():
     for file, line, source, target in import_edges():
         if unit_of(source) == "loratui.train":
             assert unit_of(target) not in ("loratui.advise", "loratui.ui", "loratui.cli"), f"{file}:{line}: {target}"
+
+
+def test_the_training_package_never_imports_the_advisor_or_the_ui():
+    """Issue 13's rule in its plainest form: nothing under loratui/train/ reaches up."""
+    wrong = [f"{file}:{line}: {source} imports {target}" for file, line, source, target in import_edges()
+             if source.startswith("loratui.train") and target.split(".")[1:2] in (["advise"], ["ui"], ["cli"], ["entry"])]
+    assert not wrong, "\n".join(wrong)

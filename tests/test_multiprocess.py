@@ -70,7 +70,7 @@ def launch_config(tmp_path: Path, launch: str, name: str = "unit"):
 def test_one_process_runs_the_trainer_directly(tmp_path):
     config, run_dir = launch_config(tmp_path, "num_processes = 1")
     assert trainer_command(config, run_dir, resume=True) == [
-        sys.executable, "-m", "loratui.train.entry", str(run_dir.root), "--resume"]
+        sys.executable, "-m", "loratui.entry", str(run_dir.root), "--resume"]
 
 
 def test_several_processes_go_through_accelerate_launch_with_everything_said(tmp_path):
@@ -78,14 +78,14 @@ def test_several_processes_go_through_accelerate_launch_with_everything_said(tmp
     assert trainer_command(config, run_dir, resume=False) == [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "--multi_gpu",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "loratui.train.entry", str(run_dir.root)]
+        "-m", "loratui.entry", str(run_dir.root)]
 
 
 def test_an_accelerate_config_file_decides_the_rest(tmp_path):
     config, run_dir = launch_config(tmp_path, 'num_processes = 2\naccelerate_args = ["--config_file", "ddp.yaml"]')
     command = trainer_command(config, run_dir, resume=False)
     assert command[3:7] == ["--config_file", "ddp.yaml", "--num_processes", "2"]
-    assert command[7:] == ["-m", "loratui.train.entry", str(run_dir.root)]
+    assert command[7:] == ["-m", "loratui.entry", str(run_dir.root)]
 
 
 def test_the_users_options_win(tmp_path):
@@ -199,7 +199,7 @@ def test_dashboard_command_goes_through_accelerate_launch(stopped_run):
     command = stopped_run["command"]
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "2"
-    assert command[-3:] == ["-m", "loratui.train.entry", str(stopped_run["run_dir"].root)]
+    assert command[-3:] == ["-m", "loratui.entry", str(stopped_run["run_dir"].root)]
 
 
 def test_stop_command_ends_both_ranks_at_the_same_step(stopped_run):

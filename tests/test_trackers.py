@@ -19,7 +19,7 @@ from loratui.config import load_config, render_toml
 from loratui.events.jsonl import read_events
 from loratui.run_dir import prepare_run_dir
 from loratui.trackers import TRACKERS, TrackerSink, unavailable_trackers
-from loratui.train.entry import train_in_run_dir
+from loratui.entry import train_in_run_dir
 
 
 

@@ -1,7 +1,7 @@
 """The dashboard supervising the real trainer (tiny model, CPU) when the trainer ends badly.
 
 Driven with Textual's pilot, with the dashboard's real supervisor: the trainer
-is `python -m loratui.train.entry` in its own session, as `loratui run` starts
+is `python -m loratui.entry` in its own session, as `loratui run` starts
 it. Each test ends the trainer one way: killed outright by SIGKILL (as the
 out-of-memory killer does), crashed by an exception inside a training step
 (the test-only fault injection of loratui/faults.py), or stopped by a

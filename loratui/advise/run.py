@@ -1,6 +1,6 @@
 """`train.precision = "advise"`: the advisor measures, then the run trains with its choice.
 
-Runs in the trainer process before the run's trainer is built (train/entry.py
+Runs in the trainer process before the run's trainer is built (entry.py
 calls it and hands the trainer the choice), so nothing here or below imports
 textual or rich. Progress
 goes to the run's event bus as `phase` events (the dashboard and the console

@@ -288,7 +288,7 @@ def plan_start(config, resume_from: ckpt.CheckpointInfo | None, capabilities, *,
     """The precision, adapter dtype and learning rate this start trains with, and the notices that say why.
 
     `precision` is train.precision resolved for this machine ("advise" stays "advise");
-    `advice` the advisor's choice, measured before the trainer was built (train/entry.py).
+    `advice` the advisor's choice, measured before the trainer was built (entry.py).
     """
     notices = []
     if precision == "advise":

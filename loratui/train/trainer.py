@@ -54,7 +54,7 @@ class StepFigures:
 class Trainer:
     def __init__(self, config: Config, run_dir: RunDir, bus: EventBus, *, resume: bool = False,
                  monitor=None, advised_precision: str | None = None, attempt: int | None = None):
-        """`advised_precision`: train.precision = "advise" as measured before this trainer (train/entry.py);
+        """`advised_precision`: train.precision = "advise" as measured before this trainer (entry.py);
         `attempt`: the attempt number when the caller already published under it (a resume that advised first).
         """
         self.config, self.run_dir, self.bus, self.resume, self.monitor = config, run_dir, bus, resume, monitor
