@@ -58,6 +58,14 @@ class PeakMemory:
         return None if peak is None or self.baseline is None else max(0, peak - self.baseline)
 
 
+    def outcome(self, estimate) -> dict:
+        """run_finished's fields: the planner's estimate (or None) beside the measured peak and how it was measured."""
+        peak = self.peak_bytes()
+        return {"mem_estimate_mib": round(estimate.total / MIB, 1) if estimate else None,
+                "mem_peak_measured_mib": round(peak / MIB, 1) if peak is not None else None,
+                "mem_peak_measured_as": "cuda allocated" if self.device.type == "cuda" else "process resident"}
+
+
 def _status_bytes(field: str) -> int | None:
     """A memory line of /proc/self/status in bytes; None where there is no /proc (macOS)."""
     try:

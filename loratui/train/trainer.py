@@ -31,7 +31,7 @@ from loratui.events.jsonl import next_attempt
 from loratui.run_dir import PRIVATE_UMASK, RunDir
 from loratui.train import run_control, setup
 from loratui.train.checkpoint import Checkpointer, CheckpointNotWritten, Trainables, TrainState
-from loratui.train.memory import MIB, PeakMemory, memory_figures
+from loratui.train.memory import PeakMemory, memory_figures
 from loratui.train.precision import scale_tensor, setup_precision
 from loratui.train.run_control import StopTraining
 from loratui.train.signals import SignalWatcher
@@ -133,12 +133,9 @@ class Trainer:
         self.peak_memory = PeakMemory(self.device)  # after the imports, before the model: what training holds
         self.load_model(self.precision_name)
         self.peak_memory.model_loaded()
-        if self.family.supports_packing:
-            from loratui.data.packing import setup_packing
-
-            notice = setup_packing(self.stream, self.unwrapped_model, self.config.data)
-            if notice:
-                self.notice(notice)
+        notice = self.family.configure_batches(self.stream, self.unwrapped_model, self.config.data)
+        if notice:
+            self.notice(notice)
         self.memory_estimate = setup.memory_estimate(self.config, self.model_path, self.precision_name)
         self.precision = setup_precision(self.precision_name, self.device_type, self.config.amp)
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.runtime, keep=self.config.checkpoint.keep)
@@ -309,16 +306,7 @@ class Trainer:
         if getattr(self, "model", None) is not None and self.step > 0:
             self.save_adapter()
         self.bus.publish("run_finished", step=self.step, reason=reason, adapter=str(self.run_dir.adapter),
-                         **self.memory_outcome())
-
-    def memory_outcome(self) -> dict:
-        """The estimate beside the measured peak (CUDA's allocated memory, or the process's resident memory)."""
-        if self.peak_memory is None:
-            return {}
-        peak, estimate = self.peak_memory.peak_bytes(), self.memory_estimate
-        return {"mem_estimate_mib": round(estimate.total / MIB, 1) if estimate else None,
-                "mem_peak_measured_mib": round(peak / MIB, 1) if peak is not None else None,
-                "mem_peak_measured_as": "cuda allocated" if self.device_type == "cuda" else "process resident"}
+                         **(self.peak_memory.outcome(self.memory_estimate) if self.peak_memory else {}))
 
     @property
     def unwrapped_model(self):

@@ -32,6 +32,8 @@ What a family provides (the trainer calls these, in this order):
   names them in readings. A text model is all `language_model`.
 - `identity(config, processor)`: what a checkpoint must match to be resumed
   (the base model, the vocabulary, the adapter's shape and scale).
+- `configure_batches(stream, model, data_config)`: fit the batch stream to the
+  loaded model (the text family packs it, data/packing.py); returns a notice or None.
 - Capabilities: `supports_packing` (several examples in one row, with masks
   that keep them apart).
 """

@@ -37,6 +37,10 @@ class ModelFamily(ABC):
         """Overrides of add_lora's target_modules / modules_to_save; none: the [lora] section as it is."""
         return {}
 
+    def configure_batches(self, stream, model, data_config) -> str | None:
+        """Fit the batch stream to the loaded model (packing, say); a notice for the run's log, or None."""
+        return None
+
     def prepare_model(self, model, config, precision_name: str, device_type: str) -> None:
         """A last change to the LoRA model before training (a part kept in fp32, say); none by default."""
 

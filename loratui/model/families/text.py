@@ -9,7 +9,7 @@ class TextFamily(ModelFamily):
     name = "text causal LM"
     model_types = ("llama",)  # and any model_type no other family claims (families.family_for)
     parts = {"language_model": ""}
-    supports_packing = True  # data.packing: the stream is packed once the model is loaded (data/packing.py)
+    supports_packing = True  # data.packing: configure_batches packs the stream once the model is loaded
 
     def load_processor(self, path: str, *, trust_remote_code: bool):
         from loratui.model.loading import load_tokenizer
@@ -28,9 +28,14 @@ class TextFamily(ModelFamily):
         from loratui.data.dataset import BatchStream
 
         # Right-padded input_ids, labels and attention_mask (data.dataset.collate) until the trainer
-        # packs it for the loaded model (data.packing.setup_packing).
+        # packs it for the loaded model (configure_batches).
         return BatchStream(examples, batch_size, seed=seed, shuffle=shuffle, pad_id=processor.pad_token_id,
                            rank=rank, world_size=world_size)
+
+    def configure_batches(self, stream, model, data_config) -> str | None:
+        from loratui.data.packing import setup_packing
+
+        return setup_packing(stream, model, data_config)
 
     def count_tokens(self, batch: dict) -> int:
         from loratui.data.packing import PackedBatch
