@@ -120,17 +120,15 @@ def test_skipped_steps_alert_resolves_once_the_skips_leave_the_window(tmp_path):
 def test_overflow_after_calibration_is_one_alert_and_silences_scale_collapse(tmp_path):
     """fp16 with a GradScaler starting at 1024; every step from 5 on overflows. Steps 1-4 are calibration, 5
     skips in a row after it are overflow, and the scale halving below 1 (step 16) adds no scale_collapse alert:
-    it follows from the overflow already reported. Its forecast does come first (docs/diagnosis.md): at step 12,
-    8 steps after calibration, the scale (8) halves every step, so it falls below 1 near step 15."""
+    it follows from the overflow already reported. Nor does its forecast: the weights moved at a healthy rate, so
+    nothing says the learning rate grew the values (docs/diagnosis.md)."""
     _, events = run(tmp_path, ["train.precision=fp16", "train.max_steps=17", "amp.init_scale=1024",
                                "monitor.calibration_steps=4"],
                     fault=NonFiniteGradients(range(5, 18)))
     steps = steps_of(events)
     assert [e["step"] for e in steps if e["skipped"]] == list(range(5, 18))
     assert [e["step"] for e in steps if e["scale"] < 1] == [16, 17]
-    assert kinds(events) == [("overflow", 9), ("overflow_forecast", 12)]
-    forecast = of_type(events, "alert")[1]
-    assert forecast["severity"] == "warning" and forecast["evidence"]["estimated_step"] == 15
+    assert kinds(events) == [("overflow", 9)]
     alert = of_type(events, "alert")[0]
     assert alert["severity"] == "critical"
     assert alert["message"] == "fp16 gradients overflow: 5 steps in a row were skipped after the loss scale settled"

@@ -201,6 +201,11 @@ class HealthMonitor:
             return
         if reading.kind == "overflow_forecast" and self.book.is_open("scale_collapse"):
             return  # what it foretold is here
+        if reading.kind == "overflow_forecast" and not self._weights_run_away():
+            # A trend is only read as the training dynamics (and the fix as the rate) with the weights' evidence:
+            # peaks that differ from batch to batch (rows with outliers) and a scaler set to grow every step
+            # (amp.growth_interval = 1) move the same figures, and the other alerts judge those.
+            return
         build = {
             "overflow": lambda: self._overflow_cause(trainer, step, "gradients", None) or
             explain.overflow_in_gradients(trainer, step, reading.details, self.skips.calibration_steps),
@@ -214,6 +219,10 @@ class HealthMonitor:
             "divergence": lambda: explain.divergence(trainer, step, reading.details, *self._lower_rate(trainer)),
         }[reading.kind]
         self.book.bad(reading.kind, reading.source, build, healthy_needed=self._healthy_needed(reading.source))
+
+    def _weights_run_away(self) -> bool:
+        """The learning rate's evidence: the LoRA weights moving too fast (WeightMotion) or grown 2x."""
+        return self.motion.first_over_step is not None or (self.motion.check.get("growth") or 1.0) >= 2
 
     def _note_probe_facts(self, probe: ProbeResults) -> None:
         """Read the probe's fp32 loss and target count (one transfer, probe steps only)."""
@@ -243,10 +252,7 @@ class HealthMonitor:
             return None
         # And evidence that the values did grow: weights moving too fast or grown, or the headroom shrunk. Without
         # it an overflow from healthy values (one bad batch, a bug) is not blamed on the learning rate.
-        growth = self.motion.check.get("growth") or 1.0
-        grown = (self.motion.first_over_step is not None or growth >= 2
-                 or self.latest_headroom * 2 <= start_headroom)
-        if not grown:
+        if not (self._weights_run_away() or self.latest_headroom * 2 <= start_headroom):
             return None
         rate, how = self._lower_rate(trainer)
         onset = self.motion.first_over_step
