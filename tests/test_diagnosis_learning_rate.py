@@ -25,6 +25,13 @@ def lr_onset(steps: list[dict]) -> int:
 
 # ------------------------------------------------------------------ the signals, on synthetic weights
 
+def measured(motion, step, params, lr, *, skipped):
+    """One step as the trainer drives it: measured after the update, carried by the next transfer, judged."""
+    motion.measure(step, params, lr, skipped)
+    carried = motion.carried()
+    return motion.observe(carried.tolist() if carried is not None else [])
+
+
 def test_weight_motion_measures_the_update_to_weight_ratio_and_computes_a_rate():
     import torch
 
@@ -36,13 +43,13 @@ def test_weight_motion_measures_the_update_to_weight_ratio_and_computes_a_rate()
         before = math.sqrt(sum(float((p * p).sum()) for p in params))
         for p in params:
             p += move
-        reading = motion.observe(step, params, lr, skipped=False)
+        reading = measured(motion, step, params, lr, skipped=False)
         assert reading.details["update_ratio"] == pytest.approx(move * norm / before, rel=1e-4)
         assert reading.bad == (step == 3)  # two steps in a row above 10%
     assert reading.details["first_step_over"] == 2 and reading.details["signal"] == "update_ratio"
     # The largest ratio per unit of rate was step 1's (the weights smallest): the rate for a 1% step follows.
     assert motion.suggested_rate(0.01) == pytest.approx(float(f"{0.01 / (0.01 * norm / norm / 1e-3):.2g}"))
-    assert motion.observe(4, params, 1e-3, skipped=True) is None  # a skipped step moved nothing
+    assert measured(motion, 4, params, 1e-3, skipped=True) is None  # a skipped step moved nothing
 
 
 def test_weight_motion_alerts_on_a_norm_grown_past_its_limit_in_one_step():
@@ -52,7 +59,7 @@ def test_weight_motion_alerts_on_a_norm_grown_past_its_limit_in_one_step():
     motion = WeightMotion(ratio_max=10.0, growth_max=4.0)
     motion.reset(params)
     params[0] *= 5
-    reading = motion.observe(1, params, 0.5, skipped=False)
+    reading = measured(motion, 1, params, 0.5, skipped=False)
     assert reading.bad and reading.details["signal"] == "weight_growth"
     assert reading.details["weight_growth"] == pytest.approx(5.0)
 

@@ -6,6 +6,8 @@ The trainer calls a monitor through these methods:
   probe_after_backward(trainer, batch)  probe steps: gradients present (still scaled in fp16)
   probe_before_update(trainer)          probe steps: unscaled gradients, before optimizer.step
   probe_after_update(trainer)           probe steps: after optimizer.step
+  after_update(trainer, step, lr, skipped)  every step, after optimizer.step (device-side work only)
+  carried_figures() -> tensor | None    before each step's one transfer: device values to bring along
   after_step(trainer, figures)          every step: detectors over the step's figures
   on_restart(trainer)                   after a restart (calibration starts again)
   health_summary() -> dict              stored in each checkpoint

@@ -154,6 +154,14 @@ class HealthMonitor:
         self.probe.stale_measured = self.updates.after(trainer.optimizer.optimizer, trainer.params, self.param_names)
         self.probe.seconds += time.perf_counter() - started
 
+    def after_update(self, trainer, step: int, lr: float, skipped: bool) -> None:
+        """Every step, after optimizer.step: measurements that stay on the device until the next transfer."""
+        self.motion.measure(step, trainer.params, lr, skipped)
+
+    def carried_figures(self):
+        """A device tensor for the trainer's next one-transfer-per-step read (the weights' motion), or None."""
+        return self.motion.carried()
+
     def after_step(self, trainer, figures) -> None:
         step = trainer.step
         probe, self.probe = self.probe, None
@@ -168,7 +176,7 @@ class HealthMonitor:
                     self.scale.observe(figures.scale),
                     self.spikes.observe(figures.loss),
                     self.trend.observe(step, figures.loss, figures.lr),
-                    self.motion.observe(step, trainer.params, figures.lr, figures.skipped),
+                    self.motion.observe(figures.carried),
                     self.grad_growth.observe(step, figures.grad_norm, figures.skipped),
                     self.scale_trend.observe(step, figures.scale),
                     self.collapse.observe(step, figures.loss, figures.grad_norm))

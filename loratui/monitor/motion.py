@@ -14,7 +14,9 @@ falling to 2 looks like a plateau). The weights themselves say it at once:
 
 Both answer with a Reading of kind "divergence" (the learning-rate alert) and
 start over at every attempt. The motion costs one fp32 copy of the adapter
-(not of the model) and one device-to-host transfer of two numbers per step.
+(not of the model) and no transfer of its own: its three norms are measured on
+the device after each update and ride in the next step's one transfer (the
+trainer carries them), so a step's motion is judged one step later.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class WeightMotion:
         self.growth_max = growth_max
         self.patience = patience
         self.previous: list | None = None
+        self.pending: tuple | None = None  # (step, lr, device tensor of three norms) awaiting the next transfer
+        self.in_flight: tuple | None = None  # the pending figures the current step's transfer carries
         self.check = NOT_YET
 
     def reset(self, params) -> None:
@@ -42,24 +46,36 @@ class WeightMotion:
         with torch.no_grad():
             self.previous = [param.detach().float().clone() for param in params]
             self.start_norm = float(_norm(self.previous))
+        self.pending = self.in_flight = None
         self.over = 0
         self.first_over_step: int | None = None
         self.sensitivity = 0.0  # the largest ratio per unit of learning rate seen in this attempt
         self.largest_ratio = 0.0
         self.check = NOT_YET
 
-    def observe(self, step: int, params, lr: float, skipped: bool) -> Reading | None:
+    def measure(self, step: int, params, lr: float, skipped: bool) -> None:
+        """After the optimizer step: the update's norms, left on the device for the next step's transfer."""
         if self.previous is None or skipped or lr <= 0:
-            return None  # a skipped step moved nothing; a zero rate (warmup's first step) says nothing
+            return  # a skipped step moved nothing; a zero rate (warmup's first step) says nothing
         import torch
 
         with torch.no_grad():
             current = [param.detach().float() for param in params]
             moved = torch._foreach_sub(current, self.previous)
-            # One transfer for both figures: this runs on every step.
-            moved_norm, previous_norm, norm = torch.stack(
-                [_norm(moved), _norm(self.previous), _norm(current)]).tolist()
+            self.pending = (step, lr, torch.stack([_norm(moved), _norm(self.previous), _norm(current)]))
             torch._foreach_copy_(self.previous, current)
+
+    def carried(self):
+        """The device tensor the trainer's next transfer carries, or None."""
+        self.in_flight, self.pending = self.pending, None
+        return self.in_flight[2] if self.in_flight is not None else None
+
+    def observe(self, carried: list[float]) -> Reading | None:
+        """Judge the update measured one step ago, from the values the trainer's transfer brought back."""
+        if self.in_flight is None or len(carried) != 3:
+            return None
+        (step, lr, _), self.in_flight = self.in_flight, None
+        moved_norm, previous_norm, norm = carried
         if not all(map(math.isfinite, (moved_norm, previous_norm, norm))) or previous_norm <= 0:
             return None
         ratio = moved_norm / previous_norm

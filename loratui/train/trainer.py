@@ -18,7 +18,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loratui import checkpoint_files as ckpt
@@ -49,6 +49,7 @@ class StepFigures:
     tokens: int
     lr: float
     seconds: float
+    carried: list[float] = field(default_factory=list)  # the monitor's device figures, in the same transfer
 
 
 class Trainer:
@@ -221,10 +222,14 @@ class Trainer:
             loss_mean = self.accelerator.reduce(loss_mean, "mean")
             tokens = int(self.accelerator.reduce(torch.tensor(tokens, device=self.device), "sum"))
         scale = scale_tensor(scaler).to(loss_mean.device) if scaler else torch.zeros((), device=self.device)
-        # The step's one host sync: every figure crosses to the CPU in a single transfer.
-        loss_value, norm_value, scale_value, nonfinite_value = torch.stack(
-            [loss_mean.float(), torch.as_tensor(grad_norm, device=loss_mean.device).float(), scale,
-             torch.as_tensor(nonfinite, device=loss_mean.device).float()]).tolist()
+        carried = self.monitor.carried_figures() if self.monitor is not None else None
+        # The step's one host sync: every figure crosses to the CPU in a single transfer,
+        # the monitor's device-side figures from the last update included.
+        values = torch.stack([loss_mean.float(), torch.as_tensor(grad_norm, device=loss_mean.device).float(), scale,
+                              torch.as_tensor(nonfinite, device=loss_mean.device).float()])
+        if carried is not None:
+            values = torch.cat([values, carried.to(values.device).float()])
+        loss_value, norm_value, scale_value, nonfinite_value, *carried_values = values.tolist()
         # Non-finite gradients never reach the weights, in any precision: the scaler's rule
         # (skip the step) applied to all, so a NaN cannot poison the adapter.
         skipped = not math.isfinite(norm_value)
@@ -240,9 +245,11 @@ class Trainer:
             self.scheduler.step()  # the schedule follows applied updates, not skipped ones
         if probe:
             self.monitor.probe_after_update(self)
+        if self.monitor is not None:
+            self.monitor.after_update(self, self.step + 1, lr, skipped)
         return StepFigures(loss=loss_value, grad_norm=norm_value, scale=scale_value if scaler else None,
                            skipped=skipped, nonfinite_grads=int(nonfinite_value), tokens=tokens, lr=lr,
-                           seconds=time.perf_counter() - started)
+                           seconds=time.perf_counter() - started, carried=carried_values)
 
     def publish_step(self, figures: StepFigures) -> None:
         self.last_loss = figures.loss
