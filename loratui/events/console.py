@@ -58,7 +58,8 @@ class ConsoleSink:
                     f"grad_norm {_num(event['grad_norm'])} lr {_num(event['lr'], '.3e')} "
                     f"precision {event['precision']} scale {_num(event.get('scale'), '.0f')} "
                     f"skipped {self.skipped_total} tok/s {_num(event.get('tokens_per_s'), '.0f')} "
-                    f"mem {'-' if mem is None else f'{mem:.0f}MiB'}")
+                    + (f"img/s {_num(event['images_per_s'], '.1f')} " if event.get("images_per_s") is not None else "")
+                    + f"mem {'-' if mem is None else f'{mem:.0f}MiB'}")
         if kind == "phase":
             return self._format_phase(event)
         if kind == "data":

@@ -96,6 +96,7 @@ class HeaderView:
     phase: tuple[str, int, int] | None
     reading: float | None  # share of a long history read so far, while catching up
     active_alerts: int
+    images_per_s: float | None = None  # vision-language runs only: the newest step's pictures per second
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class RunModel:
     peak_lr: float | None = None
     lr_factor: float = 0.5
     tokens_per_s: float | None = None
+    images_per_s: float | None = None
     memory: dict = field(default_factory=dict)
     phase: tuple[str, int, int] | None = None
     health: dict = field(default_factory=dict)
@@ -200,6 +202,7 @@ class RunModel:
         self.precision = event.get("precision") or self.precision
         self.loss_scaling = event.get("scale") is not None
         self.tokens_per_s = _float(event.get("tokens_per_s"))
+        self.images_per_s = _float(event.get("images_per_s"))
         self.memory = {key: event.get(key) for key in ("mem_allocated_mib", "mem_reserved_mib", "mem_peak_mib")}
         # Steps after a pause, restart or the loading phases mean training is under way again.
         if resumes and self.state not in ENDED and self.state not in (STOPPING,) and self.resuming_since is None:
@@ -474,7 +477,7 @@ class RunModel:
         elapsed = (self.last_time - self.first_time) if self.first_time and self.last_time else None
         header = HeaderView(self.run_name, self.shown_state, self.state_detail, self.precision, self.loss_scaling,
                             self.step, self.max_steps, self.eta_seconds(), elapsed, self.shown_rate(), self.lr,
-                            self.attempt, self.phase, self.reading, len(self.active_alerts))
+                            self.attempt, self.phase, self.reading, len(self.active_alerts), self.images_per_s)
         caps = self.capabilities
         return RunView(self.version, header, self.history.chart_data(), dict(self.health), self.health_step,
                        self.gpu_devices, dict(self.memory), started.get("device"),

@@ -76,6 +76,8 @@ class RunHeader(Widget):
         elif view.elapsed_s is not None and view.state in ("finished", "failed"):
             parts.append((Text(f"took {fmt.duration(view.elapsed_s)}"), 4))
         parts.append((Text(f"{fmt.rate(view.tokens_per_s)} tok/s"), 6))
+        if view.images_per_s is not None:
+            parts.append((Text(f"{fmt.rate(view.images_per_s)} img/s"), 6))
         parts.append((Text(f"lr {fmt.number(view.lr, 3)}"), 7))
         return parts
 
