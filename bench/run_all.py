@@ -2,7 +2,7 @@
 
 Each script runs in its own process with its own defaults and prints its
 figures on lines that start with RESULT; this collects those lines, with the
-machine and its load before and after, so the list can go into the README
+machine and its load before and after, so the list can go into docs/benchmarks.md
 as it is. Arguments name the scripts to run (default: all of them). On a
 shared machine, `--wait-for-load 1.5` holds each script back until the
 one-minute load average is below 1.5 (other work skews every figure here).

@@ -1,7 +1,7 @@
 """`loratui demo`: the built-in offline example and the precision-fault scenarios.
 
 Each scenario is the healthy demo config plus a few overrides that reproduce a
-fault by a mechanism that happens in real training (see the README).
+fault by a mechanism that happens in real training (see docs/alerts.md).
 """
 
 from __future__ import annotations

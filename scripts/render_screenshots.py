@@ -1,11 +1,11 @@
-"""Render the README's screenshots (screenshots/*.svg, and .png where a converter exists).
+"""Render the screenshots the README and docs/ show (screenshots/*.svg, and .png where a converter exists).
 
 The real dashboard app is fed recorded real runs (tests/data/ui_*, made by
 scripts/record_event_logs.py), driven with Textual's pilot and exported as
 SVG. PNG copies are made with rsvg-convert, cairosvg or inkscape, whichever
 is installed; without one there are only SVGs. A missing recording is an
 error (exit 1, before anything is rendered), and so is a recording without
-the alert its screenshot opens: the README would show stale pictures.
+the alert its screenshot opens: the docs would show stale pictures.
 
     python scripts/render_screenshots.py      (or: make screenshots)
 """

@@ -45,7 +45,7 @@ def test_fp16_overflow_with_its_alert(snap_compare, tmp_path, size):
 
 
 def test_render_screenshots_refuses_to_run_without_its_recordings(tmp_path):
-    """A missing recording is exit 1 naming it, not a README with stale pictures (the script, in a bare copy)."""
+    """A missing recording is exit 1 naming it, not docs with stale pictures (the script, in a bare copy)."""
     (tmp_path / "scripts").mkdir()
     (tmp_path / "tests" / "data").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "render_screenshots.py", tmp_path / "scripts")

@@ -95,7 +95,7 @@ async def caught_up(app, pilot) -> None:
 
 
 def overflow_alert(step: int) -> dict:
-    """An `alert` event in the monitor's documented shape (README "Events")."""
+    """An `alert` event in the monitor's documented shape (docs/run-directory.md)."""
     return {"type": "alert", "step": step, "kind": "overflow", "severity": "critical",
             "message": "fp16 overflow: 3 of the last 5 steps had inf gradients after calibration",
             "suggestion": "switch_precision", "fix": {"precision": "bf16"},

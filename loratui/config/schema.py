@@ -21,6 +21,8 @@ ALERT_KINDS = (
     "stale_update",
     "divergence",
     "checkpoint_failed",
+    "loss_collapse",
+    "overflow_forecast",
 )
 AUTOPILOT_ACTIONS = ("switch_precision", "lower_lr", "rollback", "stop", "none")
 # Alerts the trainer raises itself, past the monitor: the autopilot never sees them, so only "none" may be
