@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("config")
     advise.add_argument("--steps", type=int, default=30, help="optimizer steps per trial (default 30)")
     advise.add_argument("--json", action="store_true", help="print the results as JSON")
+    advise.add_argument("--device-memory", type=float, metavar="GIB",
+                        help="judge each trial's memory against a device with this many GiB (e.g. 16 for a T4) "
+                             "instead of this machine's; a 4-bit trial is added when full precision does not fit")
     advise.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "advise":
             from loratui.advise.cli import advise_command
 
-            return advise_command(args.config, args.overrides, steps=args.steps, as_json=args.json)
+            return advise_command(args.config, args.overrides, steps=args.steps, as_json=args.json,
+                                  device_memory_gib=args.device_memory)
     except UserInputError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_BAD_INPUT

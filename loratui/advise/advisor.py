@@ -15,6 +15,7 @@ from pathlib import Path
 
 from loratui.advise.decide import judge, recommend
 from loratui.advise.figures import trial_figures
+from loratui.advise.fit import device_budget
 from loratui.advise.report import WORKSPACE, build_advice, write_advice
 from loratui.advise.trials import Progress, run_trials
 from loratui.errors import Problem, UserInputError
@@ -24,21 +25,26 @@ from loratui.run_dir import PRIVATE_DIR, RunDir
 DEFAULT_STEPS = 30
 
 
-def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progress: Progress) -> dict:
-    """Run the trials, decide, write advice.json into `run_root`; returns the advice."""
+def advise(config, run_root: Path, capabilities: Capabilities, steps: int, progress: Progress, *,
+           device_memory_gib: float | None = None) -> dict:
+    """Run the trials, decide, write advice.json into `run_root`; returns the advice.
+
+    Each trial's memory is judged against `device_memory_gib` GiB when given, else this device's memory.
+    """
+    budget = device_budget(capabilities, device_memory_gib)
+    prior = resolve_precision("auto", capabilities)
     workspace = prepare_workspace(run_root)
     try:
-        records = run_trials(config, workspace, capabilities, steps, progress)
+        records = run_trials(config, workspace, capabilities, steps, progress, budget, compute=prior)
     finally:
         # The trials' checkpoints and control file served only to run them; their events stay as evidence.
         shutil.rmtree(workspace.checkpoints, ignore_errors=True)
         workspace.control.unlink(missing_ok=True)
     figures = {r.plan.name: trial_figures(r.events, r.repeat_events) for r in records}
     verdicts = {r.plan.name: judge(r, figures[r.plan.name], config.monitor) for r in records}
-    prior = resolve_precision("auto", capabilities)
     prior_why = capabilities.notes.get(prior) or f"{prior} is {capabilities.support.get(prior)} here"
     choice = recommend(records, figures, verdicts, prior, prior_why)
-    advice = build_advice(config, records, figures, verdicts, choice, capabilities, prior, prior_why, steps)
+    advice = build_advice(config, records, figures, verdicts, choice, capabilities, prior, prior_why, steps, budget)
     path = RunDir(run_root).advice
     try:
         write_advice(path, advice)

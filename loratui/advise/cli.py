@@ -1,4 +1,4 @@
-"""`loratui advise CONFIG [--steps N] [--json] [--set K=V]`: measure, then print the table or the JSON.
+"""`loratui advise CONFIG [--steps N] [--json] [--device-memory GIB] [--set K=V]`: measure, then print the table or the JSON.
 
 Progress goes to stderr (on a terminal one line per trial, rewritten at each
 step; otherwise a line when a trial begins, every ten steps and at its end),
@@ -37,7 +37,8 @@ class ConsoleProgress:
         self.stream.flush()
 
 
-def advise_command(config_path: str, overrides: list[str], *, steps: int, as_json: bool) -> int:
+def advise_command(config_path: str, overrides: list[str], *, steps: int, as_json: bool,
+                   device_memory_gib: float | None = None) -> int:
     from loratui.advise.advisor import advise
     from loratui.advise.report import TRIALS_EVENTS, to_json
     from loratui.config import load_config
@@ -47,6 +48,9 @@ def advise_command(config_path: str, overrides: list[str], *, steps: int, as_jso
 
     if steps < 1:
         raise UserInputError(Problem("--steps", f"{steps}: a trial needs at least one step"))
+    if device_memory_gib is not None and not device_memory_gib > 0:
+        raise UserInputError(Problem("--device-memory", f"{device_memory_gib:g} is not a memory size: give a "
+                                     "positive number of GiB, e.g. 16"))
     config = load_config(config_path, overrides)
     progress = ConsoleProgress(sys.stderr)
     if steps > config.train.max_steps:
@@ -54,7 +58,8 @@ def advise_command(config_path: str, overrides: list[str], *, steps: int, as_jso
         steps = config.train.max_steps
     run_root = run_dir_for(config).root
     try:
-        advice = advise(config, run_root, detect(config.train.device), steps, progress)
+        advice = advise(config, run_root, detect(config.train.device), steps, progress,
+                        device_memory_gib=device_memory_gib)
     except StopTraining as stop:
         print(f"advise: {stop.reason}", file=sys.stderr)
         return stop.exit_code

@@ -21,14 +21,17 @@ only warn. A trial is rejected on:
   pure-bf16 adapters  a stale-update share over monitor.stale_max (the monitor
         alerts on it with any adapter dtype; with fp32 adapters a stale share is
         the learning rate's doing, not the precision's, and rejects none)
-  any   a loss that was not finite, or a trial that could not run to the end
+  any   a loss that was not finite, or a trial that could not run to the end;
+        a configuration whose estimated peak memory does not fit the device
+        (advise/fit.py): it ran here, but would not run there
 Of the healthy trials the fastest wins, unless the hardware rule's choice is
 healthy and within the measurement's spread of it ("too close to call"): every
 trial is timed in two passes, the second in reverse order (advise/trials.py),
 and the spread is the larger of the two trials' relative differences between
 their passes, never less than SPEED_TOLERANCE; there the prior stands. On a CPU the fastest is often
 fp32: half precision there is emulated or converted op by op, and the
-reasons say so.
+reasons say so. When only a quantized base fits, the recommendation is that
+trial, with model.quantization and its memory figures in the first reason.
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ class Verdict:
 
 @dataclass
 class Recommendation:
-    trial: str  # the winning trial's name (fp32, bf16, bf16-pure, fp16)
+    trial: str  # the winning trial's name (fp32, bf16, bf16-pure, fp16, e.g. bf16-nf4)
     precision: str
     adapter_dtype: str
     reasons: list[str]
+    quantization: str = "none"  # the value for model.quantization
 
 
 def judge(record: TrialRecord, figures: TrialFigures, thresholds) -> Verdict:
@@ -68,6 +72,10 @@ def judge(record: TrialRecord, figures: TrialFigures, thresholds) -> Verdict:
                  else f"stopped at step {figures.steps_done} of {record.steps}")
         return Verdict(FAILED, [f"{where}: {record.error}"])
     reasons = []
+    fit = record.memory_plan
+    if fit is not None and fit.fits is False:
+        reasons.append(f"does not fit {fit.device}: estimated peak {_mib(fit.estimate.total)} MiB, over the "
+                       f"{_mib(fit.usable)} MiB usable (its {_mib(fit.available)} MiB less a margin)")
     if figures.nonfinite_loss_steps:
         reasons.append(f"the loss was not finite on {figures.nonfinite_loss_steps} of {figures.steps_done} steps")
     if record.plan.precision == "fp16":
@@ -126,7 +134,7 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
                   if verdict.status != HEALTHY for reason in verdict.reasons]
     prior_trial = _prior_trial(records, prior)
     if not healthy:
-        return _nothing_healthy(figures, rejections)
+        return _nothing_healthy(records, figures, rejections)
 
     def speed(record: TrialRecord) -> float:
         return figures[record.plan.name].tokens_per_s
@@ -174,7 +182,28 @@ def recommend(records: list[TrialRecord], figures: dict[str, TrialFigures], verd
         reasons.append(f"{winner.plan.name}'s trial ended while its loss scaler was still calibrating (its last "
                        f"{won.calibration_skips} of {won.steps_done} steps skipped as it backed off from "
                        f"amp.init_scale): longer trials (--steps) would show whether it settles")
-    return Recommendation(winner.plan.name, winner.plan.precision, winner.plan.adapter_dtype, reasons + rejections)
+    quantized = _only_quantized_fits(winner, records)
+    if quantized:
+        reasons.insert(0, quantized)
+    return Recommendation(winner.plan.name, winner.plan.precision, winner.plan.adapter_dtype, reasons + rejections,
+                          winner.plan.quantization)
+
+
+def _only_quantized_fits(winner: TrialRecord, records: list[TrialRecord]) -> str | None:
+    """The first reason when the winner is the quantized trial added because the full-precision base does not fit."""
+    if winner.plan.quantization == "none" or winner.memory_plan is None:
+        return None
+    unquantized = [r for r in records if r.plan.quantization == "none" and r.memory_plan is not None]
+    if not unquantized or any(r.memory_plan.fits is not False for r in unquantized):
+        return None
+    fit = winner.memory_plan
+    measured = (f"; measured peak here {winner.peak_memory_mib:.0f} MiB ({winner.memory_measure})"
+                if winner.peak_memory_mib is not None else "")
+    smallest = min(unquantized, key=lambda r: r.memory_plan.estimate.total)
+    return (f'only the quantized base fits {fit.device}: model.quantization = "{winner.plan.quantization}" '
+            f"with train.precision = \"{winner.plan.precision}\", estimated peak {_mib(fit.estimate.total)} MiB of "
+            f"{_mib(fit.usable)} MiB usable{measured} (in full precision the smallest, {smallest.plan.name}, "
+            f"needs {_mib(smallest.memory_plan.estimate.total)} MiB)")
 
 
 def _prior_trial(records: list[TrialRecord], prior: str) -> TrialRecord | None:
@@ -183,14 +212,22 @@ def _prior_trial(records: list[TrialRecord], prior: str) -> TrialRecord | None:
     return max(candidates, key=lambda r: r.plan.adapter_dtype == "bf16", default=None)
 
 
-def _nothing_healthy(figures: dict[str, TrialFigures], rejections: list[str]) -> Recommendation:
+def _nothing_healthy(records: list[TrialRecord], figures: dict[str, TrialFigures],
+                     rejections: list[str]) -> Recommendation:
     loss = figures["fp32"].final_loss if "fp32" in figures else None
     if loss is not None and not math.isfinite(loss):
         why = ("no precision trained cleanly, fp32 included: the fault is not the precision; check the data "
                "and the learning rate")
     else:
         why = "no precision trained cleanly here; fp32 is the safest to start from"
-    return Recommendation("fp32", "fp32", "fp32", [why] + rejections)
+    fp32 = next((r for r in records if r.plan.name == "fp32"), None)
+    return Recommendation("fp32", "fp32", "fp32", [why] + rejections, fp32.plan.quantization if fp32 else "none")
+
+
+def _mib(size: int | None) -> str:
+    from loratui.model.memory_plan import MIB
+
+    return "-" if size is None else f"{size / MIB:.1f}"
 
 
 def _g(value) -> str:

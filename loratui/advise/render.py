@@ -41,12 +41,19 @@ def _text(trial: dict, key: str) -> str:
     return "-" if value is None else str(value)
 
 
+def _fits(trial: dict, key: str) -> str:
+    return {True: "yes", False: "NO"}.get(trial.get(key), "-")
+
+
 ROWS: list[tuple[str, str, Callable[[dict, str], str]]] = [
     ("verdict", "verdict", _text),
     ("support here", "support", _text),
     ("tokens/s", "tokens_per_s", _number(".0f")),
     ("tokens/s spread (2 passes)", "speed_spread", _number(".1%")),
     ("peak memory MiB", "peak_memory_mib", _number(".0f")),
+    ("estimated memory MiB", "estimated_memory_mib", _number(".0f")),
+    ("fits the device", "fits", _fits),
+    ("base quantization", "quantization", _text),
     ("loss at the end", "final_loss", _number(".4f")),
     ("skipped steps", "skipped_steps", _skips),
     ("loss scale at the end", "final_scale", _number(".0f")),
@@ -70,11 +77,16 @@ def table_cells(advice: dict) -> tuple[list[str], list[list[str]]]:
 def summary_lines(advice: dict, run_root: Path) -> list[str]:
     choice = advice["recommendation"]
     adapter = (f' with train.adapter_dtype = "{advice["adapter_dtype"]}"' if "bf16-pure" in advice["trials"] else "")
-    lines = [f"recommendation: {choice}{adapter}"]
+    quantization = advice.get("quantization", "none")
+    quantized = f' with model.quantization = "{quantization}"' if quantization != "none" else ""
+    lines = [f"recommendation: {choice}{adapter}{quantized}"]
     lines += [f"  - {reason}" for reason in advice["reasons"]]
     measures = {t.get("memory_measure") for t in advice["trials"].values()} - {None}
     if "process_peak_rss" in measures:
         lines.append("peak memory is the process's peak resident memory (CPU: torch keeps no count of its own)")
+    if advice.get("device_memory_mib") is not None:
+        lines.append(f"memory judged against {advice['device_memory']}: {advice['device_memory_mib']:.0f} MiB, "
+                     f"estimates by the memory planner (as `loratui check` prints them)")
     lines.append(f"advice: {run_root / 'advice.json'}; the trials' events: {run_root / advice['events']}")
     return lines
 

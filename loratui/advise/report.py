@@ -2,8 +2,8 @@
 
 The dashboard's precision dialog reads it and shows each trial's scalar
 figures in the order they appear here (the first ten), so the figures a person
-compares first come first. The shape is documented in the README (section
-"Precision advisor") and checked against that documentation by a test:
+compares first come first. The shape is documented in docs/advisor.md
+and checked against that documentation by a test:
 add fields freely, never rename them.
 """
 
@@ -33,11 +33,12 @@ LEADING_FIGURES = ("tokens_per_s", "final_loss", "fp16_headroom", "fidelity_cosi
 
 def build_advice(config, records: list[TrialRecord], figures: dict[str, TrialFigures],
                  verdicts: dict[str, Verdict], choice: Recommendation, capabilities: Capabilities,
-                 prior: str, prior_why: str, steps: int) -> dict:
+                 prior: str, prior_why: str, steps: int, budget=None) -> dict:
     thresholds = config.monitor
     return {
         "recommendation": choice.precision,
         "adapter_dtype": choice.adapter_dtype,
+        "quantization": choice.quantization,
         "recommended_trial": choice.trial,
         "reasons": choice.reasons,
         "trials": {r.plan.name: trial_entry(r, figures[r.plan.name], verdicts[r.plan.name]) for r in records},
@@ -47,6 +48,8 @@ def build_advice(config, records: list[TrialRecord], figures: dict[str, TrialFig
                        "stale_max": thresholds.stale_max, "underflow_max": thresholds.underflow_max,
                        "skip_rate_max": thresholds.skip_rate_max,
                        "consecutive_skips_max": thresholds.consecutive_skips_max},
+        "device_memory_mib": budget.as_mib() if budget is not None else None,
+        "device_memory": budget.device if budget is not None else None,
         "steps": steps,
         "configured_precision": config.train.precision,
         "events": TRIALS_EVENTS,
@@ -59,7 +62,11 @@ def build_advice(config, records: list[TrialRecord], figures: dict[str, TrialFig
 def trial_entry(record: TrialRecord, figures: TrialFigures, verdict: Verdict) -> dict:
     measured = {**asdict(figures), "peak_memory_mib": record.peak_memory_mib}
     entry = {"verdict": verdict.status, **{name: measured.pop(name) for name in LEADING_FIGURES}}
-    entry.update(precision=record.plan.precision, adapter_dtype=record.plan.adapter_dtype, support=record.support,
+    fit = record.memory_plan
+    entry.update(precision=record.plan.precision, adapter_dtype=record.plan.adapter_dtype,
+                 quantization=record.plan.quantization,
+                 estimated_memory_mib=fit.estimate.as_dict()["total_mib"] if fit is not None else None,
+                 fits=fit.fits if fit is not None else None, support=record.support,
                  support_note=record.support_note, steps=record.steps, attempt=record.attempt,
                  memory_measure=record.memory_measure or None, seconds=record.seconds, error=record.error)
     entry.update(measured)

@@ -62,4 +62,11 @@ def choose_precision_for_run(config, run_dir: RunDir, bus: EventBus) -> str:
     bus.publish("notice", step=0, source="advise",
                 message=f"advise: training in {choice}" + (" (advice.json measured earlier for this config)"
                                                            if reused else "") + f": {advice['reasons'][0]}")
+    quantization = advice.get("quantization", config.model.quantization)
+    if quantization != config.model.quantization:
+        # The precision is this run's to choose; the base's quantization is the config's: say what fits.
+        bus.publish("notice", step=0, source="advise",
+                    message=f'advise: the measured choice has a quantized base (model.quantization = '
+                            f'"{quantization}"); this run keeps model.quantization = '
+                            f'"{config.model.quantization}" as written')
     return choice

@@ -4,7 +4,8 @@ Every trial starts from the same state. The trainer's step-0 checkpoint holds
 the seeded adapter, the RNG state (so dropout draws the same masks) and the
 data position (so every trial sees the same batches); each trial after the
 first goes back to it through the trainer's own restart path, which reloads
-the base weights only when their dtype changes. The tokenizer and the data
+the base weights only when their dtype changes (or, for the quantized trial,
+their quantization: _switch forces the reload). The tokenizer and the data
 are loaded once. Between the two bf16 trials (fp32 and bf16 adapters) the
 base model stays loaded: only the adapter is cast, as loading would cast it.
 
@@ -16,6 +17,11 @@ difference is the spread the recommendation weighs (advise/decide.py).
 The health monitor probes every third step (and the first): its `health`
 events, with the trainer's `step` events, are the evidence the advisor
 decides on. Trials never checkpoint beyond step 0 and never apply fixes.
+
+Each trial carries the memory planner's estimate of its peak on the device
+(advise/fit.py). When the base in full precision does not fit there, one more
+trial runs with a 4-bit (nf4) base, computing in the precision the hardware
+rule picks: the configuration that does fit, measured like the others.
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ PROBE_EVERY = 3  # leaves two unprobed steps in three to time
 
 @dataclass(frozen=True)
 class TrialPlan:
-    name: str  # the key in advice.json's trials: fp32, bf16, bf16-pure, fp16
+    name: str  # the key in advice.json's trials: fp32, bf16, bf16-pure, fp16, and e.g. bf16-nf4
     precision: str
     adapter_dtype: str
+    quantization: str = "none"  # model.quantization for this trial: the config's, or nf4 for the added trial
 
 
 @dataclass
@@ -54,6 +61,7 @@ class TrialRecord:
     seconds: float = 0.0
     error: str | None = None  # why it stopped early (out of memory, an op this dtype lacks)
     repeat_events: list[dict] = field(default_factory=list)  # the timing repeat's (see _run), for speed only
+    memory_plan: object = None  # the planner's estimate judged against the device (memory_plan.Plan), or None
 
 
 class TrialsFailed(Exception):
@@ -66,16 +74,25 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
 
-def plan_trials(config) -> list[TrialPlan]:
+def plan_trials(config, memory=None, compute: str = "bf16") -> list[TrialPlan]:
     """The half precisions first (least memory: a model that fits nowhere fails at once), fp32 last.
 
     Pure-bf16 adapters are measured only when the config asks for them, next to
-    bf16 with fp32 adapters, the alternative when they go stale.
+    bf16 with fp32 adapters, the alternative when they go stale. Every trial
+    keeps the config's model.quantization. With the trials' `memory` (fit.TrialMemory)
+    on which a full-precision base does not fit, a last trial quantizes it to nf4,
+    computing in `compute` (the hardware rule's precision).
     """
-    plans = [TrialPlan("bf16", "bf16", "fp32")]
+    from loratui.advise.fit import QUANTIZED
+
+    quantization = config.model.quantization
+    plans = [TrialPlan("bf16", "bf16", "fp32", quantization)]
     if config.train.adapter_dtype == "bf16":
-        plans.append(TrialPlan("bf16-pure", "bf16", "bf16"))
-    plans += [TrialPlan("fp16", "fp16", "fp32"), TrialPlan("fp32", "fp32", "fp32")]
+        plans.append(TrialPlan("bf16-pure", "bf16", "bf16", quantization))
+    plans += [TrialPlan("fp16", "fp16", "fp32", quantization), TrialPlan("fp32", "fp32", "fp32", quantization)]
+    if quantization == "none" and memory is not None and any(
+            memory.plan(p.precision, p.adapter_dtype, p.quantization).fits is False for p in plans):
+        plans.append(TrialPlan(f"{compute}-{QUANTIZED}", compute, "fp32", QUANTIZED))
     return plans
 
 
@@ -85,6 +102,7 @@ def trial_config(config, first: TrialPlan):
     trial.run.report_to = []
     trial.train.precision = first.precision
     trial.train.adapter_dtype = first.adapter_dtype
+    trial.model.quantization = first.quantization
     trial.monitor.probe_every = PROBE_EVERY
     trial.monitor.probe_first_steps = 1
     trial.monitor.probe_budget = 1.0  # a trial is there to be measured: its probes keep their cadence
@@ -94,13 +112,28 @@ def trial_config(config, first: TrialPlan):
 
 
 def run_trials(config, workspace: RunDir, capabilities: Capabilities, steps: int,
-               progress: Progress) -> list[TrialRecord]:
-    """Run every trial this machine supports; `workspace` receives the trials' events.jsonl."""
+               progress: Progress, budget=None, compute: str = "bf16") -> list[TrialRecord]:
+    """Run every trial this machine supports; `workspace` receives the trials' events.jsonl.
+
+    `budget` (fit.DeviceBudget) is the device memory each trial's estimate is judged against.
+    """
+    from loratui.advise.fit import TrialMemory
+
+    memory = TrialMemory(config, budget) if budget is not None else None
     records = []
-    for plan in plan_trials(config):
+    for plan in plan_trials(config, memory, compute):
         support = capabilities.support.get(plan.precision, UNSUPPORTED)
         note = capabilities.notes.get(plan.precision, "") or ""
-        records.append(TrialRecord(plan, support, note, steps))
+        if plan.quantization != "none" and support != UNSUPPORTED:
+            from loratui.model.quantization import bitsandbytes_problem
+
+            problem = bitsandbytes_problem()
+            if problem:
+                support, note = UNSUPPORTED, f"a {plan.quantization} base: {problem}"
+        record = TrialRecord(plan, support, note, steps)
+        if memory is not None:
+            record.memory_plan = memory.plan(plan.precision, plan.adapter_dtype, plan.quantization)
+        records.append(record)
         if support == UNSUPPORTED:
             progress.note(f"{plan.name}: not supported on this machine ({note}); not measured")
     runnable = [r for r in records if r.support != UNSUPPORTED]
@@ -215,6 +248,10 @@ def _switch(trainer, plan: TrialPlan, start) -> None:
 
     from loratui.train import run_control
 
+    if plan.quantization != trainer.config.model.quantization:
+        # restart() reloads the base only when its dtype changes: a new quantization needs the reload too.
+        trainer.config.model.quantization = plan.quantization
+        trainer.base_dtype_name = None
     if plan.precision == trainer.base_dtype_name and plan.adapter_dtype != trainer.adapter_dtype_name:
         # Same base dtype: cast the adapter where it is (what loading does) and keep the base loaded.
         dtype = torch.bfloat16 if plan.adapter_dtype == "bf16" else torch.float32
