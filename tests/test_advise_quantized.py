@@ -156,3 +156,26 @@ def test_a_device_memory_that_is_no_size_is_bad_input(tmp_path, monkeypatch, cap
     assert main(["advise", "config.toml", f"--device-memory={size}"]) == 2
     err = capsys.readouterr().err
     assert "--device-memory" in err and "positive number of GiB" in err and "Traceback" not in err
+
+
+def test_a_run_told_of_a_quantized_choice_says_it_keeps_its_quantization(tight, tmp_path):
+    from loratui.advise.advisor import DEFAULT_STEPS
+    from loratui.advise.report import fingerprint, write_advice
+    from loratui.advise.run import choose_precision_for_run
+    from loratui.events.bus import CallbackSink, EventBus
+    from loratui.run_dir import RunDir
+
+    config = load_config(str(tight["root"].parent.parent / "config.toml"), [])
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.root.mkdir()
+    # The quantized advice, as if measured for this run's own trial length (so the run reuses it, measuring nothing).
+    steps = min(DEFAULT_STEPS, config.train.max_steps)
+    write_advice(run_dir.advice, {**tight["advice"],
+                                  "fingerprint": fingerprint(config, detect(config.train.device), steps)})
+    told = []
+    bus = EventBus()
+    bus.add_sink(CallbackSink(told.append))
+    assert choose_precision_for_run(config, run_dir, bus) == tight["compute"]
+    notices = [e["message"] for e in told if e["type"] == "notice"]
+    assert any('model.quantization = "nf4"' in n and 'keeps model.quantization = "none"' in n for n in notices)
+    assert not (run_dir.root / "advise").exists()  # reused: no trials ran
