@@ -62,6 +62,11 @@ class StepHook:
     def wants_probe(self, trainer, step):
         return False
 
+    def after_update(self, trainer, step, lr, skipped): ...
+
+    def carried_figures(self):
+        return None
+
     def after_step(self, trainer, figures):
         action = self.actions.get((trainer.attempt, trainer.step), self.actions.get(trainer.step))
         if action:
