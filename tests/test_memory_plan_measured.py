@@ -53,8 +53,15 @@ def model_and_data(tmp_path_factory):
     return root
 
 
+# The default suite measures one configuration of each kind of base (fp32 full, nf4 quantized);
+# `make torture` (LORATUI_TORTURE=full) all four.
+FULL = os.environ.get("LORATUI_TORTURE") == "full"
+DEFAULT_SUITE = ("fp32", "nf4-fp16")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[] if name in DEFAULT_SUITE or FULL else pytest.mark.skip(
+    reason="runs under `make torture` (LORATUI_TORTURE=full)")) for name in CONFIGS])
 def test_the_estimate_is_within_a_quarter_of_the_measured_peak(model_and_data, tmp_path, name):
     root = model_and_data
     config = tmp_path / "config.toml"
