@@ -53,6 +53,13 @@ def missing_recordings() -> list[str]:
                    if recording != RUN_LIST and not (DATA / f"ui_{recording}" / "events.jsonl").is_file()})
 
 
+def save_svg(name: str, svg: str) -> Path:
+    path = OUT / f"{name}.svg"
+    path.write_text(svg)
+    print(f"{path.relative_to(ROOT)}")
+    return path
+
+
 async def render_run_list(name: str) -> Path:
     """`loratui watch runs/` on a folder holding every recording, newest first."""
     from test_ui_support import DATA, recorded_run
@@ -74,10 +81,7 @@ async def render_run_list(name: str) -> Path:
                 await pilot.pause(0.1)
             await pilot.pause(0.3)
             svg = app.export_screenshot(title=f"loratui · {name.replace('-', ' ')}")
-    path = OUT / f"{name}.svg"
-    path.write_text(svg)
-    print(f"{path.relative_to(ROOT)}")
-    return path
+    return save_svg(name, svg)
 
 
 async def render(name: str, recording: str, *, until_step: int | None = None, keys: tuple[str, ...] = (),
@@ -100,10 +104,7 @@ async def render(name: str, recording: str, *, until_step: int | None = None, ke
                 await pilot.press(key)
             await pilot.pause(0.3)
             svg = app.export_screenshot(title=f"loratui · {name.replace('-', ' ')}")
-    path = OUT / f"{name}.svg"
-    path.write_text(svg)
-    print(f"{path.relative_to(ROOT)}")
-    return path
+    return save_svg(name, svg)
 
 
 def to_png(svg: Path) -> Path | None:

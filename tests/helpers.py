@@ -47,6 +47,26 @@ def steps_of(events: list[dict], attempt: int | None = None) -> list[dict]:
     return [e for e in events if e["type"] == "step" and (attempt is None or e["attempt"] == attempt)]
 
 
+def assert_exact_resume(full_events: list[dict], full_dir, resumed_events: list[dict], resumed_dir,
+                        steps: list[int]) -> dict:
+    """A stopped-and-resumed run lost what the uninterrupted one lost on `steps` (within 1e-6, per step)
+    and ended with the same adapter, tensor for tensor; returns that adapter's tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    full = {e["step"]: e["loss"] for e in steps_of(full_events)}
+    after = {e["step"]: e["loss"] for e in steps_of(resumed_events, attempt=1)}
+    assert sorted(after) == steps
+    for step, loss in after.items():
+        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
+    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
+    final_part = load_file(str(resumed_dir.adapter / "adapter_model.safetensors"))
+    assert final_full.keys() == final_part.keys()
+    for name in final_full:
+        assert torch.equal(final_full[name], final_part[name]), name
+    return final_full
+
+
 class StepHook:
     """A stand-in monitor that runs `action(trainer)` after chosen steps (and probes nothing).
 

@@ -10,10 +10,9 @@ different masks and train on different noise.
 import math
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import StepHook, command_at, make_config, ready_monitored_trainer, steps_of, train_in_process
+from helpers import (StepHook, assert_exact_resume, command_at, make_config, ready_monitored_trainer,
+                     train_in_process)
 from loratui.data.packing import Packer
 from loratui.events.jsonl import read_events
 
@@ -112,13 +111,4 @@ def test_exact_resume_with_packing(tmp_path):
     resumed = PackingSeen({})
     code, events, _ = train_in_process(part, resume=True, monitor=resumed)
     assert code == 0 and resumed.packed
-    full = {e["step"]: e["loss"] for e in steps_of(full_events)}
-    after = {e["step"]: e["loss"] for e in steps_of(events, attempt=1)}
-    assert sorted(after) == [3, 4]
-    for step, loss in after.items():
-        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
-    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
-    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
-    assert final_full.keys() == final_part.keys()
-    for name in final_full:
-        assert torch.equal(final_full[name], final_part[name]), name
+    assert_exact_resume(full_events, full_dir, events, part_dir, [3, 4])

@@ -11,9 +11,8 @@ learning, resume, restart and overflow runs are slow tests.
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from helpers import StepHook, command_at, make_config, ready_trainer, steps_of, train_in_process
+from helpers import StepHook, assert_exact_resume, command_at, make_config, ready_trainer, steps_of, train_in_process
 
 NF4 = ['model.quantization="nf4"', "train.batch_size=4", "train.warmup_steps=2", "checkpoint.every_steps=4",
        "lora.dropout=0.1"]
@@ -24,10 +23,6 @@ def linear4bit_layers(model) -> dict:
 
     bnb = import_bitsandbytes()
     return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
-
-
-def losses(events, attempt=None) -> dict:
-    return {e["step"]: e["loss"] for e in steps_of(events, attempt)}
 
 
 def assert_loss_falls(events, steps: int) -> None:
@@ -112,14 +107,7 @@ def test_a_stopped_qlora_run_resumes_exactly(tmp_path):
     assert code == 0
     code, events, _ = train_in_process(part, resume=True)
     assert code == 0
-    full, after = losses(full_events), losses(events, attempt=1)
-    assert sorted(after) == [6, 7, 8]
-    for step, loss in after.items():
-        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
-    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
-    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
-    assert final_full.keys() == final_part.keys()
-    assert all(torch.equal(final_full[name], final_part[name]) for name in final_full)
+    assert_exact_resume(full_events, full_dir, events, part_dir, [6, 7, 8])
 
 
 @pytest.mark.slow

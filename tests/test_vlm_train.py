@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import StepHook, command_at, make_config, steps_of, train_in_process
+from helpers import StepHook, assert_exact_resume, command_at, make_config, steps_of, train_in_process
 
 VLM = ["model.name_or_path=\"builtin:tiny-vlm\"", "data.path=\"builtin:tiny-shapes\"", "train.batch_size=8",
        "train.warmup_steps=2", "monitor.probe_every=1000", "monitor.probe_first_steps=0"]
@@ -130,14 +130,7 @@ def test_exact_resume_on_a_vlm_run(tmp_path, model):
     assert code == 0 and max(losses(first)) == 3
     code, events, _ = train_in_process(part, resume=True)
     assert code == 0, events[-1]
-    full, after = losses(full_events), losses(events, attempt=1)
-    assert sorted(after) == [4, 5, 6]
-    for step, loss in after.items():
-        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
-    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
-    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
-    assert final_full.keys() == final_part.keys()
-    assert all(torch.equal(final_full[name], final_part[name]) for name in final_full)
+    assert_exact_resume(full_events, full_dir, events, part_dir, [4, 5, 6])
 
 
 def test_a_bad_image_stops_the_run_before_training_with_its_place(tmp_path):
@@ -228,10 +221,6 @@ def test_the_minicpmv_standin_trains_and_resumes_exactly(tmp_path):
     assert code == 0 and max(losses(first)) == 3
     code, events, _ = train_in_process(part, resume=True)
     assert code == 0, events[-1]
-    full, after = losses(full_events), losses(events, attempt=1)
-    assert sorted(after) == [4, 5, 6] and all(abs(after[s] - full[s]) <= 1e-6 for s in after)
-    final_full = load_file(str(full_dir.adapter / "adapter_model.safetensors"))
-    final_part = load_file(str(part_dir.adapter / "adapter_model.safetensors"))
-    assert final_full.keys() == final_part.keys() and all(torch.equal(final_full[k], final_part[k]) for k in final_full)
+    final_full = assert_exact_resume(full_events, full_dir, events, part_dir, [4, 5, 6])
     assert any("llm" in k and "lora_A" in k for k in final_full) and any("resampler" in k for k in final_full)
     assert not any("vpm" in k for k in final_full)

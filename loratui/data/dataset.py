@@ -108,8 +108,14 @@ def load_examples(path: str, data_format: str, tokenizer, *, max_length: int, on
                 report.truncated -= 1
                 continue
         examples.append(example)
+    return finish_reading(file, examples, report, len(lines), progress)
+
+
+def finish_reading(file: Path, examples: list, report: DataReport, rows: int,
+                   progress: Callable[[int, int], None] | None):
+    """(examples, report) once every row is read; a file with no usable row is bad input, with its counts."""
     if progress:
-        progress(len(lines), len(lines))
+        progress(rows, rows)
     report.examples = len(examples)
     if not examples:
         detail = f" ({report.summary()})" if report.rows_read else ""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from loratui.data.dataset import IGNORE_INDEX, BadRow, DataReport, Example, _parse_row, _read_lines
+from loratui.data.dataset import IGNORE_INDEX, BadRow, DataReport, Example, _parse_row, _read_lines, finish_reading
 from loratui.data.images import BadImage, check_image, resolve_image_path
 from loratui.errors import Problem, UserInputError
 
@@ -110,13 +110,7 @@ def load_vision_examples(file: Path, data_format: str, encode: Encoder, *, max_l
             report.truncated += 1
         examples.append(VisionExample(input_ids, labels, checked.images, checked.sizes))
         report.images += len(checked.images)
-    if progress:
-        progress(len(rows), len(rows))
-    report.examples = len(examples)
-    if not examples:
-        detail = f" ({report.summary()})" if report.rows_read else ""
-        raise UserInputError(Problem(str(file), f"no usable training rows{detail}"))
-    return examples, report
+    return finish_reading(file, examples, report, len(rows), progress)
 
 
 def _object(value) -> dict:
