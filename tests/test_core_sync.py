@@ -115,12 +115,8 @@ STEPS = ["train.max_steps=4", "train.batch_size=2", "train.warmup_steps=0", "che
          "monitor.probe_first_steps=1", "monitor.probe_every=100"]
 
 
-@pytest.mark.parametrize("monitored", [False, True], ids=["monitor_off", "monitor_on"])
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_one_host_read_per_step(tmp_path, monkeypatch, precision, monitored):
-    config = make_config(tmp_path, STEPS + [f"train.precision={precision}", f"run.output_dir=\"{tmp_path}\""])
-    trainer = (ready_monitored_trainer if monitored else ready_trainer)(config)
-    assert (trainer.precision.scaler is not None) == (precision == "fp16")  # a real GradScaler in fp16
+def fit_counting_reads(trainer, monkeypatch) -> HostReadCounter:
+    """Train the ready trainer to its end while counting every host read, step by step."""
     reads = HostReadCounter(monkeypatch)
     reads.watch(trainer, monkeypatch)
     try:
@@ -128,6 +124,16 @@ def test_one_host_read_per_step(tmp_path, monkeypatch, precision, monitored):
     finally:
         trainer.bus.close()
         trainer.cleanup()
+    return reads
+
+
+@pytest.mark.parametrize("monitored", [False, True], ids=["monitor_off", "monitor_on"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_one_host_read_per_step(tmp_path, monkeypatch, precision, monitored):
+    config = make_config(tmp_path, STEPS + [f"train.precision={precision}", f"run.output_dir=\"{tmp_path}\""])
+    trainer = (ready_monitored_trainer if monitored else ready_trainer)(config)
+    assert (trainer.precision.scaler is not None) == (precision == "fp16")  # a real GradScaler in fp16
+    reads = fit_counting_reads(trainer, monkeypatch)
     # Four windows: steps 1-3 end where the next step starts; step 4's also holds the final checkpoint.
     assert len(reads.steps) == 4
     for step, sites in enumerate(reads.steps[1:3], start=2):
@@ -144,13 +150,7 @@ def test_packed_batches_take_no_host_read_in_the_attention_mask(tmp_path, monkey
     config = make_config(tmp_path, STEPS + ["train.precision=fp32", "train.grad_accum=2",
                                             f"data.packing={str(packing).lower()}", f"run.output_dir=\"{tmp_path}\""])
     trainer = ready_trainer(config)
-    reads = HostReadCounter(monkeypatch)
-    reads.watch(trainer, monkeypatch)
-    try:
-        assert trainer.fit()[0] == "completed"
-    finally:
-        trainer.bus.close()
-        trainer.cleanup()
+    reads = fit_counting_reads(trainer, monkeypatch)
     assert all(len(sites) == 1 for sites in reads.steps[1:3]), reads.steps  # loratui's own: one a step either way
     for sites in reads.mask_steps:
         if packing:

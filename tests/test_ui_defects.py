@@ -15,8 +15,8 @@ import statistics
 import time
 
 import pytest
-from test_ui_support import append_event, caught_up, commands, overflow_alert, recorded_run, run_async, \
-    screen_text, wait_for
+from test_ui_support import (append_event, caught_up, commands, overflow_alert,
+                             recorded_run, run_async, screen_text, wait_for)
 
 from loratui.run_dir import RunDir
 from loratui.ui import format as fmt
@@ -30,15 +30,7 @@ from loratui.ui.screens.text_details import TextDetails
 from loratui.ui.widgets.event_list import EventList
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-
-
-@pytest.fixture
-def live_run(tmp_path):
-    return recorded_run("healthy_fp16", tmp_path, until_step=45)
+pytestmark = pytest.mark.usefixtures("utc")  # the clock shown in rows (tests/conftest.py)
 
 
 async def with_alert(app, pilot, run_dir, alert: dict) -> None:

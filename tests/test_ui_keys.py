@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 
 import pytest
-from test_ui_support import (DATA, append_event, caught_up, commands, overflow_alert, recorded_run, run_async,
-                              screen_text, wait_for)
+from test_ui_support import (DATA, append_event, caught_up, commands, overflow_alert,
+                             recorded_run, run_async, screen_text, wait_for)
 
 from loratui.run_dir import RunDir
 from loratui.ui import format as fmt
@@ -30,16 +29,7 @@ from loratui.ui.screens.rollback_dialog import RollbackDialog
 from loratui.ui.widgets.event_list import EventList
 
 
-@pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-
-
-@pytest.fixture
-def live_run(tmp_path):
-    """The healthy fp16 run as it was at step 45: live, checkpoints 0, 20 and 40."""
-    return recorded_run("healthy_fp16", tmp_path, until_step=45)
+pytestmark = pytest.mark.usefixtures("utc")  # the clock shown in rows (tests/conftest.py)
 
 
 @run_async

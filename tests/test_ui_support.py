@@ -103,3 +103,4 @@ def overflow_alert(step: int) -> dict:
                            "so its gradients became inf and the steps were skipped.",
             "evidence": {"max_abs_activation": 120000.0, "module": "model.layers.1.mlp.down_proj",
                          "fp16_max": 65504.0, "skipped_recent": 3}}
+
