@@ -212,7 +212,8 @@ class MonitorSection:
                              min=0, min_exclusive=True)
     spike_window: int = key(50, "Loss spike: rolling window of finite losses.", min=5)
     divergence_window: int = key(5, "Divergence: the median loss of this many steps is compared with the "
-                                 "lowest such median of the attempt.", min=2)
+                                 "lowest such median of the attempt (more steps where a step holds fewer "
+                                 "than 16 examples, so the median spans at least 16).", min=2)
     divergence_rise: float = key(0.25, "Divergence: alert when that median stays this much (relative) above "
                                  "the lowest.", min=0, min_exclusive=True)
     divergence_lr_factor: float = key(0.1, "Divergence: the suggested learning rate is the current one "

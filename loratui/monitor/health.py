@@ -30,6 +30,10 @@ from loratui.monitor.schedule import ProbeSchedule
 from loratui.monitor.staleness import UpdateWatch
 
 SCALE_TREND_WINDOW = 8  # steps of loss-scale history the forecast fits its slope to
+# The loss-trend median spans at least this many examples: a median of 5 single-example losses is
+# far noisier than one of 5 batches of 8, and over hundreds of steps its lowest value is an extreme
+# that an ordinary window of a batch-size-1 run exceeds by chance (a false divergence alarm).
+TREND_MIN_EXAMPLES = 16
 
 CHECK_NAMES = ("fp16_headroom", "underflow", "fidelity", "stale_update", "loss_scale", "skip_rate", "loss_trend",
                "weight_motion")
@@ -97,6 +101,9 @@ class HealthMonitor:
 
     def start_attempt(self, trainer) -> None:
         loss_scaling = trainer.precision.scaler is not None
+        train = trainer.config.train
+        examples_per_step = train.batch_size * train.grad_accum * trainer.world_size
+        self.trend.window = max(self.config.divergence_window, math.ceil(TREND_MIN_EXAMPLES / examples_per_step))
         # Skips are watched in every precision (the trainer skips any step with non-finite gradients);
         # only a loss scaler has a calibration whose skips are expected.
         self.skips.reset(kind="overflow" if trainer.precision_name == "fp16" else "nonfinite_grads",
