@@ -55,6 +55,13 @@ class VisionLanguageFamily(ModelFamily):
     def image_tokens(self, processor: VisionProcessor, width: int, height: int) -> int:
         """How many image tokens an image of this size becomes."""
 
+    def image_expansion(self, processor: VisionProcessor, width: int, height: int, *, index: int) -> list[int]:
+        """The token ids one image becomes where its image token sits in the rendered chat (`index`: its place
+        in the row). The image token repeated image_tokens() times; a family whose images carry structure
+        (Idefics3's tiles between row and column tokens, MiniCPM-V 4.x's numbered slices) spells it out here."""
+        image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
+        return [image_token_id] * self.image_tokens(processor, width, height)
+
     @abstractmethod
     def image_inputs(self, processor: VisionProcessor, images: list, input_ids) -> dict:
         """The forward's image inputs for decoded `images` (in row order) and the padded `input_ids`."""
@@ -116,7 +123,7 @@ class VisionLanguageFamily(ModelFamily):
                                     progress=progress)
 
     def encode(self, processor: VisionProcessor, row: VisionRow) -> tuple[list[int], list[int]]:
-        """Token ids and labels of a row, each image's token repeated as many times as its features."""
+        """Token ids and labels of a row, each image's token expanded into its tokens (image_expansion)."""
         tokenizer = processor.tokenizer
         image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         messages = [dict(m, content=m["content"].replace(PLACEHOLDER, self.placeholder_text)) for m in row.messages]
@@ -126,11 +133,13 @@ class VisionLanguageFamily(ModelFamily):
         example = _encode_messages({"messages": messages}, tokenizer)
         sizes = iter(row.sizes)
         input_ids, labels = [], []
+        images_placed = 0
         for token, label in zip(example.input_ids, example.labels):
             if token == image_token_id:
-                count = self.image_tokens(processor, *next(sizes))
-                input_ids += [token] * count
-                labels += [IGNORE_INDEX] * count
+                expansion = self.image_expansion(processor, *next(sizes), index=images_placed)
+                images_placed += 1
+                input_ids += expansion
+                labels += [IGNORE_INDEX] * len(expansion)
             else:
                 input_ids.append(token)
                 labels.append(label)
