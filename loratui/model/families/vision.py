@@ -28,7 +28,7 @@ from loratui.model.families.base import ModelFamily
 PARTS = ("vision_tower", "projector", "language_model")
 # LoRA targets inside a part when lora.target_modules is "all-linear": the usual projections.
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv", "proj",
-                "fc1", "fc2", "out_proj", "linear_1", "linear_2")
+                "fc1", "fc2", "out_proj", "linear_1", "linear_2", "linear_fc1", "linear_fc2")
 
 
 @dataclass
