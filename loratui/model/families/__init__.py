@@ -44,9 +44,13 @@ import json
 from pathlib import Path
 
 from loratui.model.families.base import ModelFamily
+from loratui.model.families.gemma3 import Gemma3Family
 from loratui.model.families.llava import LlavaFamily
 from loratui.model.families.minicpmv import MiniCPMVFamily
+from loratui.model.families.paligemma import PaliGemmaFamily
+from loratui.model.families.qwen2_5_vl import Qwen2_5_VLFamily
 from loratui.model.families.qwen2_vl import Qwen2VLFamily
+from loratui.model.families.qwen3_vl import Qwen3VLFamily
 from loratui.model.families.text import TextFamily
 
 _BY_MODEL_TYPE: dict[str, type[ModelFamily]] = {}
@@ -76,3 +80,7 @@ register(TextFamily)
 register(LlavaFamily)
 register(MiniCPMVFamily)
 register(Qwen2VLFamily)
+register(Qwen2_5_VLFamily)
+register(Qwen3VLFamily)
+register(Gemma3Family)
+register(PaliGemmaFamily)
