@@ -115,6 +115,7 @@ class RunView:
     entries_revision: int
     active_alerts: tuple[dict, ...]
     failure: dict | None
+    health_parts: dict = field(default_factory=dict)  # a vision-language run's per-part figures (health `parts`)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RunModel:
     phase: tuple[str, int, int] | None = None
     health: dict = field(default_factory=dict)
     health_step: int | None = None
+    health_parts: dict = field(default_factory=dict)
     gpu_devices: tuple = ()
     host: dict = field(default_factory=dict)  # the newest `host` event's figures (CPU, RAM)
     active_alerts: dict = field(default_factory=dict)
@@ -246,7 +248,7 @@ class RunModel:
         self.step = event.get("step", 0)
         self.attempt = event.get("attempt", 0)
         self.recent_steps.clear()
-        self.health, self.health_step = {}, None  # a resumed run's first probe is its own
+        self.health, self.health_step, self.health_parts = {}, None, {}  # a resumed run's first probe is its own
         self.state, self.state_detail, self.phase = RUNNING, "", None
         self.failure = self.finish_reason = None
         if self.max_steps:
@@ -274,6 +276,7 @@ class RunModel:
     def _on_health(self, event: dict) -> None:
         self.health = dict(event.get("checks") or {})
         self.health_step = event.get("step")
+        self.health_parts = dict(event.get("parts") or {})
 
     def _on_host(self, event: dict) -> None:
         # A new dict each time: the screen reads it without the lock.
@@ -325,7 +328,7 @@ class RunModel:
         self.recent_steps.clear()
         self.active_alerts.clear()  # the alerts were about the abandoned branch
         self._close_alert_rows(None, f"left behind by the restart from step {from_step}")
-        self.health, self.health_step = {}, None  # the abandoned branch's figures: the next probe is this attempt's
+        self.health, self.health_step, self.health_parts = {}, None, {}  # the abandoned branch's figures: the next probe is this attempt's
         self.state, self.state_detail = RUNNING, ""
         self.history.start_attempt(self.attempt, from_step, self.precision)
         self.history.mark_restart(RestartMark(at_step, from_step, self.attempt, self.precision, self.peak_lr))
@@ -482,7 +485,8 @@ class RunModel:
         return RunView(self.version, header, self.history.chart_data(), dict(self.health), self.health_step,
                        self.gpu_devices, dict(self.memory), started.get("device"),
                        started.get("device_name"), caps.get("nvml"), tuple(reversed(self.entries)),
-                       self.entries_revision, tuple(self.active_alerts.values()), dict(self.failure) if self.failure else None)
+                       self.entries_revision, tuple(self.active_alerts.values()), dict(self.failure) if self.failure else None,
+                       dict(self.health_parts))
 
     # ------------------------------------------------------------ helpers
 

@@ -151,6 +151,7 @@ class DashboardScreen(Screen):
             self._drawn_health = (view.health_step, view.health)
             health = self.query_one(HealthPanel)
             health.step = view.health_step
+            health.parts = view.health_parts
             health.checks = view.health
         self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
                                                 view.nvml)
@@ -290,7 +291,7 @@ class DashboardScreen(Screen):
 
     def action_health_details(self) -> None:
         view = self.app.view
-        body = health_text(view.health if view else {})
+        body = health_text(view.health if view else {}, view.health_parts if view else None)
         step = view.health_step if view else None
         self.app.push_screen(TextDetails(Text(f"Health checks · step {step}" if step is not None
                                               else "Health checks", style="bold"), body))

@@ -1,7 +1,11 @@
 """The precision health checks: one row per check with its status, current figure and a short reason.
 
 Status is spelled out (OK, WARN, ALERT) as well as coloured, so the panel
-reads the same with NO_COLOR.
+reads the same with NO_COLOR. A vision-language run adds one compact row per
+part of the model (vision tower, projector, language model) from the health
+event's `parts`: the part's worst status, its fp16 headroom, and where each
+probe's figure stands in that part with the module that set it; a text run has
+no `parts` and no such rows.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ STATUS = {"ok": ("✓ OK", "green"), "warn": ("! WARN", "bold yellow"), "alert":
 
 
 WRAP_WIDTH = 70
+PART_LABELS = {"vision_tower": "vision tower", "projector": "projector", "language_model": "language model"}
+# The per-part figures in a row, in order, with a short name and how to write the figure.
+PART_FIGURES = (("fp16_headroom", "headroom", lambda v: f"{fmt.number(v, 3)}x"),
+                ("underflow", "underflow", lambda v: fmt.number(v, 3)),
+                ("fidelity", "fidelity", lambda v: f"{v:.5f}"),
+                ("stale_update", "stale", lambda v: fmt.number(v, 3)))
+STATUS_RANK = {"n/a": 0, "ok": 1, "warn": 2, "alert": 3}
 
 
 class HealthPanel(Widget):
@@ -39,6 +50,7 @@ class HealthPanel(Widget):
     """
 
     checks: reactive[dict] = reactive(dict, always_update=True, layout=True)
+    parts: reactive[dict] = reactive(dict, layout=True)  # set before `checks`: one relayout per probe
     step: reactive[int | None] = reactive(None)
 
     def on_mount(self) -> None:
@@ -63,6 +75,14 @@ class HealthPanel(Widget):
             label, style = STATUS.get(check.get("status", "n/a"), (str(check.get("status")), ""))
             table.add_row(CHECK_LABELS.get(name, name.replace("_", " ")), Text(label, style=style),
                           _figure(check.get("value")), Text(str(check.get("summary") or ""), style="dim"))
+        for part, figures in (self.parts or {}).items():
+            if not isinstance(figures, dict):
+                continue
+            label, style = STATUS.get(_worst_status(figures), STATUS["n/a"])
+            headroom = figures.get("fp16_headroom") or {}
+            table.add_row(PART_LABELS.get(part, part.replace("_", " ")), Text(label, style=style),
+                          _figure(headroom.get("value")) if headroom.get("value") is not None else "-",
+                          Text(part_line(figures, short_modules=True), style="dim"))
         return table
 
 
@@ -72,8 +92,31 @@ def _figure(value) -> str:
     return str(value)
 
 
-def health_text(checks: dict) -> Text:
-    """Every check in full, its whole reason wrapped (the panel cuts reasons to one line)."""
+def part_line(figures: dict, *, short_modules: bool = False) -> str:
+    """One part's figures in a line: 'fp32 · headroom 0.66x (layers.0.mlp.fc1) · underflow - · ...'."""
+    pieces = [str(figures.get("precision") or "?")]
+    for key, name, write in PART_FIGURES:
+        entry = figures.get(key) or {}
+        value, module = entry.get("value"), entry.get("module")
+        piece = f"{name} {write(value) if isinstance(value, (int, float)) else '-'}"
+        if module:
+            piece += f" ({_short_module(module) if short_modules else module})"
+        pieces.append(piece)
+    return " · ".join(pieces)
+
+
+def _short_module(name: str) -> str:
+    """Enough of a module's name to find it: 'model.vision_tower.encoder.layers.0.mlp.fc1' -> 'layers.0.mlp.fc1'."""
+    return ".".join(name.removeprefix("model.").split(".")[-4:])
+
+
+def _worst_status(figures: dict) -> str:
+    statuses = [entry.get("status", "n/a") for key, *_ in PART_FIGURES if isinstance(entry := figures.get(key), dict)]
+    return max(statuses, key=lambda status: STATUS_RANK.get(status, 0), default="n/a")
+
+
+def health_text(checks: dict, parts: dict | None = None) -> Text:
+    """Every check in full, its whole reason wrapped (the panel cuts reasons to one line); then each part's figures."""
     if not checks:
         return Text("no health probe yet", style="dim")
     text = Text()
@@ -84,5 +127,11 @@ def health_text(checks: dict) -> Text:
         text.append(label, style=style)
         text.append(f"  {_figure(check.get('value'))}\n")
         text.append(f"  {check.get('summary') or ''}\n\n")
+    for part, figures in (parts or {}).items():
+        if isinstance(figures, dict):
+            label, style = STATUS.get(_worst_status(figures), STATUS["n/a"])
+            text.append(f"{PART_LABELS.get(part, part.replace('_', ' '))}  ", style="bold")
+            text.append(label, style=style)
+            text.append(f"\n  {part_line(figures)}\n\n")
     text.rstrip()
     return text
