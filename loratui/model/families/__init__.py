@@ -45,8 +45,11 @@ from pathlib import Path
 
 from loratui.model.families.base import ModelFamily
 from loratui.model.families.gemma3 import Gemma3Family
+from loratui.model.families.idefics3 import Idefics3Family
 from loratui.model.families.llava import LlavaFamily
+from loratui.model.families.llava_next import LlavaNextFamily
 from loratui.model.families.minicpmv import MiniCPMVFamily
+from loratui.model.families.minicpmv_native import MiniCPMVNativeFamily
 from loratui.model.families.paligemma import PaliGemmaFamily
 from loratui.model.families.qwen2_5_vl import Qwen2_5_VLFamily
 from loratui.model.families.qwen2_vl import Qwen2VLFamily
@@ -80,6 +83,9 @@ register(TextFamily)
 register(LlavaFamily)
 register(MiniCPMVFamily)
 register(Qwen2VLFamily)
+register(LlavaNextFamily)
+register(Idefics3Family)
+register(MiniCPMVNativeFamily)
 register(Qwen2_5_VLFamily)
 register(Qwen3VLFamily)
 register(Gemma3Family)
