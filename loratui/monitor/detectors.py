@@ -89,6 +89,57 @@ class SkipWatch:
             "consecutive_skips_max": self.consecutive_max})
 
 
+class ScaleRegrowth:
+    """fp16 overflows right after the loss scale grew back: the scaler's growth interval is too short.
+
+    GradScaler halves its scale on an overflow and doubles it only after
+    `amp.growth_interval` clean steps (2000 by default). So in a healthy run the
+    scale never grows soon after a change: calibration's skips come at falling
+    scales, and a later overflow is followed by thousands of clean steps. A scale
+    that grows after fewer than `quick` steps at its level and overflows at once
+    will do so again and again, every `quick` steps or sooner: a skip rate above
+    monitor.skip_rate_max (quick = 1 / skip_rate_max), and no calibration, so it is
+    judged from the first step (the skip-rate rule waits for its window, and for
+    the end of calibration). `repeats` such overflows close together are the alert:
+    one could follow a level whose length this attempt did not see from its start.
+    """
+
+    def __init__(self, *, quick: int, repeats: int = 2):
+        self.quick = quick
+        self.repeats = repeats
+        self.reset(applies=False)
+
+    def reset(self, *, applies: bool, clean_steps_counted: int = 0) -> None:
+        """`clean_steps_counted`: clean steps the scaler has counted at its level already (a checkpoint's)."""
+        self.applies = applies
+        self.counted = clean_steps_counted
+        self.scale: float | None = None
+        self.level_since: int | None = None  # the first step at the current scale
+        self.grown_after: int | None = None  # steps at the level before the last growth; None after a fall
+        self.overflows: list[tuple[int, float, int]] = []  # (step, scale, steps at the level before it grew)
+
+    def observe(self, step: int, loss: float, skipped: bool, scale: float | None) -> Reading | None:
+        """`scale` is the one the step ran with (a skip halves the next step's)."""
+        if not self.applies or scale is None:
+            return None
+        if self.scale is None:
+            self.level_since = step - self.counted
+        elif scale != self.scale:
+            self.grown_after = step - self.level_since if scale > self.scale else None
+            self.level_since = step
+        self.scale = scale
+        gradients_failed = skipped and math.isfinite(loss)  # a NaN loss is the forward's fault
+        if gradients_failed and self.grown_after is not None and self.grown_after < self.quick:
+            self.overflows.append((step, scale, self.grown_after))
+        recent = [o for o in self.overflows if step - o[0] < self.quick * self.repeats]
+        if not recent:
+            return Reading("overflow", "regrowth", False) if self.overflows else None
+        return Reading("overflow", "regrowth", len(recent) >= self.repeats, {
+            "overflow_steps": [o[0] for o in recent], "overflow_scales": [o[1] for o in recent],
+            "steps_before_growth": max(o[2] for o in recent), "first_step": recent[0][0], "scale": scale,
+            "quick_growth_steps": self.quick})
+
+
 class ScaleWatch:
     """A loss scale below 1 shrinks the loss: the unscaled values themselves overflow fp16."""
 

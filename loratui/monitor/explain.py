@@ -171,6 +171,35 @@ def overflow_in_gradients(trainer, step: int, details: dict, calibration_steps: 
     return Alert("overflow", "critical", message, suggestion, fix, explanation, details, step)
 
 
+def overflow_after_scale_growth(trainer, step: int, details: dict) -> Alert:
+    """fp16 overflows each time the loss scale grows back: the scaler's growth interval is too short.
+
+    The gradients fit at the scale just below (the clean steps ran there), so neither the model's range nor
+    the learning rate is the cause; the scaler setting is. bf16 needs no scaler at all, so a restart in it
+    (the existing key) removes the cause; the restart keeps the checkpoint's scaler, growth interval
+    included, so staying in fp16 means a new run with the setting at its default.
+    """
+    suggestion, fix = _switch_fix(trainer)
+    overflows, scales = details["overflow_steps"], details["overflow_scales"]
+    grown_after = details["steps_before_growth"]
+    configured = trainer.config.amp.growth_interval
+    default = type(trainer.config.amp)().growth_interval
+    steps = _and([f"{s} (scale {scale:g})" for s, scale in zip(overflows, scales)])
+    message = (f"fp16 gradients overflow each time the loss scale grows back: it doubled after only {grown_after} "
+               f"clean step(s) and the next step overflowed, at steps {_and([str(s) for s in overflows])}")
+    explanation = (f"The GradScaler halves its scale on an overflow and doubles it after amp.growth_interval clean "
+                   f"steps (this run: {configured}; the default is {default}, so that an overflow is followed by "
+                   f"thousands of clean steps). Here the scale grew after only {grown_after} clean step(s) and "
+                   f"overflowed at once, at steps {steps}: it oscillates around the largest value the gradients "
+                   f"fit, and about one step in {grown_after + 1} is skipped, each a lost update. The gradients fit "
+                   f"at the scale just below (the clean steps ran there), so neither the model's range nor the "
+                   f"learning rate is the cause: the growth interval is too short. " + _target_words(trainer, fix)
+                   + f" To stay in fp16, start a new run with amp.growth_interval at its default ({default}): a "
+                     f"restart or resume keeps the checkpoint's loss scaler, this setting included.")
+    evidence = {**details, "growth_interval": configured, "growth_interval_default": default}
+    return Alert("overflow", "critical", message, suggestion, fix, explanation, evidence, step)
+
+
 def nonfinite_gradients(trainer, step: int, details: dict, lr_factor: float) -> Alert:
     """bf16 or fp32 steps skipped for non-finite gradients with a finite loss: not the precision's range."""
     what = _skips_words(details)
@@ -346,6 +375,11 @@ def divergence(trainer, step: int, details: dict, new_lr: float, how: str) -> Al
                       if start is not None else "")
                    + f"with a lower peak learning rate, {new_lr:.3g} ({how}).")
     return Alert("divergence", "critical", message, "lower_lr", fix, explanation, details, step)
+
+
+def _and(items: list[str]) -> str:
+    """"a, b and c"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _fmt(value) -> str:
