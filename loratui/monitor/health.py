@@ -22,7 +22,8 @@ from loratui.monitor import explain
 from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, display_name
 from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
-from loratui.monitor.detectors import LossCollapse, LossSpikes, LossTrend, Reading, ScaleWatch, SkipWatch, check
+from loratui.monitor.detectors import (LossCollapse, LossSpikes, LossTrend, Reading, ScaleRegrowth, ScaleWatch,
+                                       SkipWatch, check)
 from loratui.monitor.forecast import HeadroomTrend, ScaleTrend
 from loratui.monitor.motion import GradNormGrowth, WeightMotion
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
@@ -63,6 +64,10 @@ class HealthMonitor:
         self.skips = SkipWatch(window=config.skip_window, rate_max=config.skip_rate_max,
                                consecutive_max=config.consecutive_skips_max)
         self.scale = ScaleWatch()
+        # A scale that grows back within 1 / skip_rate_max steps of its last change skips more often than that rate
+        # allows (skip_rate_max = 0, where any skip is too many: within the skip window).
+        self.regrowth = ScaleRegrowth(quick=min(config.skip_window, max(2, math.ceil(1 / config.skip_rate_max)))
+                                      if config.skip_rate_max > 0 else config.skip_window)
         self.spikes = LossSpikes(sigma=config.spike_sigma, window=config.spike_window)
         self.trend = LossTrend(window=config.divergence_window, rise=config.divergence_rise)
         self.collapse = LossCollapse()
@@ -109,6 +114,9 @@ class HealthMonitor:
         self.skips.reset(kind="overflow" if trainer.precision_name == "fp16" else "nonfinite_grads",
                          calibration_steps=self.config.calibration_steps if loss_scaling else 0)
         self.scale.reset(applies=loss_scaling)
+        # One read of the scaler's count of clean steps at its level (a restored checkpoint's), once per attempt.
+        self.regrowth.reset(applies=loss_scaling, clean_steps_counted=int(
+            trainer.precision.scaler.state_dict().get("_growth_tracker", 0)) if loss_scaling else 0)
         self.scale_trend.reset(calibration_steps=self.config.calibration_steps if loss_scaling else 0)
         self.headroom_trend.reset()
         self.spikes.reset()
@@ -181,6 +189,7 @@ class HealthMonitor:
         readings = (self.skips.observe(step, figures.loss, figures.skipped, figures.scale,
                                        figures.nonfinite_grads),
                     self.scale.observe(figures.scale),
+                    self.regrowth.observe(step, figures.loss, figures.skipped, figures.scale),
                     self.spikes.observe(figures.loss),
                     self.trend.observe(step, figures.loss, figures.lr),
                     self.motion.observe(figures.carried),
@@ -220,6 +229,10 @@ class HealthMonitor:
             # A trend is only read as the training dynamics (and the fix as the rate) with the weights' evidence:
             # peaks that differ from batch to batch (rows with outliers) and a scaler set to grow every step
             # (amp.growth_interval = 1) move the same figures, and the other alerts judge those.
+            return
+        if reading.source == "regrowth":
+            self.book.bad(reading.kind, reading.source, lambda: explain.overflow_after_scale_growth(
+                trainer, step, reading.details), healthy_needed=self.config.resolve_after)
             return
         build = {
             "overflow": lambda: self._overflow_cause(trainer, step, "gradients", None) or
