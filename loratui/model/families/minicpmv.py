@@ -7,20 +7,28 @@ with tensors only, so the model is wrapped (`with_data_forward`), which turns a 
 tensors into that dict: the loop, checkpoints and the monitor see an ordinary batch
 (input_ids, attention_mask, labels, pixel inputs).
 
-An image becomes `<image>` + query_num `<unk>` + `</image>` (MiniCPM-V's placeholder;
-image_bound marks the `<unk>` run its resampler's queries replace). Pixels are resized
-to the config's scale_resolution, normalised with mean and std 0.5 and laid out patch
-by patch as MiniCPM-V's processor does. Not done here: the processor's slicing of large
-images into up to 9 extra slices (each image is one slice). Tested against a stand-in
-with the same interface (tests/fakes/minicpmv_standin): the real code and weights
-cannot exist offline.
+Images are sliced as MiniCPM-V's processor slices them (minicpmv_slices.py: the
+whole picture plus up to max_slice_nums slices, its placeholder text with image ids
+and `<slice>` tags, the settings read from the model's preprocessor_config.json and
+config.json). Every picture the tower sees (source or slice) is one entry of
+pixel_values, laid out patch by patch and zero-padded to the batch's longest, with its
+patch grid in tgt_sizes, its row in image_rows and the span of its `<unk>` queries
+in image_bound. Tested against a stand-in with the same interface
+(tests/fakes/minicpmv_standin): the real code and weights cannot exist offline.
 """
 
 from __future__ import annotations
 
+from loratui.model.families.minicpmv_slices import (
+    SliceSettings,
+    by_patch,
+    image_text,
+    query_spans,
+    read_slice_settings,
+    slice_image,
+    slice_sizes,
+)
 from loratui.model.families.vision import VisionLanguageFamily, VisionProcessor
-
-IMAGE_MEAN = IMAGE_STD = 0.5
 
 
 class MiniCPMVFamily(VisionLanguageFamily):
@@ -28,7 +36,8 @@ class MiniCPMVFamily(VisionLanguageFamily):
     model_types = ("minicpmv",)
     lora_task_type = None  # a plain PeftModel: MiniCPM-V's forward is not a causal LM's signature
     parts = {"vision_tower": "model.vpm", "projector": "model.resampler", "language_model": "model.llm"}
-    placeholder_text = "<image><unk></image>"
+    # One query token stands in the rendered chat for each image; image_expansion writes the image's whole text.
+    placeholder_text = "<unk>"
     image_token = "<unk>"
 
     def load_processor(self, path: str, *, trust_remote_code: bool) -> VisionProcessor:
@@ -38,11 +47,15 @@ class MiniCPMVFamily(VisionLanguageFamily):
         from loratui.model.loading import load_tokenizer
 
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        missing = [t for t in ("<image>", "</image>", "<unk>") if t not in tokenizer.get_vocab()]
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        # MiniCPM-V's own image processor is remote code that imports torchvision: its slicing is done here,
+        # and its settings take the image processor's place.
+        settings = read_slice_settings(path, config)
+        missing = [t for t in settings.tokens() if t not in tokenizer.get_vocab()]
         if missing:
             raise UserInputError(Problem("model.name_or_path", f"the tokenizer at {path} has no {', '.join(missing)} "
                                          "token (MiniCPM-V's image placeholders)"))
-        return VisionProcessor(tokenizer, None, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        return VisionProcessor(tokenizer, settings, config)
 
     def load_model(self, path: str, dtype, *, trust_remote_code: bool, device_map=None, quantization_config=None):
         from transformers import AutoModel
@@ -54,59 +67,38 @@ class MiniCPMVFamily(VisionLanguageFamily):
                                                   quantization_config=quantization_config))
 
     def image_tokens(self, processor: VisionProcessor, width: int, height: int) -> int:
-        return processor.model_config.query_num
+        settings: SliceSettings = processor.image_processor
+        return settings.query_num * len(slice_sizes(width, height, settings))
+
+    def image_expansion(self, processor: VisionProcessor, width: int, height: int, *, index: int) -> list[int]:
+        # Tokenized whole, as the processor tokenizes its text (the image id's digits and the newlines included).
+        text = image_text(width, height, index, processor.image_processor)
+        return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def image_inputs(self, processor: VisionProcessor, images: list, input_ids) -> dict:
-        """Pixels patch by patch, each image's patch grid, its row and the span of its query tokens."""
+        """Every picture the tower sees (each image's source and slices, in row order), its patch grid, its row
+        and the span of its query tokens."""
         import torch
 
-        side, patch = _slice_settings(processor.model_config)
-        unk = processor.tokenizer.convert_tokens_to_ids(self.image_token)
+        settings: SliceSettings = processor.image_processor
+        pictures = [picture for image in images for picture in slice_image(image, settings)]
+        laid_out = [by_patch(picture, settings.patch_size) for picture in pictures]
+        longest = max(pixels.shape[-1] for pixels in laid_out)
+        query = processor.tokenizer.convert_tokens_to_ids(self.image_token)
         rows, bounds = [], []
         for row, ids in enumerate(input_ids.tolist()):
-            spans = _runs(ids, unk)
+            spans = query_spans(ids, query)
             rows += [row] * len(spans)
             bounds += spans
-        return {"pixel_values": torch.stack([_by_patch(_normalised(image, side), patch) for image in images]),
-                "tgt_sizes": torch.tensor([[side // patch, side // patch]] * len(images), dtype=torch.long),
+        if len(bounds) != len(pictures):
+            raise ValueError(f"the batch's text has {len(bounds)} runs of {self.image_token} queries for "
+                             f"{len(pictures)} pictures (images and slices): its image text and its images disagree")
+        patch = settings.patch_size
+        return {"pixel_values": torch.stack([torch.nn.functional.pad(pixels, (0, longest - pixels.shape[-1]))
+                                             for pixels in laid_out]),
+                "tgt_sizes": torch.tensor([[p.height // patch, p.width // patch] for p in pictures], dtype=torch.long),
                 "image_rows": torch.tensor(rows, dtype=torch.long),
                 "image_bound": torch.tensor(bounds, dtype=torch.long)}
-
-
-def _slice_settings(config) -> tuple[int, int]:
-    """(scale_resolution, patch_size): MiniCPM-V 2.x keeps them in its slice_config, the stand-in at the top."""
-    settings = getattr(config, "slice_config", None) or config
-    read = settings.get if isinstance(settings, dict) else lambda key: getattr(settings, key)
-    return int(read("scale_resolution")), int(read("patch_size"))
-
-
-def _runs(ids: list[int], token: int) -> list[list[int]]:
-    """[start, end) of each run of `token` in `ids`."""
-    spans, start = [], None
-    for index, value in enumerate(ids + [None]):
-        if value == token and start is None:
-            start = index
-        elif value != token and start is not None:
-            spans.append([start, index])
-            start = None
-    return spans
-
-
-def _normalised(image, side: int):
-    import numpy as np
-    import torch
-
-    array = np.asarray(image.resize((side, side)), dtype=np.float32) / 255.0
-    return (torch.from_numpy(array).permute(2, 0, 1) - IMAGE_MEAN) / IMAGE_STD
-
-
-def _by_patch(image, patch: int):
-    """(3, H, W) -> (3, patch, H*W/patch): patches side by side, MiniCPM-V's processor's reshape_by_patch."""
-    import torch
-
-    patches = torch.nn.functional.unfold(image.unsqueeze(0), (patch, patch), stride=(patch, patch))
-    patches = patches.reshape(3, patch, patch, -1).permute(0, 1, 3, 2)
-    return patches.reshape(3, patch, -1)
 
 
 def with_data_forward(model):
@@ -126,8 +118,13 @@ def with_data_forward(model):
             rows = input_ids.shape[0]
             grouped = {name: [[] for _ in range(rows)] for name in ("pixel_values", "tgt_sizes", "image_bound")}
             if pixel_values is not None:
-                for index, row in enumerate(image_rows.tolist()):
-                    grouped["pixel_values"][row].append(pixel_values[index])
+                patch = pixel_values.shape[2]
+                # Rows and grids in one device-to-host read: slicing off the padding needs them as numbers.
+                placed = torch.cat([image_rows.unsqueeze(1), tgt_sizes], dim=1).tolist()
+                for index, (row, height, width) in enumerate(placed):
+                    # Each picture without the batch's padding: (3, patch, its patches x patch), as MiniCPM-V's
+                    # processor gives it.
+                    grouped["pixel_values"][row].append(pixel_values[index, :, :, :height * width * patch])
                     grouped["tgt_sizes"][row].append(tgt_sizes[index])
                     grouped["image_bound"][row].append(image_bound[index])
             # As MiniCPM-V's own collator gives them: per row, a (k, 2) tensor of patch grids and of spans.
