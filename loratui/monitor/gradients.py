@@ -10,7 +10,7 @@ dropout draws the same masks and the only difference left is the arithmetic.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FP16_MIN_NORMAL = 2.0 ** -14  # 6.1e-5: below it fp16 loses precision (subnormal) and then flushes to zero
 
@@ -64,20 +64,37 @@ def rng_replayed(state: dict | None):
         yield
 
 
-def reference_gradients(model, batch: dict, params, rng: dict | None, recorder=None):
-    """Loss and LoRA gradients of `batch` in fp32 arithmetic; `.grad` is left as it was."""
+def reference_gradients(model, batch: dict, params, rng: dict | None, recorder=None, image_tokens=None):
+    """Loss and LoRA gradients of `batch` in fp32 arithmetic; `.grad` is left as it was.
+
+    The batch goes to the forward whole, a VLM's pixel inputs included (fp32_math upcasts
+    half-precision pixels with everything else); `image_tokens`, each row's count of image
+    tokens, lets the recorder tie image items to rows.
+    """
     import torch
 
     from loratui.model.quantization import gradient_checkpointing_paused
     from loratui.monitor.fp32_math import fp32_math
 
-    recording = recorder.record(batch["input_ids"].shape[0]) if recorder is not None else nullcontext()
+    recording = recorder.record(batch["input_ids"].shape[0], image_tokens) if recorder is not None else nullcontext()
     with rng_replayed(rng), gradient_checkpointing_paused(model):
         with fp32_math(), recording:
             loss = model(**batch).loss
         # Outside fp32_math: it would upcast `params` too and ask for gradients of copies.
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     return loss.detach(), grads
+
+
+@dataclass
+class PartGradients:
+    """One part's gradient figures (every figure None where the part has no finite gradients to compare)."""
+
+    cosine: float | None
+    weakest_module: str | None  # the module whose gradients agree least with fp32
+    weakest_cosine: float | None
+    underflow_share: float | None
+    worst_module: str | None
+    worst_module_share: float | None
 
 
 @dataclass
@@ -89,10 +106,11 @@ class GradientComparison:
     compared: int  # elements whose fp32 gradient is nonzero
     worst_module: str | None  # the module whose gradients underflow the most
     worst_module_share: float | None
+    parts: dict[str, PartGradients] = field(default_factory=dict)  # the same figures for each part of the model
 
 
 def compare_gradients(run_grads, reference, names: list[str], *, scale, accum: int,
-                      count_underflow: bool) -> GradientComparison:
+                      count_underflow: bool, part_of=None, fp32_parts=frozenset()) -> GradientComparison:
     """Compare one micro-batch's run gradients (still loss-scaled) with the fp32 reference.
 
     `scale` is the loss scale the run's backward used (a tensor, or 1.0): the
@@ -100,6 +118,8 @@ def compare_gradients(run_grads, reference, names: list[str], *, scale, accum: i
     gradient of the micro-batch loss, the quantity the reference computed.
     A scale of 0 (a GradScaler left to halve on every overflow until its scale
     underflows) leaves nothing to unscale: the comparison is empty, never a crash.
+    `part_of` (module name -> part) adds each part's figures; gradients of `fp32_parts` (a vision
+    tower kept in fp32 under fp16) are computed in fp32 and never counted as underflow.
     """
     import torch
 
@@ -114,29 +134,64 @@ def compare_gradients(run_grads, reference, names: list[str], *, scale, accum: i
         run32, ref32 = run.detach().float(), ref.detach().float()
         unscaled = run32 * (accum / scale)
         nonzero = ref32 != 0
-        underflowed = (run32.abs() < FP16_MIN_NORMAL) & nonzero if count_underflow else torch.zeros_like(nonzero)
+        counted = count_underflow and (part_of is None or part_of(name) not in fp32_parts)
+        underflowed = (run32.abs() < FP16_MIN_NORMAL) & nonzero if counted else torch.zeros_like(nonzero)
+        # An exempt part's values are left out of the underflow share's denominator too.
+        compared = nonzero.sum().float() if counted or not count_underflow else torch.zeros((), device=ref32.device)
         rows.append(torch.stack([(unscaled * ref32).sum(), (unscaled * unscaled).sum(), (ref32 * ref32).sum(),
-                                 ((unscaled - ref32) ** 2).sum(), underflowed.sum().float(),
-                                 nonzero.sum().float()]))
+                                 ((unscaled - ref32) ** 2).sum(), underflowed.sum().float(), compared]))
     if not rows:
         return GradientComparison(None, None, None, 0, 0, None, None)
     table = torch.stack(rows).double().tolist()  # one transfer for every parameter's figures
     dot, run_sq, ref_sq, diff_sq, under, nonzero = (sum(column) for column in zip(*table))
     finite = all(map(_finite, (dot, run_sq, diff_sq)))
-    cosine = dot / ((run_sq * ref_sq) ** 0.5) if finite and run_sq > 0 and ref_sq > 0 else None
+    cosine = _cosine(table)
     relative = (diff_sq / ref_sq) ** 0.5 if finite and ref_sq > 0 else None
     share = under / nonzero if count_underflow and nonzero else None
     worst_name, worst_share = None, None
     if count_underflow:
-        by_module: dict[str, list[float]] = {}
+        worst_share, worst_name = _worst_underflow(zip(row_names, table))
+    parts = {}
+    if part_of is not None:
+        grouped: dict[str, list] = {}
         for name, row in zip(row_names, table):
-            totals = by_module.setdefault(name, [0.0, 0.0])
-            totals[0] += row[4]
-            totals[1] += row[5]
-        ranked = [(u / n, name) for name, (u, n) in by_module.items() if n]
-        if ranked:
-            worst_share, worst_name = max(ranked)
-    return GradientComparison(cosine, relative, share, int(under), int(nonzero), worst_name, worst_share)
+            grouped.setdefault(part_of(name), []).append((name, row))
+        parts = {part: _part_figures(rows, count_underflow) for part, rows in grouped.items()}
+    return GradientComparison(cosine, relative, share, int(under), int(nonzero), worst_name, worst_share, parts)
+
+
+def _cosine(rows) -> float | None:
+    dot, run_sq, ref_sq, diff_sq = (sum(column) for column in list(zip(*rows))[:4])
+    finite = all(map(_finite, (dot, run_sq, diff_sq)))
+    return dot / ((run_sq * ref_sq) ** 0.5) if finite and run_sq > 0 and ref_sq > 0 else None
+
+
+def _worst_underflow(named_rows) -> tuple[float | None, str | None]:
+    """(share, module) of the module whose gradients underflow the most."""
+    by_module: dict[str, list[float]] = {}
+    for name, row in named_rows:
+        totals = by_module.setdefault(name, [0.0, 0.0])
+        totals[0] += row[4]
+        totals[1] += row[5]
+    ranked = [(u / n, name) for name, (u, n) in by_module.items() if n]
+    return max(ranked) if ranked else (None, None)
+
+
+def _part_figures(named_rows: list, count_underflow: bool) -> PartGradients:
+    rows = [row for _, row in named_rows]
+    cosine = _cosine(rows)
+    by_module: dict[str, list] = {}
+    for name, row in named_rows:
+        by_module.setdefault(name, []).append(row)
+    cosines = [(value, name) for name, module_rows in by_module.items()
+               if (value := _cosine(module_rows)) is not None]
+    weakest_cosine, weakest = min(cosines) if cosines and cosine is not None else (None, None)
+    share = worst_share = worst = None
+    if count_underflow and cosine is not None:
+        under, nonzero = sum(row[4] for row in rows), sum(row[5] for row in rows)
+        share = under / nonzero if nonzero else None
+        worst_share, worst = _worst_underflow(named_rows)
+    return PartGradients(cosine, weakest, weakest_cosine, share, worst, worst_share)
 
 
 def _finite(value: float) -> bool:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from loratui.control import send_command
 from loratui.monitor import explain
-from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, display_name
+from loratui.monitor.activations import FP16_MAX, ActivationPeaks, Peaks, parameter_module
 from loratui.monitor.alerts import AlertBook
 from loratui.monitor.autopilot import Autopilot
 from loratui.monitor.detectors import (LossCollapse, LossSpikes, LossTrend, Reading, ScaleRegrowth, ScaleWatch,
                                        SkipWatch, check)
 from loratui.monitor.forecast import HeadroomTrend, ScaleTrend
 from loratui.monitor.motion import GradNormGrowth, WeightMotion
+from loratui.monitor.parts import image_tokens_per_row, is_vision_language, parts_in_fp32, summarise_parts
 from loratui.monitor.gradients import GradientCapture, GradientComparison, compare_gradients, reference_gradients
 from loratui.monitor.schedule import ProbeSchedule
 from loratui.monitor.staleness import UpdateWatch
@@ -54,6 +55,7 @@ class ProbeResults:
     seconds: float = 0.0
     reference_loss: object = None  # the fp32 recomputation's loss (a tensor until read)
     target_tokens: object = None  # tokens of the batch whose label is trained on (a tensor until read)
+    stale: object = None  # the stale-update figures (StaleFigures), once read
 
 
 class HealthMonitor:
@@ -130,7 +132,7 @@ class HealthMonitor:
         self.baseline = None
         self.last_roomy_step = None
         self.latest_headroom = math.inf
-        self.param_names = [display_name(name) for name, param in trainer.unwrapped_model.named_parameters()
+        self.param_names = [parameter_module(name) for name, param in trainer.unwrapped_model.named_parameters()
                             if param.requires_grad]
 
     def wants_probe(self, trainer, step: int) -> bool:
@@ -148,14 +150,17 @@ class HealthMonitor:
             self.probe.target_tokens = (batch["labels"][..., 1:] != -100).sum()  # shifted, as the loss sees them
         if trainer.precision_name in ("fp16", "bf16"):
             model = trainer.unwrapped_model
-            recorder = ActivationPeaks(model)
-            self.probe.reference_loss, reference = reference_gradients(model, batch, trainer.params,
-                                                                       self.capture.rng_state, recorder)
+            part_of = trainer.family.part_of
+            recorder = ActivationPeaks(model, part_of=part_of)
+            self.probe.reference_loss, reference = reference_gradients(
+                model, batch, trainer.params, self.capture.rng_state, recorder,
+                image_tokens_per_row(trainer.family, trainer.tokenizer, batch))
             scaler = trainer.precision.scaler
             self.probe.peaks = recorder.peaks()
             self.probe.gradients = compare_gradients(
                 self.capture.grads, reference, self.param_names, scale=scaler.get_scale() if scaler else 1.0,
-                accum=trainer.config.train.grad_accum, count_underflow=trainer.precision_name == "fp16")
+                accum=trainer.config.train.grad_accum, count_underflow=trainer.precision_name == "fp16",
+                part_of=part_of, fp32_parts=parts_in_fp32(trainer))
         self.capture.grads = []
         self.probe.seconds += time.perf_counter() - started
 
@@ -204,9 +209,12 @@ class HealthMonitor:
             checks.update(loss_scale=self.scale.check, skip_rate=self.skips.check, loss_trend=self.trend.check,
                           weight_motion=self.motion.check)
             self.last_checks = {name: checks[name] for name in CHECK_NAMES}
+            # A vision-language run's probe also says where each figure stands in every part of the model.
+            parts = summarise_parts(trainer, self.config, checks, probe.peaks, probe.gradients, probe.stale) \
+                if is_vision_language(trainer.family) else None
             self.bus.publish("health", step=step, precision=trainer.precision_name, checks=self.last_checks,
                              probe_seconds=round(probe.seconds, 4), next_probe_step=self.schedule.next_step,
-                             open_alerts=self.book.open_kinds())
+                             open_alerts=self.book.open_kinds(), **({"parts": parts} if parts else {}))
 
     def health_summary(self) -> dict:
         return {"open_alerts": self.book.open_kinds(), "alerts_raised": self.book.raised,
@@ -343,10 +351,12 @@ class HealthMonitor:
             checks["fidelity"] = check("n/a", None, "fp32 is the reference itself")
         else:
             checks.update(self._gradient_checks(trainer, step, figures, gradients))
-        checks["stale_update"] = self._stale(trainer, step, figures, probe.stale_measured)
+        checks["stale_update"] = self._stale(trainer, step, figures, probe)
         return checks
 
     def _headroom(self, trainer, step: int, figures, peaks: Peaks | None) -> dict:
+        if peaks is not None:
+            peaks = peaks.without(parts_in_fp32(trainer))  # a part kept in fp32 never holds an fp16 value
         if peaks is None or peaks.worst is None:
             return check("n/a", None, "measured only in fp16 and bf16 runs (fp32 recomputation)")
         largest = peaks.worst
@@ -422,13 +432,13 @@ class HealthMonitor:
                           threshold=config.underflow_max)
         return {"underflow": underflow, "fidelity": fidelity}
 
-    def _stale(self, trainer, step: int, figures, measured: bool) -> dict:
-        if not measured:
+    def _stale(self, trainer, step: int, figures, probe: ProbeResults) -> dict:
+        if not probe.stale_measured:
             return check("n/a", None, "optimizer state is not Adam-like")
         if figures.skipped:
             self.updates.discard()
             return check("n/a", None, "step skipped: no update to measure")
-        stale = self.updates.figures()
+        stale = probe.stale = self.updates.figures(trainer.family.part_of)
         over = stale.share > self.config.stale_max
         # Only half-precision adapter weights make this an alert: the fix is fp32 weights. fp32 weights
         # lose updates only when the update is ~1e-7 of the weight (a cosine schedule's last steps),

@@ -10,7 +10,7 @@ with the update AdamW intended, which it reconstructs from its own state
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -21,6 +21,14 @@ class StaleFigures:
     mean_abs_weight: float
     mean_abs_update: float  # the intended update, on the elements meant to move
     dtype: str
+    worst_module: str | None
+    worst_module_share: float | None
+    parts: dict[str, PartStaleness] = field(default_factory=dict)  # the same figures for each part of the model
+
+
+@dataclass
+class PartStaleness:
+    share: float
     worst_module: str | None
     worst_module_share: float | None
 
@@ -68,23 +76,39 @@ class UpdateWatch:
     def discard(self) -> None:
         self._before = self._rows = None
 
-    def figures(self) -> StaleFigures | None:
+    def figures(self, part_of=None) -> StaleFigures | None:
+        """Read the figures (one transfer); `part_of` (module name -> part) adds each part's."""
         if self._rows is None:
             return None
         table = self._rows.double().tolist()
         self._rows = None
         stale, meant, weight_sum, count, update_sum = (sum(column) for column in zip(*table))
-        by_module: dict[str, list[float]] = {}
-        for name, row in zip(self._names, table):
-            totals = by_module.setdefault(name, [0.0, 0.0])
-            totals[0] += row[0]
-            totals[1] += row[1]
-        ranked = [(s / m, name) for name, (s, m) in by_module.items() if m]
-        worst_share, worst_name = max(ranked) if ranked else (None, None)
+        named = list(zip(self._names, table))
+        worst_share, worst_name = _worst(named)
+        parts = {}
+        if part_of is not None:
+            grouped: dict[str, list] = {}
+            for name, row in named:
+                grouped.setdefault(part_of(name), []).append((name, row))
+            for part, rows in grouped.items():
+                part_stale, part_meant = sum(row[0] for _, row in rows), sum(row[1] for _, row in rows)
+                module_share, module = _worst(rows)
+                parts[part] = PartStaleness(part_stale / part_meant if part_meant else 0.0, module, module_share)
         return StaleFigures(share=stale / meant if meant else 0.0, stale=int(stale), intended=int(meant),
                             mean_abs_weight=weight_sum / count if count else 0.0,
                             mean_abs_update=update_sum / meant if meant else 0.0, dtype=self._dtype,
-                            worst_module=worst_name, worst_module_share=worst_share)
+                            worst_module=worst_name, worst_module_share=worst_share, parts=parts)
+
+
+def _worst(named_rows) -> tuple[float | None, str | None]:
+    """(share, module) of the module with the largest share of stale updates."""
+    by_module: dict[str, list[float]] = {}
+    for name, row in named_rows:
+        totals = by_module.setdefault(name, [0.0, 0.0])
+        totals[0] += row[0]
+        totals[1] += row[1]
+    ranked = [(s / m, name) for name, (s, m) in by_module.items() if m]
+    return max(ranked) if ranked else (None, None)
 
 
 def _adamw_update(state: dict, group: dict, lr: float, old):
