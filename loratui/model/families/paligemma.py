@@ -43,10 +43,9 @@ class PaliGemmaFamily(VisionLanguageFamily):
         from loratui.errors import Problem, UserInputError
 
         processor = super().load_processor(path, trust_remote_code=trust_remote_code)
-        tokenizer = processor.tokenizer
-        if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-            raise UserInputError(Problem("model.name_or_path", f"the tokenizer at {path} needs a bos and an eos "
-                                         "token: PaliGemma's prompt starts after <bos>, its answer ends with <eos>"))
+        if processor.tokenizer.bos_token_id is None:
+            raise UserInputError(Problem("model.name_or_path", f"the tokenizer at {path} has no beginning-of-sequence "
+                                         "token: PaliGemma's prompt starts after <bos>, its images before it"))
         return processor
 
     def image_tokens(self, processor: VisionProcessor, width: int, height: int) -> int:
