@@ -5,7 +5,8 @@ figures loratui watches also reach the web dashboards users already keep. It
 starts the trackers on `run_started` (only rank 0 publishes, so only rank 0
 starts any) with the resolved config as hyperparameters, then logs:
 
-- each `step`'s figures as train/loss, train/grad_norm, train/lr, train/scale, ...;
+- each `step`'s figures as train/loss, train/grad_norm, train/lr, train/scale, ... (and
+  train/images, train/images_per_s for a vision-language run);
 - `health` and `gpu` figures as health/... and gpu<index>/...;
 - each alert as alerts/<kind> = 2 (critical) or 1 (warning), back to 0 when resolved,
   and its message as text where the tracker keeps text;
@@ -29,7 +30,8 @@ from pathlib import Path
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 PROJECT = "loratui"
 STEP_FIGURES = ("loss", "grad_norm", "lr", "scale", "skipped", "nonfinite_grads", "tokens_per_s", "step_time_s",
-                "mem_allocated_mib", "mem_reserved_mib", "mem_peak_mib", "attempt")
+                "mem_allocated_mib", "mem_reserved_mib", "mem_peak_mib", "attempt",
+                "images", "images_per_s")  # the last two: vision-language runs only
 ALERT_LEVEL = {"warning": 1, "critical": 2}
 # These two refuse a step lower than one already logged, which a restart produces;
 # they get loratui's step as the value train/step instead.

@@ -7,6 +7,9 @@ linear layer without loading or downloading a weight. The parts of the peak:
 - base weights: linear layers in their storage (4-bit codes with scales, 8-bit,
   or the precision's dtype), everything else in the precision's dtype, norms of
   a quantized base in fp32 (k-bit preparation keeps them there);
+- a vision-language model's vision tower and projector, each its own part, never quantized (the
+  tower in fp32 under fp16 with [vision] tower_fp32); a part trained in full ([vision] tower or
+  projector = "full") adds its trainable copy, gradients and AdamW state;
 - LoRA parameters, their gradients and AdamW's two moments, in the adapter dtype;
 - activations kept for the backward pass, per token and layer, from the hidden
   and MLP sizes (or, with gradient checkpointing, each layer's input and one
@@ -43,8 +46,10 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # the framework's own buffers (measured on a CPU as the estimate's shortfall at zero activations; small
 # beside any model worth planning for, and the margin covers the CUDA context).
 RUNTIME_BYTES = 64 * MIB
-# Where a vision-language model keeps the parts that are never quantized.
-VISION_PARTS = ("vision", "visual", "vpm", "resampler", "multi_modal_projector", "mm_projector", "merger")
+# Where a vision-language model keeps its projector and its vision tower, parts that are never quantized.
+# Projector names are matched first: Qwen2-VL's merger sits inside its tower (`visual.merger`).
+PROJECTOR_PARTS = ("resampler", "multi_modal_projector", "mm_projector", "merger")
+VISION_PARTS = ("vision", "visual", "vpm")
 NORM_HINTS = ("norm", "ln_")
 
 
@@ -55,17 +60,19 @@ class ModelShape:
     params: int
     linear_weights: int  # weights of the language model's linear layers (quantizable)
     norm_params: int
-    vision_params: int
-    lora_params: int
+    vision_params: int  # the vision tower's
+    lora_params: int  # on the language model's linear layers
     layers: int
     hidden: int
     mlp: int
     vocab: int
     image_tokens: int = 0  # per image, for a vision-language model
+    projector_params: int = 0
+    tower_lora_params: int = 0  # LoRA on the vision tower's linear layers, when [vision] tower = "lora"
 
     @property
     def other_params(self) -> int:
-        return self.params - self.linear_weights - self.norm_params - self.vision_params
+        return self.params - self.linear_weights - self.norm_params - self.vision_params - self.projector_params
 
 
 @dataclass
@@ -121,14 +128,18 @@ def model_shape(model_config: dict, lora) -> ModelShape:
     text = model_config.get("text_config") or model_config
     if model is None:
         return _counted_shape(model_config, text, lora)
-    linear_weights = norm_params = vision_params = lora_params = 0
+    linear_weights = norm_params = vision_params = projector_params = lora_params = tower_lora_params = 0
     targets = lora.target_modules
     for name, module in model.named_modules():
         own = sum(p.numel() for p in module.parameters(recurse=False))
         if not own:
             continue
-        if any(part in name for part in VISION_PARTS):
+        if any(part in name for part in PROJECTOR_PARTS):
+            projector_params += own
+        elif any(part in name for part in VISION_PARTS):
             vision_params += own
+            if isinstance(module, torch.nn.Linear) and _adapted(name, targets):
+                tower_lora_params += lora.r * (module.in_features + module.out_features)
         elif isinstance(module, torch.nn.Linear) and not _is_output_layer(name, model):
             linear_weights += module.weight.numel()
             if _adapted(name, targets):
@@ -141,7 +152,8 @@ def model_shape(model_config: dict, lora) -> ModelShape:
                       vision_params=vision_params, lora_params=lora_params,
                       layers=text["num_hidden_layers"], hidden=text["hidden_size"],
                       mlp=text.get("intermediate_size") or 4 * text["hidden_size"], vocab=text["vocab_size"],
-                      image_tokens=_image_tokens(model_config))
+                      image_tokens=_image_tokens(model_config), projector_params=projector_params,
+                      tower_lora_params=tower_lora_params)
 
 
 def estimate(shape: ModelShape, config, precision: str) -> Estimate:
@@ -151,7 +163,7 @@ def estimate(shape: ModelShape, config, precision: str) -> Estimate:
     adapter_bytes = DTYPE_BYTES[config.train.adapter_dtype]
     parts = {}
     if quantization == "none":
-        parts["base weights"] = (shape.params - shape.vision_params) * dtype_bytes
+        parts["base weights"] = (shape.params - shape.vision_params - shape.projector_params) * dtype_bytes
     else:
         from loratui.model.quantization import BYTES_PER_WEIGHT
 
@@ -159,11 +171,23 @@ def estimate(shape: ModelShape, config, precision: str) -> Estimate:
                                       else quantization]
         parts[f"base weights ({quantization})"] = int(shape.linear_weights * per_weight)
         parts["base weights kept unquantized"] = shape.other_params * dtype_bytes + shape.norm_params * 4
+    vision = config.vision
     if shape.vision_params:
-        parts["vision tower"] = shape.vision_params * dtype_bytes
-    parts["LoRA parameters"] = shape.lora_params * adapter_bytes
-    parts["LoRA gradients"] = shape.lora_params * adapter_bytes
-    parts["AdamW state"] = 2 * shape.lora_params * adapter_bytes
+        fp32_tower = vision.tower_fp32 and precision == "fp16"
+        parts["vision tower" + (" (fp32)" if fp32_tower else "")] = \
+            shape.vision_params * (DTYPE_BYTES["fp32"] if fp32_tower else dtype_bytes)
+    if shape.projector_params:
+        parts["projector"] = shape.projector_params * dtype_bytes
+    lora_params = shape.lora_params + (shape.tower_lora_params if vision.tower == "lora" else 0)
+    parts["LoRA parameters"] = lora_params * adapter_bytes
+    parts["LoRA gradients"] = lora_params * adapter_bytes
+    parts["AdamW state"] = 2 * lora_params * adapter_bytes
+    # A part trained in full is a peft modules_to_save: a trainable copy beside the frozen original, in the
+    # adapter dtype, with its gradients and AdamW's two moments.
+    for part, params, how in (("projector", shape.projector_params, vision.projector),
+                              ("vision tower", shape.vision_params, vision.tower)):
+        if params and how == "full":
+            parts[f"{part} trained in full (copy, gradients, AdamW state)"] = 4 * params * adapter_bytes
     tokens = config.train.batch_size * config.data.max_length
     activations = int(tokens * _activation_bytes_per_token(shape, precision, config.train.gradient_checkpointing))
     parts["activations"] = activations
@@ -321,9 +345,10 @@ def _counted_shape(model_config: dict, text: dict, lora) -> ModelShape:
     embeddings = vocab * hidden * (1 if text.get("tie_word_embeddings", False) else 2)
     norms = (2 * layers + 1) * hidden
     vision = _vision_params(model_config.get("vision_config") or {})
-    return ModelShape(params=linear + embeddings + norms + vision, linear_weights=linear, norm_params=norms,
-                      vision_params=vision, lora_params=adapted, layers=layers, hidden=hidden, mlp=mlp,
-                      vocab=vocab, image_tokens=_image_tokens(model_config))
+    projector = _resampler_params(model_config, hidden)
+    return ModelShape(params=linear + embeddings + norms + vision + projector, linear_weights=linear,
+                      norm_params=norms, vision_params=vision, lora_params=adapted, layers=layers, hidden=hidden,
+                      mlp=mlp, vocab=vocab, image_tokens=_image_tokens(model_config), projector_params=projector)
 
 
 def _vision_params(vision: dict) -> int:
@@ -334,6 +359,17 @@ def _vision_params(vision: dict) -> int:
     mlp = vision.get("intermediate_size") or 4 * hidden
     patch = vision.get("patch_size", 14)
     return layers * (4 * hidden * hidden + 2 * hidden * mlp) + 3 * patch * patch * hidden
+
+
+def _resampler_params(model_config: dict, hidden: int) -> int:
+    """MiniCPM-V's perceiver resampler (its resampler.py): query_num learned queries, a projection from the
+    tower's width, one multi-head attention (in and out projections with biases), three layer norms and an
+    output projection. 0 for a config without one."""
+    queries, tower = model_config.get("query_num"), (model_config.get("vision_config") or {}).get("hidden_size")
+    if not queries or not tower:
+        return 0
+    attention = 4 * hidden * hidden + 4 * hidden
+    return queries * hidden + tower * hidden + attention + 3 * 2 * hidden + hidden * hidden
 
 
 def _is_output_layer(name: str, model) -> bool:
