@@ -51,6 +51,14 @@ def test_a_scale_growing_back_into_overflow_is_flagged_within_5_steps_of_the_fir
     assert len(details["overflow_steps"]) == 2 and details["overflow_scales"][0] == 2.0 ** 16
 
 
+def test_while_the_pattern_lasts_the_skip_check_says_so_not_calibrating():
+    regrowth = ScaleRegrowth(quick=10)
+    regrowth.reset(applies=True)
+    for step, loss, skipped, scale in scaler_steps(5, growth_interval=1):
+        regrowth.observe(step, loss, skipped, scale)
+    assert regrowth.check["status"] == "alert" and regrowth.check["value"] == 0.5
+
+
 def test_calibration_and_rare_skips_of_a_healthy_scaler_are_not_flagged():
     # Calibration from 2^20 (five skips in a row at falling scales), then two rare overflows at 2^15.
     readings = watch(scaler_steps(300, growth_interval=2000, init_scale=2.0 ** 20, big_batches=(100, 200)))
@@ -72,7 +80,8 @@ def test_clean_steps_a_restored_scaler_had_counted_are_not_mistaken_for_a_quick_
 def test_the_real_trainer_flags_it_and_bf16_trains_without_a_skip(tmp_path):
     """amp.growth_interval = 1 with the default calibration: the alert, its cause and the fix a person applies."""
     config = make_config(tmp_path, ["train.precision=fp16", "amp.growth_interval=1", "train.batch_size=2",
-                                    "train.max_steps=14", "checkpoint.every_steps=1000", f'run.output_dir="{tmp_path}"'])
+                                    "train.max_steps=14", "checkpoint.every_steps=1000", "monitor.probe_first_steps=6",
+                                    f'run.output_dir="{tmp_path}"'])
     person = PersonAtTheKeys()
     code, events, _ = train_monitored(config, on_event=person)
     assert code == 0
@@ -83,6 +92,9 @@ def test_the_real_trainer_flags_it_and_bf16_trains_without_a_skip(tmp_path):
     assert alert["suggestion"] == "switch_precision" and alert["fix"]["precision"] in ("bf16", "fp32")
     assert "growth interval is too short" in alert["explanation"]
     assert alert["evidence"]["growth_interval"] == 1
+    # The health panel agrees: its skip check is an alert, not "calibrating: skips expected".
+    health = next(e for e in of_type(events, "health", attempt=0) if e["step"] == alert["step"])
+    assert health["checks"]["skip_rate"]["status"] == "alert"
     after = steps_of(events, attempt=1)
     assert after and all(e["precision"] == alert["fix"]["precision"] for e in after)
     assert not any(e["skipped"] for e in after) and all(finite(e["loss"]) for e in after)

@@ -117,6 +117,7 @@ class ScaleRegrowth:
         self.level_since: int | None = None  # the first step at the current scale
         self.grown_after: int | None = None  # steps at the level before the last growth; None after a fall
         self.overflows: list[tuple[int, float, int]] = []  # (step, scale, steps at the level before it grew)
+        self.check: dict | None = None  # the skip-rate entry of a health event while the pattern lasts
 
     def observe(self, step: int, loss: float, skipped: bool, scale: float | None) -> Reading | None:
         """`scale` is the one the step ran with (a skip halves the next step's)."""
@@ -132,11 +133,18 @@ class ScaleRegrowth:
         if gradients_failed and self.grown_after is not None and self.grown_after < self.quick:
             self.overflows.append((step, scale, self.grown_after))
         recent = [o for o in self.overflows if step - o[0] < self.quick * self.repeats]
+        self.check = None
         if not recent:
             return Reading("overflow", "regrowth", False) if self.overflows else None
-        return Reading("overflow", "regrowth", len(recent) >= self.repeats, {
+        grown_after = max(o[2] for o in recent)
+        bad = len(recent) >= self.repeats
+        if bad:  # the skip-rate entry says so: calibration's "skips are expected" would contradict the alert
+            self.check = check("alert", round(1 / (grown_after + 1), 4), f"the loss scale overflowed each time it "
+                               f"grew back, after {grown_after} clean step(s): about 1 step in {grown_after + 1} "
+                               f"skipped", steps=[o[0] for o in recent])
+        return Reading("overflow", "regrowth", bad, {
             "overflow_steps": [o[0] for o in recent], "overflow_scales": [o[1] for o in recent],
-            "steps_before_growth": max(o[2] for o in recent), "first_step": recent[0][0], "scale": scale,
+            "steps_before_growth": grown_after, "first_step": recent[0][0], "scale": scale,
             "quick_growth_steps": self.quick})
 
 

@@ -206,8 +206,8 @@ class HealthMonitor:
                 self._judge(trainer, step, reading)
         self._end_below_scale_floor(trainer, step, figures.scale)
         if checks is not None:
-            checks.update(loss_scale=self.scale.check, skip_rate=self.skips.check, loss_trend=self.trend.check,
-                          weight_motion=self.motion.check)
+            checks.update(loss_scale=self.scale.check, skip_rate=self.regrowth.check or self.skips.check,
+                          loss_trend=self.trend.check, weight_motion=self.motion.check)
             self.last_checks = {name: checks[name] for name in CHECK_NAMES}
             # A vision-language run's probe also says where each figure stands in every part of the model.
             parts = summarise_parts(trainer, self.config, checks, probe.peaks, probe.gradients, probe.stale) \
