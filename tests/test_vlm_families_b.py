@@ -50,16 +50,18 @@ def text_config(tokenizer, **extra) -> dict:
                 bos_token_id=None, **TEXT, **extra)
 
 
-def llava_next(tokenizer):
-    from transformers import (LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+def llava_next(tokenizer, *, tower: str = "siglip"):
+    """SigLIP (no CLS feature, strategy "full") or CLIP (a CLS feature the "default" strategy drops)."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextImageProcessorPil, SiglipVisionConfig)
 
     grid = [[TILE, 2 * TILE], [2 * TILE, TILE], [2 * TILE, 2 * TILE]]
-    config = LlavaNextConfig(vision_config=SiglipVisionConfig(**TOWER, image_size=TILE, patch_size=PATCH,
-                                                              vision_use_head=False),
-                             text_config=LlamaConfig(**text_config(tokenizer)), image_grid_pinpoints=grid,
-                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                             vision_feature_select_strategy="full", vision_feature_layer=-1)
+    vision = SiglipVisionConfig(**TOWER, image_size=TILE, patch_size=PATCH, vision_use_head=False) \
+        if tower == "siglip" else CLIPVisionConfig(**TOWER, image_size=TILE, patch_size=PATCH)
+    config = LlavaNextConfig(vision_config=vision, text_config=LlamaConfig(**text_config(tokenizer)),
+                             image_grid_pinpoints=grid, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                             vision_feature_select_strategy="full" if tower == "siglip" else "default",
+                             vision_feature_layer=-1)
     images = LlavaNextImageProcessorPil(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE},
                                         image_grid_pinpoints=grid, **HALF_MEAN)
     return LlavaNextForConditionalGeneration(config), images
@@ -204,20 +206,21 @@ def picture(width: int, height: int):
     return Image.new("RGB", (width, height), (200, 40, 40))
 
 
-def test_llava_next_counts_image_tokens_as_its_processor_does(model_dirs):
-    from transformers import AutoConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
+@pytest.mark.parametrize("tower", ["siglip", "clip"])
+def test_llava_next_counts_image_tokens_as_its_processor_does(tower):
+    from transformers import LlavaNextProcessor
 
-    path = model_dirs("llava_next")
-    family = family_for(str(path))
-    processor = family.load_processor(str(path), trust_remote_code=False)
-    assert isinstance(processor.image_processor, LlavaNextImageProcessorPil)
-    config = AutoConfig.from_pretrained(path)
-    theirs = LlavaNextProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                                patch_size=PATCH, vision_feature_select_strategy="full")
+    tokenizer = tokenizer_with(["<image>"])
+    model, images = llava_next(tokenizer, tower=tower)
+    processor = VisionProcessor(tokenizer, images, model.config)
+    family = family_for_type("llava_next")
+    theirs = LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=PATCH,
+                                vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                                num_additional_image_tokens=int(tower == "clip"))
     counts = set()
     for width, height in SIZES:
         encoded = theirs(text="<image>", images=[picture(width, height)], return_tensors="pt")
-        expected = int((encoded["input_ids"] == config.image_token_id).sum())
+        expected = int((encoded["input_ids"] == model.config.image_token_id).sum())
         assert family.image_tokens(processor, width, height) == expected, (width, height)
         counts.add(expected)
     assert len(counts) > 3  # the sizes exercise different grids and paddings
@@ -225,6 +228,28 @@ def test_llava_next_counts_image_tokens_as_its_processor_does(model_dirs):
     # anyres: (images, tiles, 3, H, W), zero-padded to the most tiles, with each image's (height, width).
     assert tuple(inputs["pixel_values"].shape) == (2, 5, 3, TILE, TILE)
     assert inputs["image_sizes"].tolist() == [[56, 56], [40, 90]]
+    # The model itself agrees: its features fill exactly the image tokens the family wrote.
+    assert torch.isfinite(forward_on_mixed_pictures(family, processor, model))
+
+
+def forward_on_mixed_pictures(family, processor, model):
+    """Loss of a two-row batch: one wide picture, then two of other sizes, through the family's encode and collate;
+    backward reaches the vision tower (the pictures are in the loss)."""
+    from loratui.data.vision_rows import VisionExample, VisionRow
+
+    rows = [([(90, 40)], "<image>What colour is it?"), ([(56, 56), (33, 57)], "<image> and <image>: same colour?")]
+    examples, pictures = [], []
+    for sizes, question in rows:
+        row = VisionRow([{"role": "user", "content": question}, {"role": "assistant", "content": "red"}],
+                        [], list(sizes))
+        examples.append(VisionExample(*family.encode(processor, row), [], list(sizes)))
+        pictures += [picture(width, height) for width, height in sizes]
+    model.train()
+    loss = model(**family.collate(processor, examples, pictures)).loss
+    loss.backward()
+    tower = model.get_submodule(family.parts["vision_tower"])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tower.parameters())
+    return loss.detach()
 
 
 @pytest.mark.parametrize("longest_edge", [2 * TILE, TILE, 3 * TILE])
@@ -246,6 +271,7 @@ def test_idefics3_writes_each_image_as_its_processor_does(longest_edge):
     rows_of = [tokenizer.convert_tokens_to_ids(f"<row_{r}_col_1>") for r in range(1, 4)]
     expansion = family.image_expansion(processor, 56, 56, index=0)
     assert sum(token in rows_of for token in expansion) == {TILE: 0, 2 * TILE: 2, 3 * TILE: 3}[longest_edge]
+    assert torch.isfinite(forward_on_mixed_pictures(family, processor, model))
 
 
 def family_for_type(model_type: str):
@@ -254,19 +280,22 @@ def family_for_type(model_type: str):
     return _BY_MODEL_TYPE[model_type]()
 
 
+@pytest.mark.parametrize("model_type", ["minicpmv4_6", "minicpmv4_7"])
 @pytest.mark.parametrize("scale_resolution", [TILE, 2 * TILE])
-def test_minicpmv_native_writes_each_image_as_its_processor_does(scale_resolution):
+def test_minicpmv_native_writes_each_image_as_its_processor_does(scale_resolution, model_type):
     """Token for token against MiniCPMV4_6Processor's own text expansion (its constructor wants a video processor,
     which needs torchvision: the instance is made without it, its image path is the real code)."""
     from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil, MiniCPMV4_6Processor
+    from transformers.models.minicpmv4_7 import MiniCPMV4_7Processor
 
     tokenizer = tokenizer_with(MINICPMV_TOKENS)
-    model, _ = minicpmv(tokenizer, "minicpmv4_6")
+    model, _ = minicpmv(tokenizer, model_type)
     images = MiniCPMV4_6ImageProcessorPil(scale_resolution=scale_resolution, patch_size=PATCH, max_slice_nums=4,
                                           **HALF_MEAN)
     processor = VisionProcessor(tokenizer, images, model.config)
-    family = family_for_type("minicpmv4_6")
-    theirs = processor_without_video(MiniCPMV4_6Processor, images, tokenizer)
+    family = family_for_type(model_type)
+    theirs = processor_without_video(MiniCPMV4_7Processor if model_type == "minicpmv4_7" else MiniCPMV4_6Processor,
+                                     images, tokenizer)
     slices = set()
     for width, height in SIZES:
         text = "<|image_pad|>x<|image_pad|>"  # two images: the second numbered 1
@@ -275,8 +304,13 @@ def test_minicpmv_native_writes_each_image_as_its_processor_does(scale_resolutio
             tokenizer("x", add_special_tokens=False)["input_ids"] + \
             family.image_expansion(processor, height, width, index=1)
         assert ours == encoded["input_ids"][0].tolist(), (width, height)
+        if model_type == "minicpmv4_7":  # its canvas M-RoPE's modality marks, as the processor sets them
+            marks = family.image_inputs(processor, [picture(width, height), picture(height, width)],
+                                        torch.tensor([ours]))["mm_token_type_ids"]
+            assert marks.tolist() == encoded["mm_token_type_ids"].tolist()
         slices.add(ours.count(tokenizer.convert_tokens_to_ids("<slice>")))
     assert len(slices) > 1  # sliced and unsliced pictures both checked
+    assert torch.isfinite(forward_on_mixed_pictures(family, processor, model))
 
 
 def processor_without_video(processor_class, image_processor, tokenizer):
