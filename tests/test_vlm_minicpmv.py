@@ -98,7 +98,8 @@ def test_versions_before_2_6_wrap_the_grid_in_one_slice_tag(tmp_path):
     settings = settings_from(tmp_path, {**config, "query_num": 4, "slice_config": {
         "max_slice_nums": 9, "patch_size": 14, "scale_resolution": 28}}, None)
     # 56 x 28 is 2 areas of 28²: 2 columns, one row, the whole in one <slice> tag, each slice an <image>, no ids.
-    assert image_text(56, 28, 3, settings) == f"<image>{Q4}</image><slice><image>{Q4}</image><image>{Q4}</image></slice>"
+    assert image_text(56, 28, 3, settings) == \
+        f"<image>{Q4}</image><slice><image>{Q4}</image><image>{Q4}</image></slice>"
 
 
 def _processor(settings):

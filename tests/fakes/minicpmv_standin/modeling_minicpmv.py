@@ -14,10 +14,12 @@ the same interface, which is what loratui's MiniCPM-V family adapter relies on:
   cross-attend to the patches: a perceiver resampler) and `llm` (a Qwen2 causal LM);
 - 2.6's config keys: query_num, slice_mode, slice_config (max_slice_nums,
   scale_resolution, patch_size), use_image_id, version.
-What it checks, the real model fails on too (its scatter of features into the spans
-needs exactly query_num tokens per picture). Unlike the real tower, which pads the
-pictures and masks the padding, it runs pictures of one size together; it is a few
-layers of random weights, loaded with trust_remote_code through AutoModel.
+As in the real model, every picture of the batch goes through the tower at once, in row
+order, padded to the longest with the padding masked (tower and resampler), each patch
+placed on the position table by its picture's grid. What it checks, the real model
+fails on too (its scatter of features into the spans needs exactly query_num tokens per
+picture). It is a few layers of random weights, loaded with trust_remote_code through
+AutoModel.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2PreTrainedModel, SiglipVisionConfig, SiglipVisionModel
+from transformers.modeling_outputs import BaseModelOutput
 
 
 class MiniCPMVConfig(Qwen2Config):
@@ -44,6 +47,28 @@ class MiniCPMVConfig(Qwen2Config):
         super().__init__(**kwargs)
 
 
+class VisionTower(SiglipVisionModel):
+    """SigLIP entered as MiniCPM-V's tower is: every picture of the batch at once, patches side by side and
+    zero-padded to the longest (B, 3, patch, L), `patch_attention_mask` (B, 1, L / patch) marking the real
+    patches, whose grid `tgt_sizes` places each patch on the position table (scaled to the table's side)."""
+
+    def forward(self, pixel_values, patch_attention_mask, tgt_sizes):
+        embeddings = self.embeddings
+        patches = embeddings.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        real = patch_attention_mask[:, 0]
+        side = self.config.image_size // self.config.patch_size
+        positions = torch.zeros(real.shape, dtype=torch.long, device=pixel_values.device)
+        for index, (height, width) in enumerate(tgt_sizes.tolist()):
+            rows = torch.arange(height, device=positions.device) * side // height
+            columns = torch.arange(width, device=positions.device) * side // width
+            positions[index, :height * width] = (rows[:, None] * side + columns[None, :]).flatten()
+        hidden = patches + embeddings.position_embedding(positions)
+        padding = torch.zeros(real.shape, dtype=hidden.dtype, device=hidden.device)
+        padding = padding.masked_fill(~real, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        hidden = self.encoder(inputs_embeds=hidden, attention_mask=padding).last_hidden_state
+        return BaseModelOutput(last_hidden_state=self.post_layernorm(hidden))
+
+
 class Resampler(nn.Module):
     def __init__(self, query_num: int, embed_dim: int, kv_dim: int, heads: int):
         super().__init__()
@@ -53,10 +78,13 @@ class Resampler(nn.Module):
         self.ln_q, self.ln_kv, self.ln_post = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
         self.proj = nn.Parameter(torch.randn(embed_dim, embed_dim) * embed_dim ** -0.5)
 
-    def forward(self, features):
+    def forward(self, features, tgt_sizes):
+        """Each picture's query_num features from its real patches (the padding after them is not attended)."""
+        real = torch.arange(features.shape[1], device=features.device)[None, :] < \
+            (tgt_sizes[:, 0] * tgt_sizes[:, 1])[:, None]
         keys = self.ln_kv(self.kv_proj(features))
         queries = self.ln_q(self.query).unsqueeze(0).expand(features.shape[0], -1, -1)
-        out, _ = self.attn(queries, keys, keys, need_weights=False)
+        out, _ = self.attn(queries, keys, keys, key_padding_mask=~real, need_weights=False)
         return self.ln_post(out) @ self.proj
 
 
@@ -67,7 +95,7 @@ class MiniCPMV(Qwen2PreTrainedModel):
         super().__init__(config)
         self.llm = Qwen2ForCausalLM(config)
         vision = SiglipVisionConfig(**config.vision_config)
-        self.vpm = SiglipVisionModel(vision)
+        self.vpm = VisionTower(vision)
         self.resampler = Resampler(config.query_num, config.hidden_size, vision.hidden_size,
                                    heads=max(1, config.hidden_size // 32))
         self.post_init()
@@ -77,6 +105,7 @@ class MiniCPMV(Qwen2PreTrainedModel):
 
     def get_vllm_embedding(self, data):
         embeds = self.llm.get_input_embeddings()(data["input_ids"])
+        patch = self.config.patch_size
         pictures = []  # (row, span, pixels, grid) of every picture, in row order
         for row, (row_pixels, row_sizes, row_bounds) in enumerate(zip(data["pixel_values"], data["tgt_sizes"],
                                                                       data["image_bound"])):
@@ -84,31 +113,26 @@ class MiniCPMV(Qwen2PreTrainedModel):
                 raise ValueError(f"row {row}: {len(row_pixels)} pictures, {len(row_sizes)} tgt_sizes, "
                                  f"{len(row_bounds)} image_bound spans")
             for pixels, size, span in zip(row_pixels, row_sizes, row_bounds):
-                grid = (int(size[0]), int(size[1]))
-                if pixels.shape[-1] != grid[0] * grid[1] * self.config.patch_size:
-                    raise ValueError(f"row {row}: pixels {tuple(pixels.shape)} are not a {grid} patch grid")
+                height, width = (int(value) for value in size)
+                # Longer is padding the mask leaves out, as in the real tower; shorter is a picture cut off.
+                if pixels.shape[1] != patch or pixels.shape[-1] < height * width * patch:
+                    raise ValueError(f"row {row}: pixels {tuple(pixels.shape)} hold no {height} x {width} patch grid")
                 if int(span[1]) - int(span[0]) != self.config.query_num:
                     raise ValueError(f"row {row}: image_bound {span.tolist()} does not span query_num tokens")
-                pictures.append((row, span, pixels, grid))
+                pictures.append((row, span, pixels, size))
         if not pictures:
             return embeds
-        features = [None] * len(pictures)
-        for grid in sorted({grid for *_, grid in pictures}):
-            same = [index for index, (*_, other) in enumerate(pictures) if other == grid]
-            batch = torch.stack([self._picture(pictures[index][2], grid) for index in same]).to(embeds.dtype)
-            hidden = self.vpm(batch, interpolate_pos_encoding=True).last_hidden_state
-            for index, feature in zip(same, self.resampler(hidden)):
-                features[index] = feature
+        longest = max(pixels.shape[-1] for _, _, pixels, _ in pictures)
+        pixels = torch.stack([nn.functional.pad(pixels, (0, longest - pixels.shape[-1]))
+                              for _, _, pixels, _ in pictures]).to(embeds.dtype)
+        grids = torch.stack([size for *_, size in pictures]).long().to(embeds.device)
+        real = torch.arange(longest // patch, device=embeds.device)[None, :] < (grids[:, 0] * grids[:, 1])[:, None]
+        hidden = self.vpm(pixels, patch_attention_mask=real[:, None, :], tgt_sizes=grids).last_hidden_state
+        features = self.resampler(hidden, grids)
         embeds = embeds.clone()
         for (row, span, _, _), feature in zip(pictures, features):
             embeds[row, int(span[0]):int(span[1])] = feature.to(embeds.dtype)
         return embeds
-
-    def _picture(self, pixels, grid):
-        """(3, patch, h*w*patch) back to (3, h*patch, w*patch): the inverse of the processor's reshape_by_patch."""
-        patch, (h, w) = self.config.patch_size, grid
-        patches = pixels.reshape(3, patch, h * w, patch).permute(0, 2, 1, 3)
-        return patches.reshape(3, h, w, patch, patch).permute(0, 1, 3, 2, 4).reshape(3, h * patch, w * patch)
 
     def forward(self, data, **kwargs):
         embeds = self.get_vllm_embedding(data)
