@@ -328,3 +328,19 @@ def processor_without_video(processor_class, image_processor, tokenizer):
     processor.image_token_id = tokenizer.convert_tokens_to_ids(names["image_token"])
     processor.video_token_id = tokenizer.convert_tokens_to_ids(names["video_token"])
     return processor
+
+
+@pytest.mark.parametrize("model_type, missing", [("idefics3", "<row_2_col_2>"), ("minicpmv4_6", "<slice>")])
+def test_a_tokenizer_without_the_layout_tokens_is_refused_by_name(tmp_path, model_type, missing):
+    """Without them the image text would be tokenized into bytes and trained on silently: refuse up front."""
+    from loratui.errors import UserInputError
+
+    tokens, builder = BUILDERS[model_type]
+    tokenizer = tokenizer_with([token for token in tokens if token != missing])
+    model, images = builder(tokenizer)
+    model.config.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    images.save_pretrained(tmp_path)
+    with pytest.raises(UserInputError, match="model.name_or_path") as refused:
+        family_for(str(tmp_path)).load_processor(str(tmp_path), trust_remote_code=False)
+    assert missing in str(refused.value)
