@@ -29,6 +29,13 @@ QWEN_VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|
 # head_dim / 2 rope frequencies split between time, height and width (multimodal rope).
 MROPE_SECTION = [2, 3, 3]
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
+# Gemma's turn format, trimming each turn's text as Gemma 3's own template does (an image at the start of a turn
+# keeps its newlines only if the image sequence is written after the template: the family's order).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n{{ message['content'] | trim }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 GEMMA3_IMAGE_TOKENS = 4  # the tower's 4 x 4 patches pooled 2 x 2
 PALIGEMMA_IMAGE_TOKENS = 16  # one per patch of the 56 px picture
 # Gemma 3's tower ends in a LayerNorm whose gain puts its output past fp16's range, as SigLIP-family towers'
@@ -38,8 +45,9 @@ LOUD_TOWER_GAIN = 2e4
 
 # ------------------------------------------------------------------ building the tiny models
 
-def shapes_tokenizer(specials: list[str], *, chat_template: bool = True, **named):
-    """A byte-level BPE over the tiny-shapes text; `specials` single tokens, `named` ones also as attributes."""
+def shapes_tokenizer(specials: list[str], *, chat_template: str | None = None, **named):
+    """A byte-level BPE over the tiny-shapes text; `specials` single tokens, `named` ones also as attributes;
+    loratui's built-in chat template unless `chat_template` is given ("" for none)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +63,7 @@ def shapes_tokenizer(specials: list[str], *, chat_template: bool = True, **named
     bpe.train_from_iterator([*all_questions(), *all_answers()] * 20, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                         extra_special_tokens=chat[1:] + specials, **named)
-    tokenizer.chat_template = CHAT_TEMPLATE if chat_template else None
+    tokenizer.chat_template = (CHAT_TEMPLATE if chat_template is None else chat_template) or None
     return tokenizer
 
 
@@ -99,7 +107,8 @@ def gemma3():
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil,
                               Gemma3TextConfig, SiglipVisionConfig)
 
-    tokenizer = shapes_tokenizer(["<bos>", *GEMMA3_TOKENS.values()], bos_token="<bos>", **GEMMA3_TOKENS)
+    tokenizer = shapes_tokenizer(["<bos>", "<start_of_turn>", "<end_of_turn>", *GEMMA3_TOKENS.values()],
+                                 chat_template=GEMMA_CHAT_TEMPLATE, bos_token="<bos>", **GEMMA3_TOKENS)
     ids = tokenizer.convert_tokens_to_ids
     config = Gemma3Config(text_config=Gemma3TextConfig(**text_config(tokenizer), query_pre_attn_scalar=16,
                                                        sliding_window=64),
@@ -115,12 +124,14 @@ def gemma3():
 
 
 def paligemma():
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipImageProcessorPil
+    """PaliGemma 2's layout: a SigLIP tower, a linear projector and a Gemma 2 language model (sliding-window layers)."""
+    from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipImageProcessorPil
     from transformers import SiglipVisionConfig
 
     # PaliGemma has no chat template: the family renders conversations itself.
-    tokenizer = shapes_tokenizer(["<bos>", "<image>"], chat_template=False, bos_token="<bos>", image_token="<image>")
-    config = PaliGemmaConfig(text_config=GemmaConfig(**text_config(tokenizer)),
+    tokenizer = shapes_tokenizer(["<bos>", "<image>"], chat_template="", bos_token="<bos>", image_token="<image>")
+    text = Gemma2Config(**text_config(tokenizer), query_pre_attn_scalar=16, sliding_window=64)
+    config = PaliGemmaConfig(text_config=text,
                              vision_config=SiglipVisionConfig(**SIGLIP), projection_dim=TEXT["hidden_size"],
                              image_token_index=tokenizer.convert_tokens_to_ids("<image>"), tie_word_embeddings=True)
     images = SiglipImageProcessorPil(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
