@@ -46,9 +46,10 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # the framework's own buffers (measured on a CPU as the estimate's shortfall at zero activations; small
 # beside any model worth planning for, and the margin covers the CUDA context).
 RUNTIME_BYTES = 64 * MIB
-# Where a vision-language model keeps its projector and its vision tower, parts that are never quantized.
-# Projector names are matched first: Qwen2-VL's merger sits inside its tower (`visual.merger`).
-PROJECTOR_PARTS = ("resampler", "multi_modal_projector", "mm_projector", "merger")
+# Where a vision-language model without a loratui family keeps its projector and its vision tower (a
+# family's own map of its parts decides where it has one). Projector names are matched first: Qwen2-VL's
+# merger sits inside its tower (`visual.merger`).
+PROJECTOR_PARTS = ("resampler", "multi_modal_projector", "mm_projector", "merger", "connector")
 VISION_PARTS = ("vision", "visual", "vpm")
 NORM_HINTS = ("norm", "ln_")
 
@@ -130,13 +131,15 @@ def model_shape(model_config: dict, lora) -> ModelShape:
         return _counted_shape(model_config, text, lora)
     linear_weights = norm_params = vision_params = projector_params = lora_params = tower_lora_params = 0
     targets = lora.target_modules
+    part_of = _part_finder(model_config.get("model_type"))
     for name, module in model.named_modules():
         own = sum(p.numel() for p in module.parameters(recurse=False))
         if not own:
             continue
-        if any(part in name for part in PROJECTOR_PARTS):
+        part = part_of(name)
+        if part == "projector":
             projector_params += own
-        elif any(part in name for part in VISION_PARTS):
+        elif part == "vision_tower":
             vision_params += own
             if isinstance(module, torch.nn.Linear) and _adapted(name, targets):
                 tower_lora_params += lora.r * (module.in_features + module.out_features)
@@ -154,6 +157,23 @@ def model_shape(model_config: dict, lora) -> ModelShape:
                       mlp=text.get("intermediate_size") or 4 * text["hidden_size"], vocab=text["vocab_size"],
                       image_tokens=_image_tokens(model_config), projector_params=projector_params,
                       tower_lora_params=tower_lora_params)
+
+
+def _part_finder(model_type: str | None):
+    """name -> vision_tower | projector | language_model: the family's map of its parts (what the trainer
+    freezes, trains in full and never quantizes), or common names for a model without a family."""
+    from loratui.model.families import family_for_model_type
+
+    family = family_for_model_type(model_type)
+    if family.parts:
+        return family.part_of
+
+    def by_name(name: str) -> str:
+        if any(part in name for part in PROJECTOR_PARTS):
+            return "projector"
+        return "vision_tower" if any(part in name for part in VISION_PARTS) else "language_model"
+
+    return by_name
 
 
 def estimate(shape: ModelShape, config, precision: str) -> Estimate:

@@ -76,7 +76,12 @@ def model_type_of(model_path: str) -> str | None:
 
 def family_for(model_path: str) -> ModelFamily:
     """The family that trains the model at `model_path` (a built-in model's path once it is built)."""
-    return _BY_MODEL_TYPE.get(model_type_of(model_path), TextFamily)()
+    return family_for_model_type(model_type_of(model_path))
+
+
+def family_for_model_type(model_type: str | None) -> ModelFamily:
+    """The family for a config.json's `model_type` (the memory planner reads the config alone)."""
+    return _BY_MODEL_TYPE.get(model_type, TextFamily)()
 
 
 register(TextFamily)
