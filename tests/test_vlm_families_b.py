@@ -166,6 +166,8 @@ def test_each_family_trains_lora_on_its_language_model(tmp_path, model_dirs, mod
     # The defaults: LoRA on the language model alone, the projector trained in full, the vision tower frozen.
     lora = [name for name in saved if ".lora_" in name]
     assert lora and {family.part_of(name) for name in lora} == {"language_model"}
+    if model_type.startswith("minicpmv"):  # Qwen3.5's linear-attention projections are linear layers too
+        assert any(".linear_attn.in_proj_qkv.lora_A" in name for name in lora)
     assert {family.part_of(name) for name in saved if ".lora_" not in name} == {"projector"}
 
 

@@ -24,6 +24,9 @@ from loratui.model.families.vision import VisionLanguageFamily, VisionProcessor
 IMAGE_START, IMAGE_END = "<image>", "</image>"
 SLICE_START, SLICE_END = "<slice>", "</slice>"
 IMAGE_ID_START, IMAGE_ID_END = "<image_id>", "</image_id>"
+# The input projections of the language model's (Qwen3.5) linear-attention layers, beside the usual attention and
+# MLP names: "all-linear" adapts them too, as peft's all-linear would.
+LINEAR_ATTENTION_NAMES = ("in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b")
 
 
 class MiniCPMVNativeFamily(VisionLanguageFamily):
@@ -56,6 +59,15 @@ class MiniCPMVNativeFamily(VisionLanguageFamily):
             image_token_id = processor.tokenizer.convert_tokens_to_ids(self.image_token)
             inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
         return inputs
+
+    def lora_targets(self, lora_config, vision_config) -> dict:
+        import re
+
+        targets = super().lora_targets(lora_config, vision_config)
+        if lora_config.target_modules == "all-linear":
+            linear_attention = rf"{re.escape(self.parts['language_model'])}\..*\.(?:{'|'.join(LINEAR_ATTENTION_NAMES)})"
+            targets["target_modules"] = rf"(?:{targets['target_modules']})|(?:{linear_attention})"
+        return targets
 
     def load_processor(self, path: str, *, trust_remote_code: bool) -> VisionProcessor:
         from loratui.errors import Problem, UserInputError
