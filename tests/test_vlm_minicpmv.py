@@ -190,6 +190,9 @@ def test_missing_image_tokens_or_settings_are_named(standin, tmp_path):
         settings_from(tmp_path / "no-settings", bare, None)
     assert "model.name_or_path" in caught.value.render()
     assert "no scale_resolution in preprocessor_config.json or config.json" in caught.value.render()
+    with pytest.raises(UserInputError) as caught:
+        settings_from(tmp_path / "odd-version", {**CONFIG_2_6, "version": "2.6-beta"}, None)
+    assert "version is '2.6-beta', not a number" in caught.value.render()
 
 
 def test_the_standin_trains_and_resumes_exactly_with_slicing(standin, tmp_path):

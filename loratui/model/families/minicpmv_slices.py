@@ -63,13 +63,17 @@ def read_slice_settings(path: str, config) -> SliceSettings:
                                          "or config.json (MiniCPM-V's slicing settings)"))
         return default
 
-    version = setting("version", 0.0)
+    try:
+        version = float(setting("version", 0.0))
+    except (TypeError, ValueError):
+        raise UserInputError(Problem("model.name_or_path", f"{path}: MiniCPM-V's version is "
+                                     f"{setting('version')!r}, not a number like 2.6")) from None
     return SliceSettings(slice_mode=bool(setting("slice_mode", False)),
                          max_slice_nums=int(setting("max_slice_nums", 9)),  # the processor's own default
                          scale_resolution=int(setting("scale_resolution")), patch_size=int(setting("patch_size")),
                          query_num=int(getattr(config, "query_num", None) or setting("image_feature_size")),
                          use_image_id=bool(setting("use_image_id", False)),
-                         tag_each_slice=float(version) >= 2.6)
+                         tag_each_slice=version >= 2.6)
 
 
 def _preprocessor_config(path: str) -> dict:
