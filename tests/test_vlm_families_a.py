@@ -286,6 +286,22 @@ def test_paligemma_rows_render_as_its_processors_prefix_and_suffix(model_dir):
     assert prefix == int((expected["token_type_ids"][0] == 0).sum())  # the first answer starts the causal part
 
 
+def test_a_paligemma_directory_without_image_seq_length_is_refused_with_its_key(model_dir, tmp_path):
+    """PaliGemma's processor needs image_seq_length (image tokens per picture); so does the family, which says so."""
+    import shutil
+
+    from loratui.errors import UserInputError
+    from loratui.model.families.paligemma import PaliGemmaFamily
+
+    broken = shutil.copytree(model_dir("paligemma"), tmp_path / "paligemma")
+    settings = json.loads((broken / "preprocessor_config.json").read_text())
+    del settings["image_seq_length"]
+    (broken / "preprocessor_config.json").write_text(json.dumps(settings))
+    with pytest.raises(UserInputError, match="image_seq_length") as refused:
+        PaliGemmaFamily().load_processor(str(broken), trust_remote_code=False)
+    assert str(broken) in str(refused.value) and "model.name_or_path" in str(refused.value)
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_the_family_trains_its_tiny_model_and_names_its_parts(model_dir, shapes_rows, tmp_path, model_type):
     """fp32 through the real trainer on one fixed batch: finite losses that fall; LoRA on the language model and

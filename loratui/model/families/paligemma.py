@@ -12,14 +12,16 @@ renders a `messages` row the same way, turn by turn:
     each turn but the assistant's: its text + "\\n"          (no labels)
     each assistant turn: its text + <eos>                    (labelled)
 
+(each turn's text with its placeholders removed and its ends trimmed of whitespace).
+
 The prefix is everything before the first assistant turn; from its first token on,
 the tokens are causal (type 1), so a later question reads the earlier answers but no
 earlier token sees a later one. A one-question row is exactly the processor's format;
 a multi-turn row continues it with "question\\n" + "answer<eos>" pairs.
 
-The image token count is the image processor's `image_seq_length`, as the processor
-reads it (its preprocessor_config.json has it; 256 for 224 px models), else the
-tower's patch count, which is what the model's projector yields and checks.
+The image token count is the image processor's `image_seq_length`, where PaliGemma's
+processor reads it (preprocessor_config.json; 256 for the 224 px models); a model
+directory without it is refused, as that processor refuses it.
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ class PaliGemmaFamily(VisionLanguageFamily):
         if processor.tokenizer.bos_token_id is None:
             raise UserInputError(Problem("model.name_or_path", f"the tokenizer at {path} has no beginning-of-sequence "
                                          "token: PaliGemma's prompt starts after <bos>, its images before it"))
+        if not getattr(processor.image_processor, "image_seq_length", None):
+            raise UserInputError(Problem("model.name_or_path", f"the image processor at {path} has no "
+                                         "image_seq_length (the image tokens per picture, in its "
+                                         "preprocessor_config.json)"))
         return processor
 
     def image_tokens(self, processor: VisionProcessor, width: int, height: int) -> int:
-        return getattr(processor.image_processor, "image_seq_length", None) or \
-            processor.model_config.text_config.num_image_tokens
+        return processor.image_processor.image_seq_length
 
     def encode(self, processor: VisionProcessor, row: VisionRow) -> tuple[list[int], list[int]]:
         tokenizer = processor.tokenizer
