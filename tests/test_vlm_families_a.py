@@ -255,6 +255,8 @@ def test_paligemma_rows_render_as_its_processors_prefix_and_suffix(model_dir):
 
     import transformers
 
+    from loratui.data.vision_rows import VisionExample
+
     path = model_dir("paligemma")
     family, processor = family_and_processor(path)
     # The processor adds PaliGemma's <loc>/<seg> tokens to the tokenizer it is given: give it a copy.
@@ -268,8 +270,6 @@ def test_paligemma_rows_render_as_its_processors_prefix_and_suffix(model_dir):
         processor.tokenizer.bos_token_id]
     assert input_ids == expected["input_ids"][0].tolist()
     assert labels == expected["labels"][0].tolist()
-    from loratui.data.vision_rows import VisionExample
-
     batch = family.collate(processor, [VisionExample(input_ids, labels, [None], [image.size])], [image])
     assert torch.equal(batch["token_type_ids"][0], expected["token_type_ids"][0])
     assert torch.equal(batch["pixel_values"], expected["pixel_values"])
@@ -300,6 +300,25 @@ def test_a_paligemma_directory_without_image_seq_length_is_refused_with_its_key(
     with pytest.raises(UserInputError, match="image_seq_length") as refused:
         PaliGemmaFamily().load_processor(str(broken), trust_remote_code=False)
     assert str(broken) in str(refused.value) and "model.name_or_path" in str(refused.value)
+
+
+# Modules of each model and the part that holds them (the tied lm_head reads the language model's embeddings).
+REAL_NAMES = {
+    "qwen2_5_vl": {"model.visual.patch_embed.proj": "vision_tower", "model.visual.blocks.1.attn.qkv": "vision_tower",
+                   "model.visual.merger.mlp.0": "projector",
+                   "model.language_model.layers.0.self_attn.q_proj": "language_model", "lm_head": "language_model"},
+    "qwen3_vl": {"model.visual.pos_embed": "vision_tower", "model.visual.blocks.0.mlp.linear_fc1": "vision_tower",
+                 "model.visual.deepstack_merger_list.0.linear_fc1": "vision_tower",
+                 "model.visual.merger.linear_fc2": "projector",
+                 "model.language_model.layers.1.mlp.down_proj": "language_model"},
+    "gemma3": {"model.vision_tower.encoder.layers.0.self_attn.q_proj": "vision_tower",
+               "model.vision_tower.post_layernorm": "vision_tower",
+               "model.multi_modal_projector.mm_soft_emb_norm": "projector",
+               "model.language_model.layers.0.self_attn.o_proj": "language_model"},
+    "paligemma": {"model.vision_tower.embeddings.patch_embedding": "vision_tower",
+                  "model.multi_modal_projector.linear": "projector",
+                  "model.language_model.layers.1.mlp.gate_proj": "language_model"},
+}
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -341,25 +360,6 @@ def test_the_family_trains_its_tiny_model_and_names_its_parts(model_dir, shapes_
     for name, parameter in model.named_parameters():
         sizes[family.part_of(name)] += parameter.numel()
     assert all(sizes.values()), sizes  # every part has weights: each prefix names a real module
-
-
-# Modules of each model and the part that holds them (the tied lm_head reads the language model's embeddings).
-REAL_NAMES = {
-    "qwen2_5_vl": {"model.visual.patch_embed.proj": "vision_tower", "model.visual.blocks.1.attn.qkv": "vision_tower",
-                   "model.visual.merger.mlp.0": "projector",
-                   "model.language_model.layers.0.self_attn.q_proj": "language_model", "lm_head": "language_model"},
-    "qwen3_vl": {"model.visual.pos_embed": "vision_tower", "model.visual.blocks.0.mlp.linear_fc1": "vision_tower",
-                 "model.visual.deepstack_merger_list.0.linear_fc1": "vision_tower",
-                 "model.visual.merger.linear_fc2": "projector",
-                 "model.language_model.layers.1.mlp.down_proj": "language_model"},
-    "gemma3": {"model.vision_tower.encoder.layers.0.self_attn.q_proj": "vision_tower",
-               "model.vision_tower.post_layernorm": "vision_tower",
-               "model.multi_modal_projector.mm_soft_emb_norm": "projector",
-               "model.language_model.layers.0.self_attn.o_proj": "language_model"},
-    "paligemma": {"model.vision_tower.embeddings.patch_embedding": "vision_tower",
-                  "model.multi_modal_projector.linear": "projector",
-                  "model.language_model.layers.1.mlp.gate_proj": "language_model"},
-}
 
 
 def test_the_headroom_probe_names_gemma3s_vision_tower(model_dir, shapes_rows, tmp_path):
