@@ -7,7 +7,8 @@ import torch
 
 from loratui.data.batching import length_grouped_batches
 from loratui.data.dataset import IGNORE_INDEX, BatchStream, Example
-from loratui.data.packing import Packer, PackedBatch, attention_span, balanced_rows, choose_rows
+from loratui.data.packing import (ROW_WIDTH_MULTIPLE, Packer, PackedBatch, attention_span, balanced_rows,
+                                  choose_rows)
 
 
 def examples_of(lengths, seed=0):
@@ -86,6 +87,20 @@ def test_packed_batch_tensors():
             else:  # the padding tail: ignored by the loss
                 assert set(batch["labels"][r, start:end].tolist()) == {IGNORE_INDEX} and end == width
     assert sorted(map(id, found)) == sorted(map(id, examples))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_packed_widths_sit_on_a_grid_and_never_pass_max_length(seed):
+    """Widths repeat (kernels are compiled per shape) and a rounded row is never longer than data.max_length."""
+    rng = random.Random(seed)
+    examples = examples_of([rng.randint(2, 100) for _ in range(8)], seed)
+    for max_length in (100, 128, 1024):
+        batch = Packer(0, "bool", max_length, 360.0)(examples)
+        width = batch["input_ids"].shape[1]
+        longest = max(len(e.input_ids) for e in examples)
+        assert width % ROW_WIDTH_MULTIPLE == 0 or width == max_length
+        assert longest <= width <= max(max_length, longest)
+        assert batch.real_tokens == sum(len(e.input_ids) for e in examples)
 
 
 def test_additive_mask_for_eager():

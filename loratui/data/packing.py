@@ -37,6 +37,12 @@ from loratui.data.dataset import IGNORE_INDEX, Example
 
 # Attention implementations whose packed rows are exact with our 4D mask, and the mask each needs.
 PACKED_MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
+# Packed rows are padded to a multiple of this many tokens. Kernels are chosen and compiled per
+# shape (oneDNN's bf16 and AMX kernels on CPU: about 30 ms for each width it has not seen, measured
+# on the built-in model; cuBLAS heuristics and tensor-core tiles on GPU), so a width that changes
+# with every micro-batch pays that again and again, while widths on a grid of 16 repeat and fill
+# whole tiles. The cost is a few pad tokens per row, which attend only to themselves.
+ROW_WIDTH_MULTIPLE = 16
 
 
 class PackedBatch(dict):
@@ -121,14 +127,14 @@ class Packer:
     def __call__(self, examples: list[Example]) -> dict:
         """input_ids, labels, position_ids and a block-diagonal causal 4D attention_mask.
 
-        Rows are as long as the longest row; the rest of a shorter row is one block
-        of padding that attends only to itself and is ignored by the loss.
+        Rows are as long as the longest row, rounded up to ROW_WIDTH_MULTIPLE; the rest of a
+        shorter row is one block of padding that attends only to itself and is ignored by the loss.
         """
         import torch
 
         lengths = [len(e.input_ids) for e in examples]
         rows = choose_rows(lengths, max_length=self.max_length, attention_span=self.attention_span)
-        width = max(sum(lengths[i] for i in row) for row in rows)
+        width = row_width(max(sum(lengths[i] for i in row) for row in rows), self.max_length)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -149,6 +155,13 @@ class Packer:
         allowed = (block[:, :, None] == block[:, None, :]) & causal
         return PackedBatch({"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
                             "attention_mask": block_mask(allowed, self.mask_kind)}, real_tokens=sum(lengths))
+
+
+def row_width(longest: int, max_length: int) -> int:
+    """The packed rows' width: the longest row rounded up to ROW_WIDTH_MULTIPLE, not past max_length
+    (unless the longest row itself is longer: a single example that was not truncated)."""
+    rounded = -(-longest // ROW_WIDTH_MULTIPLE) * ROW_WIDTH_MULTIPLE
+    return max(longest, min(rounded, max_length))
 
 
 def block_mask(allowed, mask_kind: str):
