@@ -186,8 +186,12 @@ class VisionLanguageFamily(ModelFamily):
             keep_in_fp32(model.get_base_model().get_submodule(self.parts["vision_tower"]), device_type)
 
     def step_figures(self, stream, seconds: float) -> dict:
-        """The step event's image figures: images in the step and images per second."""
+        """The step event's image figures: images in the step and images per second, over every rank."""
         images = stream.take_images_served()
+        if stream.world_size > 1:  # each rank decodes its own share; the step's tokens are counted over all too
+            from accelerate.utils import gather_object
+
+            images = sum(gather_object([images]))
         return {"images": images, "images_per_s": round(images / seconds, 1) if seconds > 0 else None}
 
 
