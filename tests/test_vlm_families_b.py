@@ -12,6 +12,7 @@ MiniCPMV4_6Processor's text expansion) over several picture sizes.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -30,6 +31,7 @@ TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atte
 TILE = 28  # a tile's (or slice's) side in pixels: a 56 px picture is 2 x 2 of them
 PATCH = 7
 HALF_MEAN = dict(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+ROWS = 32  # of tiny-shapes for the training runs: tokenizing all 1024 rows would be most of each run's time
 # Pictures of other sizes and shapes than the training data's, for the token counts.
 SIZES = [(56, 56), (90, 40), (40, 90), (20, 20), (100, 30), (33, 57)]
 
@@ -141,23 +143,36 @@ def model_dirs(tmp_path_factory):
     return build
 
 
-def vlm_config(tmp_path, model_dir, name: str, extra: list[str]):
-    return make_config(tmp_path, [f'model.name_or_path="{model_dir}"', 'data.path="builtin:tiny-shapes"',
+@pytest.fixture(scope="module")
+def shapes_rows(tmp_path_factory):
+    """The first ROWS rows of builtin:tiny-shapes (messages format), their pictures by absolute path."""
+    from loratui.data.builtin_shapes import shapes_dataset_path
+
+    source = shapes_dataset_path("builtin:tiny-shapes", "messages")
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:ROWS]]
+    path = tmp_path_factory.mktemp("shapes") / "shapes.jsonl"
+    path.write_text("".join(json.dumps(dict(row, images=[str(source.parent / image) for image in row["images"]]))
+                            + "\n" for row in rows))
+    return path
+
+
+def vlm_config(tmp_path, model_dir, data_path, name: str, extra: list[str]):
+    return make_config(tmp_path, [f'model.name_or_path="{model_dir}"', f'data.path="{data_path}"',
                                   "train.batch_size=4", "train.warmup_steps=0", "train.learning_rate=0.005",
                                   "monitor.probe_every=1000", "monitor.probe_first_steps=0",
                                   f'run.output_dir="{tmp_path / "runs"}"', f"run.name={name}", *extra])
 
 
 @pytest.mark.parametrize("model_type", list(BUILDERS))
-def test_each_family_trains_lora_on_its_language_model(tmp_path, model_dirs, model_type):
+def test_each_family_trains_lora_on_its_language_model(tmp_path, model_dirs, shapes_rows, model_type):
     model_dir = model_dirs(model_type)
     family = family_for(str(model_dir))
     assert model_type in family.model_types
-    code, events, run_dir = train_in_process(vlm_config(tmp_path, model_dir, model_type, [
+    code, events, run_dir = train_in_process(vlm_config(tmp_path, model_dir, shapes_rows, model_type, [
         "train.precision=fp32", "train.max_steps=4"]))
     assert code == 0, events[-1]
     data = next(e for e in events if e["type"] == "data")
-    assert data["images"] == data["examples"] == 1024
+    assert data["images"] == data["examples"] == ROWS
     losses = [s["loss"] for s in steps_of(events)]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
     assert min(losses[1:]) < losses[0], losses  # the adapter learns from the first steps
@@ -189,12 +204,12 @@ def test_part_of_names_the_real_modules(model_dirs, model_type):
 
 
 @pytest.mark.parametrize("model_type", ["llava_next", "idefics3", "minicpmv4_6"])
-def test_a_health_probe_names_a_module_in_each_part(tmp_path, model_dirs, model_type):
+def test_a_health_probe_names_a_module_in_each_part(tmp_path, model_dirs, shapes_rows, model_type):
     """bf16 with a probe on the first step: each part's headroom reading names one of that part's modules."""
     from test_monitor_support import train_monitored
 
     family = family_for(str(model_dirs(model_type)))
-    code, events, _ = train_monitored(vlm_config(tmp_path, model_dirs(model_type), f"{model_type}-probe", [
+    code, events, _ = train_monitored(vlm_config(tmp_path, model_dirs(model_type), shapes_rows, f"{model_type}-probe", [
         "train.precision=bf16", "train.max_steps=1", "monitor.probe_first_steps=1"]))
     assert code == 0, events[-1]
     parts = next(e for e in events if e["type"] == "health")["parts"]
