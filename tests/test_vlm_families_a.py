@@ -362,6 +362,29 @@ def test_the_family_trains_its_tiny_model_and_names_its_parts(model_dir, shapes_
     assert all(sizes.values()), sizes  # every part has weights: each prefix names a real module
 
 
+def test_qwen3_vl_deepstack_mergers_train_with_the_tower(model_dir, shapes_rows, tmp_path):
+    """vision.tower = "lora" on Qwen3-VL: LoRA on the tower's blocks and its deepstack mergers (vision tower), never
+    on the final merger, which the projector's default trains in full."""
+    from safetensors.torch import load_file
+
+    from loratui.model.families.qwen3_vl import Qwen3VLFamily
+
+    config = make_config(tmp_path, [
+        f"model.name_or_path=\"{model_dir('qwen3_vl')}\"", f"data.path=\"{shapes_rows}\"",
+        f"run.output_dir=\"{tmp_path / 'runs'}\"", "run.name=tower-lora", "train.precision=fp32", "train.batch_size=4",
+        "train.max_steps=1", "vision.tower=\"lora\"", "monitor.probe_every=1000", "monitor.probe_first_steps=0"])
+    code, events, run_dir = train_in_process(config)
+    assert code == 0, events[-1]
+    saved = load_file(str(run_dir.adapter / "adapter_model.safetensors"))
+    adapted = {name.split(".lora_A")[0] for name in saved if ".lora_A" in name}
+    assert "base_model.model.model.visual.blocks.1.mlp.linear_fc1" in adapted
+    assert "base_model.model.model.visual.deepstack_merger_list.0.linear_fc2" in adapted
+    assert not any(".visual.merger." in name for name in adapted)
+    assert any(".visual.merger." in name and "lora_" not in name for name in saved)  # the projector, in full
+    family = Qwen3VLFamily()
+    assert {family.part_of(name) for name in adapted} == {"vision_tower", "language_model"}
+
+
 def test_the_headroom_probe_names_gemma3s_vision_tower(model_dir, shapes_rows, tmp_path):
     """bf16 with the monitor: the probe's fp32 recomputation measures the tower's final LayerNorm past fp16's
     range and the headroom reading names that module and its part."""
