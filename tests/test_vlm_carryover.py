@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from collections import Counter
 
@@ -18,6 +19,7 @@ import torch
 
 from helpers import StepHook, command_at, make_config, steps_of, train_in_process
 
+FULL = os.environ.get("LORATUI_TORTURE") == "full"
 VLM = ["model.name_or_path=\"builtin:tiny-vlm\"", "data.path=\"builtin:tiny-shapes\"", "train.batch_size=4",
        "train.warmup_steps=0", "train.lr_scheduler=\"constant\"", "monitor.probe_every=1000",
        "monitor.probe_first_steps=0"]
@@ -182,7 +184,6 @@ def test_check_counts_minicpmvs_resampler_from_its_config(tmp_path):
 
 # ---------------------------------------------------------------- loratui advise
 
-@pytest.mark.slow
 def test_advise_on_a_vlm_rejects_fp16_and_names_the_vision_tower_module(tmp_path, monkeypatch, capsys):
     from loratui.advise.cli import advise_command
 
@@ -255,6 +256,7 @@ def test_the_data_events_image_counts_reach_the_dashboard_and_the_console(tmp_pa
 # ---------------------------------------------------------------- two processes
 
 @pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="runs under `make torture` (LORATUI_TORTURE=full): two ranks take about 40 s")
 def test_two_processes_train_the_tiny_vlm_into_one_log(tmp_path):
     """`accelerate launch` (two CPU ranks, gloo) on the tiny VLM: each rank decodes its own share of the
     pictures; the step's tokens and images are both ranks' together."""
