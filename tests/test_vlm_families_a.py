@@ -73,7 +73,7 @@ def text_config(tokenizer) -> dict:
 
 
 def qwen_vl(version: str):
-    """Qwen2.5-VL or Qwen3-VL: its own vision tower and merger (and Qwen3-VL's deepstack mergers)."""
+    """Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE: its own vision tower and merger (and Qwen3-VL's deepstack mergers)."""
     import transformers
 
     tokenizer = shapes_tokenizer(QWEN_VISION_TOKENS)
@@ -89,9 +89,13 @@ def qwen_vl(version: str):
         # Windows of one merged 28 px unit: the 56 px pictures take four, so window attention partitions.
         vision.update(patch_size=14, window_size=28, fullatt_block_indexes=[1])
     else:
-        config = transformers.Qwen3VLConfig
-        model_class = transformers.Qwen3VLForConditionalGeneration
+        moe = version == "3-moe"
+        config = transformers.Qwen3VLMoeConfig if moe else transformers.Qwen3VLConfig
+        model_class = transformers.Qwen3VLMoeForConditionalGeneration if moe else \
+            transformers.Qwen3VLForConditionalGeneration
         text["rope_parameters"]["mrope_interleaved"] = True
+        if moe:  # four experts of which two run per token, in every layer
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
         vision.update(patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0])
     config = config(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                     video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
@@ -139,8 +143,8 @@ def paligemma():
     return tokenizer, PaliGemmaForConditionalGeneration(config), images
 
 
-BUILDERS = {"qwen2_5_vl": lambda: qwen_vl("2.5"), "qwen3_vl": lambda: qwen_vl("3"), "gemma3": gemma3,
-            "paligemma": paligemma}
+BUILDERS = {"qwen2_5_vl": lambda: qwen_vl("2.5"), "qwen3_vl": lambda: qwen_vl("3"),
+            "qwen3_vl_moe": lambda: qwen_vl("3-moe"), "gemma3": gemma3, "paligemma": paligemma}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +190,7 @@ def family_and_processor(path):
 
 # ------------------------------------------------------------------ the checks
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma"]
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3", "paligemma"]
 
 
 def picture():
@@ -206,7 +210,7 @@ def encoded(family, processor, image, messages):
 QUESTION = [{"role": "user", "content": "<image>What colour are the shapes?"}, {"role": "assistant", "content": "red"}]
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3"])
 def test_an_image_becomes_the_tokens_the_models_own_processor_gives(model_dir, model_type, monkeypatch):
     """The family's rendering of a conversation with a picture is token for token what the model's processor class
     makes of the same chat text with its image marker, and its image inputs are the processor's."""
@@ -226,6 +230,7 @@ def test_an_image_becomes_the_tokens_the_models_own_processor_gives(model_dir, m
     family, processor = family_and_processor(path)
     processor_class, marker = {"qwen2_5_vl": (transformers.Qwen2_5_VLProcessor, family.placeholder_text),
                                "qwen3_vl": (transformers.Qwen3VLProcessor, family.placeholder_text),
+                               "qwen3_vl_moe": (transformers.Qwen3VLProcessor, family.placeholder_text),
                                "gemma3": (transformers.Gemma3Processor, GEMMA3_TOKENS["boi_token"])}[model_type]
     extra = {"image_seq_length": GEMMA3_IMAGE_TOKENS} if model_type == "gemma3" else {}
     reference = processor_class(image_processor=processor.image_processor, tokenizer=processor.tokenizer, **extra)
@@ -311,6 +316,10 @@ REAL_NAMES = {
                  "model.visual.deepstack_merger_list.0.linear_fc1": "vision_tower",
                  "model.visual.merger.linear_fc2": "projector",
                  "model.language_model.layers.1.mlp.down_proj": "language_model"},
+    "qwen3_vl_moe": {"model.visual.deepstack_merger_list.0.linear_fc1": "vision_tower",
+                     "model.visual.merger.linear_fc1": "projector",
+                     "model.language_model.layers.0.mlp.experts": "language_model",
+                     "model.language_model.layers.1.mlp.gate": "language_model"},
     "gemma3": {"model.vision_tower.encoder.layers.0.self_attn.q_proj": "vision_tower",
                "model.vision_tower.post_layernorm": "vision_tower",
                "model.multi_modal_projector.mm_soft_emb_norm": "projector",
@@ -343,7 +352,7 @@ def test_the_family_trains_its_tiny_model_and_names_its_parts(model_dir, shapes_
     from loratui.model.families import family_for
 
     family = family_for(str(path))
-    assert family.model_types == (model_type,)
+    assert model_type in family.model_types
     saved = load_file(str(run_dir.adapter / "adapter_model.safetensors"))
     parts = {family.part_of(name) for name in saved}
     assert parts == {"language_model", "projector"}, sorted(saved)
