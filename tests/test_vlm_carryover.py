@@ -310,30 +310,24 @@ def test_two_processes_train_the_tiny_vlm_into_one_log(tmp_path):
 CPM_STEPS, CPM_STOP = 6, 4
 
 
-def test_the_callback_watches_a_cpmtrainer_style_subclass_on_the_minicpmv_standin(tmp_path):
-    """MiniCPM-V's own fine-tuning script runs a Trainer subclass (finetune/trainer.py's CPMTrainer) whose
-    training_step and compute_loss are its own: it calls the model's data= forward and computes the loss
-    from the logits. The callback, added as the docs say, sees that raw loss, the tokens, and the stop."""
+def minicpmv_standin_script(tmp_path):
+    """The stand-in with MiniCPM-V's own batch (per row, lists of pictures, patch grids and image bounds) and its
+    script's LoRA (the language model's attention projections, the resampler trained in full); the loss's
+    forward is CPMTrainer's, model.base_model(data=inputs)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModel
 
     from fakes.minicpmv_standin import build_standin
     from loratui.config.schema import DataSection
-    from loratui.control import send_command
     from loratui.data.images import load_rgb
-    from loratui.events.jsonl import read_events
-    from loratui.integrations.transformers import LoraTuiCallback
     from loratui.model.families.minicpmv import MiniCPMVFamily
-    from loratui.run_dir import RunDir
 
     model_dir = build_standin(tmp_path / "MiniCPM-V-standin")
     family = MiniCPMVFamily()
     processor = family.load_processor(str(model_dir), trust_remote_code=True)
     examples, _ = family.build_examples(DataSection(path="builtin:tiny-shapes", format="minicpmv"), processor)
-    run_dir = RunDir(tmp_path / "runs" / "cpm")
 
-    def minicpmv_batch(rows) -> dict:
-        """MiniCPM-V's own batch: per row, lists of pixel values, patch grids and image bounds."""
+    def collate(rows) -> dict:
         batch = family.collate(processor, rows, [load_rgb(p) for row in rows for p in row.images])
         grouped = {name: [[] for _ in rows] for name in ("pixel_values", "tgt_sizes", "image_bound")}
         patch = batch["pixel_values"].shape[2]
@@ -348,6 +342,53 @@ def test_the_callback_watches_a_cpmtrainer_style_subclass_on_the_minicpmv_standi
         position_ids = torch.arange(batch["input_ids"].shape[1]).expand(len(rows), -1)
         return {**batch, **grouped, "position_ids": position_ids}
 
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModel.from_pretrained(str(model_dir), trust_remote_code=True),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=r"llm\..*\.(q_proj|k_proj|v_proj|o_proj)",
+                                      modules_to_save=["resampler"]))
+    return model, examples, collate, lambda peft_model, inputs: peft_model.base_model(data=inputs, use_cache=False)
+
+
+def tiny_vlm_script(tmp_path):
+    """The built-in LLaVA-layout VLM with transformers' own batch (pixel_values stacked); the loss's forward is
+    model(**inputs) without labels."""
+    from peft import LoraConfig, get_peft_model
+
+    from loratui.config.schema import DataSection
+    from loratui.data.images import load_rgb
+    from loratui.model.builtin_vlm import builtin_vlm_dir
+    from loratui.model.families.llava import LlavaFamily
+
+    path = str(builtin_vlm_dir("builtin:tiny-vlm"))
+    family = LlavaFamily()
+    processor = family.load_processor(path, trust_remote_code=False)
+    examples, _ = family.build_examples(DataSection(path="builtin:tiny-shapes"), processor)
+    torch.manual_seed(0)
+    model = get_peft_model(family.load_model(path, torch.float32, trust_remote_code=False),
+                           LoraConfig(r=8, lora_alpha=16,
+                                      target_modules=r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj)",
+                                      modules_to_save=["multi_modal_projector"]))
+    return (model, examples,
+            lambda rows: family.collate(processor, rows, [load_rgb(p) for row in rows for p in row.images]),
+            lambda peft_model, inputs: peft_model(**inputs, use_cache=False))
+
+
+@pytest.mark.parametrize("script", [minicpmv_standin_script, tiny_vlm_script], ids=["data-forward", "kwargs-forward"])
+def test_the_callback_watches_a_cpmtrainer_style_subclass(tmp_path, script):
+    """MiniCPM-V's own fine-tuning script runs a Trainer subclass (finetune/trainer.py's CPMTrainer) whose
+    training_step and compute_loss are its own: it calls the model itself (its data= forward, or model(**inputs))
+    and computes the loss from the logits. The callback, added as the docs say, sees that raw loss, the tokens,
+    the health probes and the stop."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from loratui.control import send_command
+    from loratui.events.jsonl import read_events
+    from loratui.integrations.transformers import LoraTuiCallback
+    from loratui.run_dir import RunDir
+
+    model, examples, collate, forward = script(tmp_path)
+    run_dir = RunDir(tmp_path / "runs" / "cpm")
+
     class StopAt(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step + 1 == CPM_STOP:
@@ -356,11 +397,11 @@ def test_the_callback_watches_a_cpmtrainer_style_subclass_on_the_minicpmv_standi
     seen = []  # (loss, tokens) of each step, as the subclass computed them
 
     class CPMStyleTrainer(Trainer):
-        """As CPMTrainer: labels popped, model.base_model(data=inputs), the loss computed here."""
+        """As CPMTrainer: labels popped, the model called here, the loss computed from its logits."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            outputs = self.model.base_model(data=inputs, use_cache=False)
+            outputs = forward(self.model, inputs)
             logits = outputs.logits[:, :-1].float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
             seen.append((float(loss.detach()), int(inputs["attention_mask"].sum())))
@@ -374,14 +415,10 @@ def test_the_callback_watches_a_cpmtrainer_style_subclass_on_the_minicpmv_standi
             self.accelerator.backward(loss)
             return loss.detach() / self.args.gradient_accumulation_steps
 
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModel.from_pretrained(str(model_dir), trust_remote_code=True),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=r"llm\..*\.(q_proj|k_proj|v_proj|o_proj)",
-                                      modules_to_save=["resampler"]))
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=CPM_STEPS, per_device_train_batch_size=4,
                              learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                              disable_tqdm=True, remove_unused_columns=False, seed=0)
-    trainer = CPMStyleTrainer(model=model, args=args, train_dataset=examples, data_collator=minicpmv_batch,
+    trainer = CPMStyleTrainer(model=model, args=args, train_dataset=examples, data_collator=collate,
                               callbacks=[LoraTuiCallback(run_dir.root, probe_every=2), StopAt()])
     trainer.train()
 
