@@ -155,17 +155,21 @@ async def test_the_health_panel_has_one_row_per_part_for_a_vlm_run(probed_runs):
 
     events, run_dir = probed_runs("builtin:tiny-vlm", "fp16")
     parts = next(e for e in events if e["type"] == "health")["parts"]
-    app = DashboardApp(run_dir)
+    app = DashboardApp(run_dir.root)
     async with app.run_test(size=(200, 60)) as pilot:
         await caught_up(app, pilot)
         await pilot.pause()
         shown = screen_text(app)
+        await pilot.press("h")  # every check in full: the parts with their modules' whole names
+        await pilot.pause()
+        details = screen_text(app)
     for part, label in (("vision_tower", "vision tower"), ("projector", "projector"),
                         ("language_model", "language model")):
         line = next((line for line in shown.splitlines() if f"│ {label} " in line), None)
         assert line is not None, f"no {label} row in\n{shown}"
-        module_tail = parts[part]["fp16_headroom"]["module"].split(".")[-1]
-        assert "fp16 · headroom" in line and module_tail in line, line
+        module = parts[part]["fp16_headroom"]["module"]
+        assert "fp16 · peak " in line and module.split(".")[-1] in line, line  # the part's precision, its peak
+        assert module in details, f"{module} not in\n{details}"
 
 
 @run_async
@@ -179,7 +183,7 @@ async def test_a_text_run_has_no_part_rows(tmp_path):
     assert code == 0, events[-1]
     health = next(e for e in events if e["type"] == "health")
     assert "parts" not in health
-    app = DashboardApp(run_dir)
+    app = DashboardApp(run_dir.root)
     async with app.run_test(size=(200, 60)) as pilot:
         await caught_up(app, pilot)
         await pilot.pause()
@@ -211,3 +215,23 @@ def test_gradients_of_a_part_kept_in_fp32_are_not_underflow():
     assert kept.underflow_share == 0.0 and kept.compared == 8
     assert kept.parts["vision_tower"].underflow_share is None and kept.parts["language_model"].underflow_share == 0.0
     assert kept.parts["vision_tower"].cosine == pytest.approx(1.0)  # fidelity is still compared
+
+
+@pytest.mark.slow
+def test_the_minicpmv_standin_is_probed_in_every_part(tmp_path):
+    """The fp32 recomputation through MiniCPM-V's own forward (model(data={...}), per-row pixel lists), on the
+    test stand-in of its remote code: every part of vpm / resampler / llm is read."""
+    from fakes.minicpmv_standin import build_standin
+
+    model_dir = build_standin(tmp_path / "MiniCPM-V-standin")
+    config = make_config(tmp_path, PROBED + [f"model.name_or_path=\"{model_dir}\"", "model.trust_remote_code=true",
+                                             "data.format=\"minicpmv\"", "train.precision=fp16",
+                                             f"run.output_dir=\"{tmp_path / 'runs'}\"", "run.name=standin"])
+    code, events, _ = train_monitored(config)
+    assert code == 0, events[-1]
+    parts = next(e for e in events if e["type"] == "health")["parts"]
+    for part, prefix in (("vision_tower", "model.vpm."), ("projector", "model.resampler."),
+                         ("language_model", "model.llm.")):
+        for check in ("fp16_headroom", "underflow", "fidelity", "stale_update"):
+            reading = parts[part][check]
+            assert reading["module"].startswith(prefix) and reading["value"] is not None, (part, check, reading)

@@ -82,7 +82,7 @@ class HealthPanel(Widget):
             headroom = figures.get("fp16_headroom") or {}
             table.add_row(PART_LABELS.get(part, part.replace("_", " ")), Text(label, style=style),
                           _figure(headroom.get("value")) if headroom.get("value") is not None else "-",
-                          Text(part_line(figures, short_modules=True), style="dim"))
+                          Text(part_line(figures), style="dim"))
         return table
 
 
@@ -92,17 +92,43 @@ def _figure(value) -> str:
     return str(value)
 
 
-def part_line(figures: dict, *, short_modules: bool = False) -> str:
-    """One part's figures in a line: 'fp32 · headroom 0.66x (layers.0.mlp.fc1) · underflow - · ...'."""
+def part_line(figures: dict) -> str:
+    """One part in a short line: 'fp16 · peak layers.0.mlp.fc2 · underflow 0 · fidelity 0.99999 · stale 0'.
+
+    The module behind the headroom is always named; the others' only when their figure is not OK (the
+    details name every one in full).
+    """
+    headroom = figures.get("fp16_headroom") or {}
     pieces = [str(figures.get("precision") or "?")]
-    for key, name, write in PART_FIGURES:
+    if headroom.get("module"):
+        pieces.append(f"peak {_short_module(headroom['module'])}")
+    for key, name, write in PART_FIGURES[1:]:
         entry = figures.get(key) or {}
-        value, module = entry.get("value"), entry.get("module")
+        value = entry.get("value")
         piece = f"{name} {write(value) if isinstance(value, (int, float)) else '-'}"
-        if module:
-            piece += f" ({_short_module(module) if short_modules else module})"
+        if entry.get("module") and entry.get("status") in ("warn", "alert"):
+            piece += f" ({_short_module(entry['module'])})"
         pieces.append(piece)
     return " · ".join(pieces)
+
+
+def _part_details(text: Text, part: str, figures: dict) -> None:
+    """A part's block in the health details: each figure with its status and the module's whole name."""
+    label, style = STATUS.get(_worst_status(figures), STATUS["n/a"])
+    text.append(f"{PART_LABELS.get(part, part.replace('_', ' '))}  ", style="bold")
+    text.append(label, style=style)
+    text.append(f"  (computes in {figures.get('precision') or '?'})\n")
+    for key, _, write in PART_FIGURES:
+        entry = figures.get(key) or {}
+        status, status_style = STATUS.get(entry.get("status", "n/a"), STATUS["n/a"])
+        value = entry.get("value")
+        text.append(f"  {CHECK_LABELS[key]:<14} ")
+        text.append(f"{status:<8}", style=status_style)
+        text.append(f" {write(value) if isinstance(value, (int, float)) else '-':>10}  {entry.get('module') or ''}")
+        if entry.get("where"):
+            text.append(f" {entry['where']} (peak {fmt.number(entry.get('peak'), 3)})")
+        text.append("\n")
+    text.append("\n")
 
 
 def _short_module(name: str) -> str:
@@ -129,9 +155,6 @@ def health_text(checks: dict, parts: dict | None = None) -> Text:
         text.append(f"  {check.get('summary') or ''}\n\n")
     for part, figures in (parts or {}).items():
         if isinstance(figures, dict):
-            label, style = STATUS.get(_worst_status(figures), STATUS["n/a"])
-            text.append(f"{PART_LABELS.get(part, part.replace('_', ' '))}  ", style="bold")
-            text.append(label, style=style)
-            text.append(f"\n  {part_line(figures)}\n\n")
+            _part_details(text, part, figures)
     text.rstrip()
     return text
