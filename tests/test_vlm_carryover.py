@@ -106,6 +106,25 @@ def test_rollback_on_the_qwen2_vl_layout_replays_the_same_steps(tmp_path):
     assert (run_dir.checkpoints / "superseded" / "attempt-0" / "step-000004").is_dir()
 
 
+def test_a_resume_may_turn_on_the_fp32_vision_tower(tmp_path):
+    """The fix for an overflowing tower where bf16 is not native (a V100, a T4): stop, set vision.tower_fp32,
+    resume. Like train.precision it changes the arithmetic, not what the adapter is, so the checkpoint resumes
+    and the next fp16 steps are finite."""
+    base = VLM + out(tmp_path, "tower-fp32") + [
+        "model.name_or_path=\"builtin:tiny-vlm-outliers\"", "train.precision=fp16", "train.max_steps=4",
+        "checkpoint.every_steps=100"]
+    code, first, _ = train_in_process(make_config(tmp_path, base), monitor=StepHook({2: command_at("stop")}))
+    assert code == 0 and [s["step"] for s in steps_of(first)] == [1, 2]
+    assert not any(math.isfinite(float(s["loss"])) for s in steps_of(first))
+    code, events, _ = train_in_process(make_config(tmp_path, base + ["vision.tower_fp32=true"]), resume=True)
+    assert code == 0, events[-1]
+    started = [e for e in events if e["type"] == "run_started"][-1]
+    assert started["resumed_from"].endswith("step-000002") and started["precision"] == "fp16"
+    after = steps_of(events, attempt=1)
+    assert [s["step"] for s in after] == [3, 4]
+    assert all(math.isfinite(s["loss"]) and not s["skipped"] and s["scale"] is not None for s in after)
+
+
 # ---------------------------------------------------------------- loratui check: the memory plan by part
 
 def part_sizes(model_name: str) -> tuple[Counter, int]:

@@ -101,8 +101,10 @@ class VisionLanguageFamily(ModelFamily):
         from loratui.config.schema import to_dict
         from loratui.model.loading import model_identity
 
-        # What trains is part of what the adapter means: a resume must train the same parts.
-        return {**model_identity(config, processor.tokenizer), "vision": to_dict(config.vision)}
+        # What trains is part of what the adapter means: a resume must train the same parts. tower_fp32 is
+        # arithmetic, like train.precision: a resume may turn it on (the fix for an overflowing tower on fp16).
+        trains = {key: value for key, value in to_dict(config.vision).items() if key != "tower_fp32"}
+        return {**model_identity(config, processor.tokenizer), "vision": trains}
 
     # -------------------------------------------------------------------- data
 
