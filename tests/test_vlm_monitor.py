@@ -217,7 +217,6 @@ def test_gradients_of_a_part_kept_in_fp32_are_not_underflow():
     assert kept.parts["vision_tower"].cosine == pytest.approx(1.0)  # fidelity is still compared
 
 
-@pytest.mark.slow
 def test_the_minicpmv_standin_is_probed_in_every_part(tmp_path):
     """The fp32 recomputation through MiniCPM-V's own forward (model(data={...}), per-row pixel lists), on the
     test stand-in of its remote code: every part of vpm / resampler / llm is read."""
