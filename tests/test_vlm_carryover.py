@@ -228,16 +228,27 @@ def test_tensorboard_gets_the_vlm_runs_image_figures(tmp_path):
     from loratui.events.jsonl import read_events
     from loratui.run_dir import prepare_run_dir
 
+    from loratui.trackers import flatten
+
     config = make_config(tmp_path, VLM + out(tmp_path, "tracked") + [
-        "train.precision=fp32", "train.max_steps=3", "run.report_to=[\"tensorboard\"]"])
+        "train.precision=bf16", "train.max_steps=3", "run.report_to=[\"tensorboard\"]",
+        "monitor.probe_first_steps=1"])
     run_dir = prepare_run_dir(config, resume=False, config_text=render_toml(config))
     assert train_in_run_dir(run_dir, console=False) == 0
-    steps = steps_of(read_events(run_dir.events))
+    events = read_events(run_dir.events)
+    steps = steps_of(events)
     loaded = accumulator(run_dir.root / "tensorboard")
     assert [(s.step, s.value) for s in loaded.Scalars("train/images")] == [(e["step"], 4) for e in steps]
     assert [(s.step, s.value) for s in loaded.Scalars("train/images_per_s")] == \
         [(e["step"], pytest.approx(e["images_per_s"], rel=1e-6)) for e in steps]
     assert [s.value for s in loaded.Scalars("train/loss")] == [pytest.approx(e["loss"], rel=1e-6) for e in steps]
+    # The health probe's readings per part of the model (step 1's probe), each under its part's name.
+    health = next(e for e in events if e["type"] == "health")
+    per_part = {f"health/parts/{name}": value for name, value in flatten(health["parts"], "/").items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert {name.split("/")[2] for name in per_part} == {"vision_tower", "projector", "language_model"}
+    for name, value in per_part.items():
+        assert [(s.step, s.value) for s in loaded.Scalars(name)] == [(1, pytest.approx(value, rel=1e-6))], name
 
 
 # ---------------------------------------------------------------- the data event's image counts
