@@ -56,9 +56,11 @@ def diagnose(trainer, start_position, *, limit: float) -> Diagnosis:
 
     from loratui.monitor.fp32_math import fp32_math
     from loratui.monitor.gradients import rng_replayed
+    from loratui.monitor.parts import image_tokens_per_row, parts_in_fp32
 
     model = trainer.unwrapped_model
-    recorder = ActivationPeaks(model)
+    recorder = ActivationPeaks(model, part_of=trainer.family.part_of)
+    kept_in_fp32 = parts_in_fp32(trainer)  # never holds an fp16 value: not where fp16's range ends
     diagnosis = Diagnosis(rows=0)
     module_peaks: dict[tuple[str, str], ModulePeak] = {}
     was_training = model.training
@@ -71,9 +73,10 @@ def diagnose(trainer, start_position, *, limit: float) -> Diagnosis:
                 inputs = {key: value for key, value in batch.items() if key != "labels"}
                 with trainer.precision.autocast():
                     run_losses = row_losses(model(**inputs).logits, batch["labels"]).tolist()
-                with fp32_math(), recorder.record(batch["input_ids"].shape[0]):
+                images = image_tokens_per_row(trainer.family, trainer.tokenizer, batch)
+                with fp32_math(), recorder.record(batch["input_ids"].shape[0], images):
                     fp32_losses = row_losses(model(**inputs).logits, batch["labels"]).tolist()
-                peaks = recorder.peaks()
+                peaks = recorder.peaks().without(kept_in_fp32)
                 for peak in peaks.modules:
                     known = module_peaks.get((peak.module, peak.where))
                     if known is None or peak.value > known.value:
