@@ -49,9 +49,10 @@ from loratui.ui.widgets.health_panel import HealthPanel, health_text
 from loratui.ui.widgets.metric_chart import AXIS_ALLOWANCE, MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
-# Charts advance once a second at most: plotext rebuilds a whole picture (tens of ms of
-# CPU) on every change, which at the redraw rate took CPU from the trainer on a small machine.
-CHART_SECONDS = 1.0
+# Charts advance every 2 s at most (nvitop's and btop's default refresh): plotext rebuilds a
+# whole picture (tens of ms of CPU) on every change, and the terminal (tmux) redraws all of
+# it; at the redraw rate that took CPU from the trainer on a small machine.
+CHART_SECONDS = 2.0
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 WIDE_WIDTH = 150  # from here on text gets half the width: health reasons and event rows read whole
 

@@ -9,6 +9,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from loratui.ui import format as fmt
+from loratui.ui.widgets.steady_height import SteadyHeight
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class GpuView:
     nvml: str | None
 
 
-class GpuPanel(Widget):
+class GpuPanel(SteadyHeight, Widget):
     DEFAULT_CSS = """
     GpuPanel {
         height: auto;
@@ -29,7 +30,10 @@ class GpuPanel(Widget):
     }
     """
 
-    view: reactive[GpuView | None] = reactive(None, layout=True)
+    view: reactive[GpuView | None] = reactive(None)
+
+    def watch_view(self) -> None:
+        self.refresh_content()
 
     def on_mount(self) -> None:
         self.border_title = "GPU"

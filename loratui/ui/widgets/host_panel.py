@@ -12,11 +12,12 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from loratui.ui import format as fmt
+from loratui.ui.widgets.steady_height import SteadyHeight
 
 RAM_WARNING_SHARE = 0.9  # the machine's RAM this full is shown in bold: swapping or the OOM killer come next
 
 
-class HostPanel(Widget):
+class HostPanel(SteadyHeight, Widget):
     SCOPED_CSS = False  # the rule for the dashboard's compact layout names a class above this widget
     DEFAULT_CSS = """
     HostPanel {
@@ -29,7 +30,10 @@ class HostPanel(Widget):
     }
     """
 
-    host: reactive[dict | None] = reactive(None, layout=True)
+    host: reactive[dict | None] = reactive(None)
+
+    def watch_host(self) -> None:
+        self.refresh_content()
 
     def on_mount(self) -> None:
         self.border_title = "Host"
