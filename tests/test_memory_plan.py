@@ -20,7 +20,8 @@ LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidde
 MINICPM_V_2_6 = {"architectures": ["MiniCPMV"], "model_type": "minicpmv", "hidden_size": 3584,
                  "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
                  "num_key_value_heads": 4, "vocab_size": 151666, "tie_word_embeddings": False,
-                 "query_num": 64, "slice_mode": True, "max_slice_nums": 9,
+                 "query_num": 64, "slice_mode": True, "use_image_id": True, "version": 2.6,
+                 "slice_config": {"max_slice_nums": 9, "patch_size": 14, "scale_resolution": 448},
                  "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
                                    "patch_size": 14, "image_size": 980, "model_type": "siglip_vision_model"}}
 GIB = 1 << 30
@@ -114,6 +115,14 @@ def test_a_vision_language_model_keeps_its_tower_unquantized_and_counts_image_to
     assert planned.parts["vision tower"] == shape.vision_params * 2  # fp16, not 4-bit
     # The language model's linear layers are 4-bit: about 0.52 bytes a weight.
     assert planned.parts["base weights (nf4)"] == pytest.approx(shape.linear_weights * 0.516, rel=0.01)
+
+
+def test_minicpm_v_2_5_keeps_its_slice_count_at_the_top_level():
+    from loratui.model.memory_plan import _image_tokens
+
+    older = {key: value for key, value in MINICPM_V_2_6.items() if key not in ("slice_config", "version")}
+    assert _image_tokens(dict(older, max_slice_nums=9)) == 640
+    assert _image_tokens(dict(older, max_slice_nums=9, slice_mode=False)) == 64
 
 
 def test_device_memory_must_be_a_size(tmp_path, capsys):

@@ -412,7 +412,9 @@ def _image_tokens(model_config: dict) -> int:
     if not vision:
         return 0
     if "query_num" in model_config:  # MiniCPM-V: a resampler's fixed queries per slice, plus the slices
-        slices = model_config.get("max_slice_nums", 0) if model_config.get("slice_mode", False) else 0
+        # 2.6 keeps max_slice_nums in slice_config; 2.0 and 2.5 at the top level.
+        most = model_config.get("max_slice_nums") or (model_config.get("slice_config") or {}).get("max_slice_nums", 0)
+        slices = most if model_config.get("slice_mode", False) else 0
         return model_config["query_num"] * (1 + slices)
     if "image_size" in vision and "patch_size" in vision:
         return (vision["image_size"] // vision["patch_size"]) ** 2
