@@ -92,9 +92,12 @@ def colour_accuracy(run_dir, data_path: str) -> float:
 
 
 def learn(tmp_path, name: str, data_path: str, steps: int):
-    config = make_config(tmp_path, VLM + out(tmp_path, name) + [
-        f"data.path=\"{data_path}\"", "train.precision=fp32", f"train.max_steps={steps}",
-        "train.learning_rate=0.005", "checkpoint.every_steps=1000"])
+    """`loratui demo --scenario vlm-healthy` as shipped (precision auto, its learning rate and schedule), only
+    max_steps and the data set changed; returns the step losses and the run directory."""
+    from loratui.scenarios import demo_config
+
+    config = demo_config("vlm-healthy", [f"run.output_dir=\"{tmp_path / 'runs'}\"", f"run.name={name}",
+                                         f"train.max_steps={steps}", f"data.path=\"{data_path}\""])
     code, events, run_dir = train_in_process(config)
     assert code == 0, events[-1]
     return [s["loss"] for s in steps_of(events)], run_dir
@@ -104,9 +107,8 @@ def learn(tmp_path, name: str, data_path: str, steps: int):
 def test_the_tiny_vlm_learns_to_look(tmp_path):
     """200 steps of the vlm-healthy demo config: colour is read from the picture, and only from it."""
     seen, run_dir = learn(tmp_path, "look", "builtin:tiny-shapes", 200)
-    # The base already answers everything but the colour (one answer token in seven is left to learn), so the
-    # loss falls by about a quarter, not by half: see docs/vision-language.md.
-    assert sum(seen[-10:]) < 0.85 * sum(seen[:10]), (seen[:10], seen[-10:])
+    # The base has never seen a picture with anything in it (builtin_vlm.pretrain): what it learns is to look.
+    assert sum(seen[-10:]) <= 0.5 * sum(seen[:10]), (seen[:10], seen[-10:])
     assert colour_accuracy(run_dir, "builtin:tiny-shapes-heldout") >= 0.8
     _, blind_dir = learn(tmp_path, "blank", "builtin:tiny-shapes-blank", 200)
     # The same questions over a grey picture: four colours, nothing to see, about one answer in four.

@@ -6,17 +6,23 @@
 - `builtin:tiny-qwen2-vl`: Qwen2-VL's layout (`Qwen2VLForConditionalGeneration`):
   its own vision tower and merger, patches of every image concatenated across the
   batch with `image_grid_thw`, multimodal rope; `<|vision_start|><|image_pad|>...`.
-- `builtin:tiny-vlm-outliers`: tiny-vlm whose vision tower has the SigLIP-family
-  outlier units that put activations past fp16's 65504 (see _add_vision_outliers):
-  fp32 and bf16 train normally, fp16 overflows inside the vision tower.
+- `builtin:tiny-vlm-outliers`: the built tiny-vlm with the SigLIP-family outlier
+  units that put activations past fp16's 65504 added to its vision tower (see
+  _add_vision_outliers): fp32 and bf16 train normally, fp16 overflows in the tower.
 
 Like the text builtin (builtin.py), each is initialised from a fixed seed and its
-language model briefly pretrained, image-blind, on the tiny-shapes conversations:
-a random lm_head caps a tiny model's logits and the loss stalls, while a real
-base knows its language but not the pictures. Fine-tuning then has to learn to
-look (the projector and LoRA adapters carry the picture to the answer). Saved with
-`save_pretrained` beside their tokenizer and image processor, so they load through
-the same auto classes as any local model directory.
+language model pretrained briefly (a random lm_head caps a tiny model's logits and
+the loss stalls). The base is image-blind by design (see pretrain): it knows its
+language, the chat format, every answer word and how to answer from a description
+in words, but its vision tower and projector are untrained and it has only ever
+seen a plain grey picture. So fine-tuning (LoRA on the language model, the
+projector in full) has to learn to look, and what it learns shows in the loss: on
+the vlm-healthy demo the colour answer goes from a guess among four (ln 4) to
+near certain, and the mean loss falls by more than half. A base that already read
+part of each picture would leave less to learn (an earlier design, pretrained to
+look for shape, count and side, fell by a quarter). Saved with `save_pretrained`
+beside their tokenizer and image processor, so they load through the same auto
+classes as any local model directory.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from loratui.data.builtin_shapes import IMAGE_SIZE, all_answers, all_questions
+from loratui.data.builtin_shapes import (COLOUR_QUESTION, COLOURS, COUNTS, FOLLOW_UPS, IMAGE_SIZE, KINDS, SIDES,
+                                         all_answers, all_questions)
 from loratui.model.builtin import CHAT_TEMPLATE, Progress, cache_root
 
 VLM_SEED = 4321
@@ -44,7 +51,8 @@ QWEN_VISION_SHAPE = dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, patch_
 # Qwen2-VL's multimodal rope splits head_dim / 2 frequencies between time, height and width.
 QWEN_MROPE_SECTION = [2, 3, 3]
 QWEN_MAX_PIXELS = 112 * 112
-PRETRAIN_STEPS = 240
+PRETRAIN_STEPS = 400
+PRETRAIN_ROWS = 2048
 PRETRAIN_BATCH = 16
 PRETRAIN_LR = 3e-3
 # The outlier units of builtin:tiny-vlm-outliers' vision tower (see _add_vision_outliers).
@@ -73,6 +81,9 @@ def build_tiny_vlm(out_dir: Path, variant: str, *, seed: int = VLM_SEED, progres
 
     transformers.utils.logging.disable_progress_bar()
     report = progress or (lambda name, done, total: None)
+    if variant == "tiny-vlm-outliers":
+        _build_outliers(out_dir, progress)
+        return
     report("building_tokenizer", 0, 1)
     qwen = variant == "tiny-qwen2-vl"
     tokenizer = train_vlm_tokenizer(QWEN_VISION_TOKENS if qwen else [LLAVA_IMAGE_TOKEN])
@@ -84,8 +95,6 @@ def build_tiny_vlm(out_dir: Path, variant: str, *, seed: int = VLM_SEED, progres
         model = _qwen2_vl(tokenizer) if qwen else _llava(tokenizer)
         report("building_model", 1, 2)
         pretrain(model, tokenizer, _image_processor(qwen), seed=seed, progress=report)
-    if variant == "tiny-vlm-outliers":
-        _add_vision_outliers(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     _image_processor(qwen).save_pretrained(out_dir)
     report("building_model", 2, 2)
@@ -102,7 +111,7 @@ def train_vlm_tokenizer(image_tokens: list[str]):
     specials = CHAT_TOKENS + image_tokens
     trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    texts = [*all_questions(), *all_answers()] * 20
+    texts = [*all_questions(), *all_answers(), *all_descriptions()] * 20
     bpe.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                         unk_token=None, additional_special_tokens=specials[1:])
@@ -159,49 +168,98 @@ def _image_processor(qwen: bool):
 
 
 def pretrain(model, tokenizer, image_processor, *, seed: int, progress: Progress) -> None:
-    """Seeded full-weight pretraining: the conversations without pictures, the follow-up questions with them.
+    """Seeded pretraining of the language model alone, over the plain grey picture.
 
-    Like any base VLM, it knows its language and chat format and already looks at
-    pictures (shape, count and side, asked one at a time); it knows the colour
-    question and how often each answer comes, but has never read a colour from a
-    picture. That is what fine-tuning must teach.
+    The base learns its language: the chat format, where a picture's tokens sit, every
+    answer word, and to answer from what a conversation says. Half the conversations
+    describe the picture in words ("Two red circles on the left."), so their answers can
+    be read from the text; the other half say nothing, and their answers can only be
+    guessed at their frequencies. The picture is always the same grey one, and the
+    vision tower and projector keep their seeded weights: the base has never seen a
+    picture with anything in it. Fine-tuning has to teach it to look, to read from the
+    pixels what a description would have said.
     """
+    import random
+
     import torch
 
-    from loratui.data.builtin_shapes import shapes_dataset_path
-    from loratui.data.dataset import BatchStream, _encode_messages
     from loratui.data.vision_rows import VisionExample, VisionRow
     from loratui.data.vision_stream import VisionBatchStream
     from loratui.model.families.vision import VisionProcessor
 
     family = _family_of(model)
     processor = VisionProcessor(tokenizer, image_processor, model.config)
-    file = shapes_dataset_path("builtin:tiny-shapes", "messages")
-    blind, looking = [], []
-    with open(file, encoding="utf-8") as lines:
-        for line in lines:
-            row = json.loads(line)
-            messages = row["messages"]
-            image = file.parent / row["images"][0]
-            blind.append(_encode_messages({"messages": [dict(m, content=m["content"].replace("<image>", ""))
-                                                        for m in messages]}, tokenizer))
-            follow_up = VisionRow([dict(messages[2], content="<image>" + messages[2]["content"]), messages[3]],
-                                  [image], [(IMAGE_SIZE, IMAGE_SIZE)])
-            looking.append(VisionExample(*family.encode(processor, follow_up), [image], follow_up.sizes))
-    streams = [BatchStream(blind, PRETRAIN_BATCH, seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id),
-               VisionBatchStream(looking, PRETRAIN_BATCH, collate=lambda rows, images: family.collate(
-                   processor, rows, images), seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR)
+    blank = _blank_picture()
+    examples = []
+    for messages in pretraining_conversations(random.Random(seed), PRETRAIN_ROWS):
+        row = VisionRow(messages, [blank], [(IMAGE_SIZE, IMAGE_SIZE)])
+        examples.append(VisionExample(*family.encode(processor, row), row.images, row.sizes))
+    stream = VisionBatchStream(examples, PRETRAIN_BATCH, collate=lambda rows, images: family.collate(
+        processor, rows, images), seed=seed, shuffle=True, pad_id=tokenizer.pad_token_id)
+    model.requires_grad_(False)
+    language_model = model.get_submodule(family.parts["language_model"])
+    language_model.requires_grad_(True)
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=PRETRAIN_LR)
     model.train()
     for step in range(PRETRAIN_STEPS):
         if step % 20 == 0:
             progress("pretraining_base", step, PRETRAIN_STEPS)
-        model(**streams[step % 2].next_batch()).loss.backward()
+        model(**stream.next_batch()).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    streams[1].close()
+    stream.close()
     progress("pretraining_base", PRETRAIN_STEPS, PRETRAIN_STEPS)
+    model.requires_grad_(True)
     model.eval()
+
+
+def pretraining_conversations(rng, count: int) -> list[list[dict]]:
+    """The tiny-shapes conversations about pictures drawn from `rng`, every other one opening with a description."""
+    conversations = []
+    for index in range(count):
+        colour, kind, number, side = rng.choice(list(COLOURS)), rng.choice(KINDS), rng.randrange(1, 4), rng.choice(SIDES)
+        follow_up = rng.choice(list(FOLLOW_UPS))
+        answer = {"shape": kind, "count": COUNTS[number - 1], "side": side}[follow_up]
+        said = describe(colour, kind, number, side) + " " if index % 2 == 0 else ""
+        conversations.append([{"role": "user", "content": f"<image>{said}{COLOUR_QUESTION}"},
+                              {"role": "assistant", "content": colour},
+                              {"role": "user", "content": FOLLOW_UPS[follow_up]},
+                              {"role": "assistant", "content": answer}])
+    return conversations
+
+
+def describe(colour: str, kind: str, number: int, side: str) -> str:
+    """What a picture of tiny-shapes shows, in words: "Two red circles on the left."."""
+    plural = "s" if number > 1 else ""
+    return f"{COUNTS[number - 1].capitalize()} {colour} {kind}{plural} on the {side}."
+
+
+def all_descriptions() -> list[str]:
+    return [describe(colour, kind, number, side) for colour in COLOURS for kind in KINDS
+            for number in range(1, len(COUNTS) + 1) for side in SIDES]
+
+
+def _blank_picture() -> Path:
+    """The plain grey picture of `builtin:tiny-shapes-blank`."""
+    from loratui.data.builtin_shapes import shapes_dataset_path
+
+    blank = shapes_dataset_path("builtin:tiny-shapes-blank", "messages")
+    with open(blank, encoding="utf-8") as lines:
+        return blank.parent / json.loads(lines.readline())["images"][0]
+
+
+def _build_outliers(out_dir: Path, progress: Progress | None) -> None:
+    """tiny-vlm-outliers: the built tiny-vlm (built first if need be) with its outlier units added."""
+    import shutil
+
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    base = builtin_vlm_dir("builtin:tiny-vlm", progress)
+    shutil.copytree(base, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("complete"))
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    _add_vision_outliers(model)
+    model.save_pretrained(out_dir, safe_serialization=True)
 
 
 def _family_of(model):
@@ -243,11 +301,12 @@ def _fingerprint(variant: str) -> str:
     import torch
     import transformers
 
-    from loratui.data.builtin_shapes import shapes_dataset_path
-
     digest = hashlib.sha256()
     digest.update(json.dumps([variant, torch.__version__, transformers.__version__,
                               tokenizers.__version__]).encode())
-    digest.update(shapes_dataset_path("builtin:tiny-shapes", "messages").read_bytes())
+    from loratui.data import builtin_shapes
+
+    digest.update(Path(builtin_shapes.__file__).read_bytes())  # the conversations' words
+    digest.update(_blank_picture().read_bytes())  # the picture pretraining sees
     digest.update(Path(__file__).read_bytes())  # the recipe itself
     return digest.hexdigest()[:12]
