@@ -244,6 +244,9 @@ sys.exit(code)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LORATUI_TORTURE") != "full",
+                    reason="runs under `make torture` (LORATUI_TORTURE=full); the default suite stops a two-process "
+                           "run with a signal in tests/test_multiprocess.py")
 def test_a_signal_to_every_process_of_a_two_process_run(tmp_path):
     """A batch scheduler (or Ctrl-C in a terminal) signals the whole job: both ranks and the launcher.
 
