@@ -214,10 +214,12 @@ def pretrain(model, tokenizer, image_processor, *, seed: int, progress: Progress
 
 
 def pretraining_conversations(rng, count: int) -> list[list[dict]]:
-    """The tiny-shapes conversations about pictures drawn from `rng`, every other one opening with a description."""
+    """tiny-shapes conversations about pictures sampled from `rng` (never drawn); every other one opens with
+    the picture's description, so its answers are in the text."""
     conversations = []
     for index in range(count):
-        colour, kind, number, side = rng.choice(list(COLOURS)), rng.choice(KINDS), rng.randrange(1, 4), rng.choice(SIDES)
+        colour, kind = rng.choice(list(COLOURS)), rng.choice(KINDS)
+        number, side = rng.randrange(1, 4), rng.choice(SIDES)
         follow_up = rng.choice(list(FOLLOW_UPS))
         answer = {"shape": kind, "count": COUNTS[number - 1], "side": side}[follow_up]
         said = describe(colour, kind, number, side) + " " if index % 2 == 0 else ""
@@ -235,6 +237,7 @@ def describe(colour: str, kind: str, number: int, side: str) -> str:
 
 
 def all_descriptions() -> list[str]:
+    """Every description pretraining can say (the tokenizer learns their words)."""
     return [describe(colour, kind, number, side) for colour in COLOURS for kind in KINDS
             for number in range(1, len(COUNTS) + 1) for side in SIDES]
 
