@@ -33,7 +33,7 @@ def test_scenario_alert_and_fix(tmp_path, name):
     if name == "divergence":
         overrides.append("train.precision=fp32")  # the learning rate's fault in any precision; fp32 is fastest on CPU
     # Divergence shows once warmup is over (about step 15), so its run is long enough to see it first.
-    # The tiny VLM's base already answers all but the colour: its loss needs more steps to show the fall.
+    # The tiny VLM learns to read colours from the picture: its loss needs more steps to show the fall.
     steps_after_fix = 30 if name == "divergence" else 60 if name.startswith("vlm") else 20
     check_scenario(tmp_path, name, overrides, steps_after_fix=steps_after_fix)
 
