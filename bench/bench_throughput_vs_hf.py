@@ -88,7 +88,7 @@ def hf_run(collator: str):
     return run
 
 
-def loratui_positions(data: str, steps: int, batch_size: int) -> list[int]:
+def loratui_positions(data: str, precision: str, steps: int, batch_size: int) -> list[int]:
     """The token positions loratui computes in each of its first steps, padding included.
 
     Rebuilt here as the trainer builds them: the same stream of examples, packed by
@@ -115,7 +115,13 @@ def loratui_positions(data: str, steps: int, batch_size: int) -> list[int]:
                          pad_id=tokenizer.pad_token_id)
     model_config = AutoConfig.from_pretrained(model_path)
     model_config._attn_implementation = "sdpa"  # what from_pretrained picks for Llama on torch >= 2.1
-    setup_packing(stream, SimpleNamespace(config=model_config), config.data)
+    # The trainer's model, as far as packing reads it: its attention, its weights' dtype, its device.
+    import torch
+
+    from loratui.precision_facts import DTYPES
+
+    model = SimpleNamespace(config=model_config, dtype=getattr(torch, DTYPES[precision]), device=torch.device("cpu"))
+    setup_packing(stream, model, config.data)
     return [stream.next_batch()["input_ids"].numel() for _ in range(steps)]
 
 
@@ -206,7 +212,7 @@ def main() -> None:
                     if len({tuple(t) for t in tokens_seen.values()}) != 1:
                         raise SystemExit(f"{data} {precision}: the trainers saw different batches")
                 real = sum(tokens_seen["loratui"])
-                positions = {"loratui": sum(loratui_positions(data, steps, args.batch_size)),
+                positions = {"loratui": sum(loratui_positions(data, precision, steps, args.batch_size)),
                              "hf-padding": sum(hf_padding.positions[(data, precision)]),
                              "hf-flattening": sum(hf_flattening.positions[(data, precision)])}
                 results[(data, precision)] = ({side: statistics.median(rates[side]) for side in SIDES},

@@ -8,7 +8,7 @@ import torch
 from loratui.data.batching import length_grouped_batches
 from loratui.data.dataset import IGNORE_INDEX, BatchStream, Example
 from loratui.data.packing import (ROW_WIDTH_MULTIPLE, Packer, PackedBatch, attention_span, balanced_rows,
-                                  choose_rows)
+                                  choose_rows, row_width_multiple)
 
 
 def examples_of(lengths, seed=0):
@@ -95,12 +95,29 @@ def test_packed_widths_sit_on_a_grid_and_never_pass_max_length(seed):
     rng = random.Random(seed)
     examples = examples_of([rng.randint(2, 100) for _ in range(8)], seed)
     for max_length in (100, 128, 1024):
-        batch = Packer(0, "bool", max_length, 360.0)(examples)
+        batch = Packer(0, "bool", max_length, 360.0, ROW_WIDTH_MULTIPLE)(examples)
         width = batch["input_ids"].shape[1]
         longest = max(len(e.input_ids) for e in examples)
         assert width % ROW_WIDTH_MULTIPLE == 0 or width == max_length
         assert longest <= width <= max(max_length, longest)
         assert batch.real_tokens == sum(len(e.input_ids) for e in examples)
+        assert Packer(0, "bool", max_length, 360.0)(examples)["input_ids"].shape[1] == longest_row(examples, 360.0,
+                                                                                                  max_length)
+
+
+def longest_row(examples, span, max_length):
+    lengths = [len(e.input_ids) for e in examples]
+    return max(sum(lengths[i] for i in row) for row in choose_rows(lengths, max_length=max_length,
+                                                                    attention_span=span))
+
+
+def test_the_grid_is_for_half_precision_and_cuda():
+    from types import SimpleNamespace
+
+    assert row_width_multiple(SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cpu"))) == 16
+    assert row_width_multiple(SimpleNamespace(dtype=torch.float16, device=torch.device("cpu"))) == 16
+    assert row_width_multiple(SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"))) == 1
+    assert row_width_multiple(SimpleNamespace(dtype=torch.float32, device=torch.device("cuda", 0))) == 16
 
 
 def test_additive_mask_for_eager():

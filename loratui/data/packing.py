@@ -37,11 +37,13 @@ from loratui.data.dataset import IGNORE_INDEX, Example
 
 # Attention implementations whose packed rows are exact with our 4D mask, and the mask each needs.
 PACKED_MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
-# Packed rows are padded to a multiple of this many tokens. Kernels are chosen and compiled per
-# shape (oneDNN's bf16 and AMX kernels on CPU: about 30 ms for each width it has not seen, measured
-# on the built-in model; cuBLAS heuristics and tensor-core tiles on GPU), so a width that changes
-# with every micro-batch pays that again and again, while widths on a grid of 16 repeat and fill
-# whole tiles. The cost is a few pad tokens per row, which attend only to themselves.
+# Packed rows are padded to a multiple of this many tokens where kernels are chosen and compiled
+# per shape: half precision (oneDNN's bf16 and AMX kernels on CPU: about 30 ms for each width it
+# has not seen, measured on the built-in model) and any CUDA device (cuBLAS heuristics,
+# tensor-core tiles). A width that changes with every micro-batch pays that again and again,
+# while widths on a grid of 16 repeat and fill whole tiles; the cost is a few pad tokens per row,
+# which attend only to themselves. fp32 on a CPU takes any width at the same speed, so its rows
+# stay as long as their longest (the grid cost its chat throughput 8%: bench_throughput_vs_hf.py).
 ROW_WIDTH_MULTIPLE = 16
 
 
@@ -123,18 +125,19 @@ class Packer:
     mask_kind: str  # "bool" (SDPA) or "additive" (eager)
     max_length: int
     attention_span: float
+    width_multiple: int = 1  # rows are padded to a multiple of this (row_width_multiple)
 
     def __call__(self, examples: list[Example]) -> dict:
         """input_ids, labels, position_ids and a block-diagonal causal 4D attention_mask.
 
-        Rows are as long as the longest row, rounded up to ROW_WIDTH_MULTIPLE; the rest of a
+        Rows are as long as the longest row, rounded up to width_multiple; the rest of a
         shorter row is one block of padding that attends only to itself and is ignored by the loss.
         """
         import torch
 
         lengths = [len(e.input_ids) for e in examples]
         rows = choose_rows(lengths, max_length=self.max_length, attention_span=self.attention_span)
-        width = row_width(max(sum(lengths[i] for i in row) for row in rows), self.max_length)
+        width = row_width(max(sum(lengths[i] for i in row) for row in rows), self.max_length, self.width_multiple)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -157,11 +160,24 @@ class Packer:
                             "attention_mask": block_mask(allowed, self.mask_kind)}, real_tokens=sum(lengths))
 
 
-def row_width(longest: int, max_length: int) -> int:
-    """The packed rows' width: the longest row rounded up to ROW_WIDTH_MULTIPLE, not past max_length
+def row_width(longest: int, max_length: int, multiple: int) -> int:
+    """The packed rows' width: the longest row rounded up to `multiple`, not past max_length
     (unless the longest row itself is longer: a single example that was not truncated)."""
-    rounded = -(-longest // ROW_WIDTH_MULTIPLE) * ROW_WIDTH_MULTIPLE
+    rounded = -(-longest // multiple) * multiple
     return max(longest, min(rounded, max_length))
+
+
+def row_width_multiple(model) -> int:
+    """ROW_WIDTH_MULTIPLE for a model in half precision or on CUDA, else 1 (fp32 on a CPU).
+
+    Read from the model the run loaded (its base weights are in the run's precision); a restart
+    into another precision keeps the stream's choice, which only costs a little speed.
+    """
+    import torch
+
+    dtype, device = getattr(model, "dtype", None), getattr(model, "device", None)
+    half = dtype in (torch.bfloat16, torch.float16)
+    return ROW_WIDTH_MULTIPLE if half or getattr(device, "type", None) == "cuda" else 1
 
 
 def block_mask(allowed, mask_kind: str):
@@ -185,7 +201,8 @@ def setup_packing(stream, model, data_config) -> str | None:
     """
     mask_kind = packing_mask_kind(model)
     if data_config.packing and mask_kind is not None:
-        stream.collate = Packer(stream.pad_id, mask_kind, data_config.max_length, attention_span(model.config))
+        stream.collate = Packer(stream.pad_id, mask_kind, data_config.max_length, attention_span(model.config),
+                                row_width_multiple(model))
         stream.group_by_length = False
         return None
     stream.collate = stream.padded_collate
