@@ -16,6 +16,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from loratui.ui import format as fmt
+from loratui.ui.widgets.steady_height import SteadyHeight
 
 CHECK_LABELS = {
     "fp16_headroom": "fp16 headroom", "underflow": "underflow", "fidelity": "grad fidelity",
@@ -36,7 +37,7 @@ PART_FIGURES = (("fp16_headroom", "headroom", lambda v: f"{fmt.number(v, 3)}x"),
 STATUS_RANK = {"n/a": 0, "ok": 1, "warn": 2, "alert": 3}
 
 
-class HealthPanel(Widget):
+class HealthPanel(SteadyHeight, Widget):
     DEFAULT_CSS = """
     HealthPanel {
         height: auto;
@@ -49,8 +50,10 @@ class HealthPanel(Widget):
     }
     """
 
-    checks: reactive[dict] = reactive(dict, always_update=True, layout=True)
-    parts: reactive[dict] = reactive(dict, layout=True)  # set before `checks`: one relayout per probe
+    # No layout per probe (the dashboard's cost): refresh_content lays out again only when the
+    # panel's line count changes. `parts` is set before `checks`, whose watcher measures both.
+    checks: reactive[dict] = reactive(dict, always_update=True)
+    parts: reactive[dict] = reactive(dict)
     step: reactive[int | None] = reactive(None)
 
     def on_mount(self) -> None:
@@ -59,6 +62,7 @@ class HealthPanel(Widget):
     def watch_checks(self, checks: dict) -> None:
         self.set_class(any(c.get("status") == "alert" for c in checks.values() if isinstance(c, dict)), "-alert")
         self.border_title = f"Health · step {self.step}" if self.step is not None else "Health"
+        self.refresh_content()
 
     def render(self) -> Table | Text:
         if not self.checks:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 
 class SteadyHeight:
-    """Mixin for an auto-height widget whose `render()` returns a rich Text."""
+    """Mixin for an auto-height widget whose `render()` returns a rich renderable (Text, Table)."""
 
     _drawn_lines: int | None = None
 
     def refresh_content(self) -> None:
-        text, width = self.render(), self.content_size.width
+        width = self.content_size.width
         # Lines as laid out at the panel's width: a figure that grows by a digit can wrap a line.
-        lines = len(text.wrap(self.app.console, width)) if width > 0 else None
+        lines = None
+        if width > 0:
+            console = self.app.console
+            lines = len(console.render_lines(self.render(), console.options.update(width=width, height=None),
+                                             pad=False))
         relayout = lines is None or lines != self._drawn_lines
         self._drawn_lines = lines
         self.refresh(layout=relayout)
