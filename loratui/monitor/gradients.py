@@ -12,6 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+from loratui.monitor.parts import worst_share
+
 FP16_MIN_NORMAL = 2.0 ** -14  # 6.1e-5: below it fp16 loses precision (subnormal) and then flushes to zero
 
 
@@ -167,14 +169,8 @@ def _cosine(rows) -> float | None:
 
 
 def _worst_underflow(named_rows) -> tuple[float | None, str | None]:
-    """(share, module) of the module whose gradients underflow the most."""
-    by_module: dict[str, list[float]] = {}
-    for name, row in named_rows:
-        totals = by_module.setdefault(name, [0.0, 0.0])
-        totals[0] += row[4]
-        totals[1] += row[5]
-    ranked = [(u / n, name) for name, (u, n) in by_module.items() if n]
-    return max(ranked) if ranked else (None, None)
+    """(share, module) of the module whose gradients underflow the most (columns 4 and 5: underflowed, nonzero)."""
+    return worst_share(named_rows, 4, 5)
 
 
 def _part_figures(named_rows: list, count_underflow: bool) -> PartGradients:

@@ -110,3 +110,19 @@ def _stale(part: str, stale, config) -> dict:
     status = ("alert" if stale.dtype != "float32" else "warn") if over else "ok"
     return {"status": status, "value": round(figures.share, 6), "module": figures.worst_module,
             "module_value": None if figures.worst_module_share is None else round(figures.worst_module_share, 6)}
+
+
+def worst_share(named_rows, count: int, total: int) -> tuple[float | None, str | None]:
+    """(share, module) of the module whose rows sum to the largest row[count] / row[total].
+
+    `named_rows` pairs a module's name with one row of figures per tensor; a module with
+    several tensors (LoRA's A and B) is judged on their sums. (None, None) when no module has
+    a total.
+    """
+    by_module: dict[str, list[float]] = {}
+    for name, row in named_rows:
+        totals = by_module.setdefault(name, [0.0, 0.0])
+        totals[0] += row[count]
+        totals[1] += row[total]
+    ranked = [(part / whole, name) for name, (part, whole) in by_module.items() if whole]
+    return max(ranked) if ranked else (None, None)

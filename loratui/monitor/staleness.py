@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from loratui.monitor.parts import worst_share
+
 
 @dataclass
 class StaleFigures:
@@ -101,15 +103,8 @@ class UpdateWatch:
 
 
 def _worst(named_rows) -> tuple[float | None, str | None]:
-    """(share, module) of the module with the largest share of stale updates."""
-    by_module: dict[str, list[float]] = {}
-    for name, row in named_rows:
-        totals = by_module.setdefault(name, [0.0, 0.0])
-        totals[0] += row[0]
-        totals[1] += row[1]
-    ranked = [(s / m, name) for name, (s, m) in by_module.items() if m]
-    return max(ranked) if ranked else (None, None)
-
+    """(share, module) of the module with the largest share of stale updates (columns 0 and 1: stale, moved)."""
+    return worst_share(named_rows, 0, 1)
 
 def _adamw_update(state: dict, group: dict, lr: float, old):
     """The step AdamW meant to take for one parameter, in fp32 (torch.optim.AdamW's formula)."""
