@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from helpers import train_in_process
 from loratui.config import load_config
 from loratui.events.jsonl import EventTailer
+from loratui.run_dir import RunDir
 from loratui import checkpoint_files as ckpt
 from test_reliability_support import (
     HeadlessRun,
@@ -111,7 +112,10 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         # None until the first checkpoint: a run killed before it resumes from step 0.
         newest = next(iter(complete_steps(checkpoints)), None)
         left_before = {identity(p) for p in partial_dirs(checkpoints)}
-        run = HeadlessRun(config_path, resume=number > 0, env=slowed_saves(kind))
+        # A kill during the imports leaves no run directory: there is nothing to resume, and
+        # --resume would rightly refuse, so that run starts afresh as a user would start it.
+        resume = RunDir(checkpoints.parent).exists()
+        run = HeadlessRun(config_path, resume=resume, env=slowed_saves(kind))
         try:
             landings.append(kill_at_a_random_moment(run, kind, rng, newest or 0, max_steps, left_before))
         finally:
@@ -119,7 +123,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         if kind == "inside_save":
             assert "inside the save of" in landings[-1], landings
         started = [e for e in run.seen if e["type"] == "run_started"]
-        if number and started:
+        if resume and started:
             expected = str(checkpoints / ckpt.checkpoint_name(newest)) if newest is not None else None
             assert started[0]["resumed_from"] == expected, landings
         if newest is not None:

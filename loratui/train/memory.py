@@ -36,13 +36,23 @@ class PeakMemory:
         else:
             self.baseline = _status_bytes("VmRSS")
 
-    def model_loaded(self) -> None:
-        """From here on, the peak counts."""
+    def model_loaded(self, model=None) -> None:
+        """From here on, the peak counts.
+
+        On a CPU the baseline is also capped at the resident size now less the
+        model's own tensors: a process that freed memory while the model loaded
+        (a garbage collection, or an earlier run's objects in a long-lived
+        process) would otherwise count from a baseline it no longer holds and
+        report a peak of nothing.
+        """
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        resident = _status_bytes("VmRSS")
+        if model is not None and resident is not None and self.baseline is not None:
+            self.baseline = min(self.baseline, max(0, resident - _tensor_bytes(model)))
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")  # Linux: VmHWM starts again from the current resident size
@@ -64,6 +74,16 @@ class PeakMemory:
         return {"mem_estimate_mib": round(estimate.total / MIB, 1) if estimate else None,
                 "mem_peak_measured_mib": round(peak / MIB, 1) if peak is not None else None,
                 "mem_peak_measured_as": "cuda allocated" if self.device.type == "cuda" else "process resident"}
+
+
+def _tensor_bytes(model) -> int:
+    """The bytes of a model's parameters and buffers (shared tensors once)."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def _status_bytes(field: str) -> int | None:

@@ -133,7 +133,7 @@ class Trainer:
         self.precision_name, self.adapter_dtype_name = plan.precision, plan.adapter_dtype
         self.peak_memory = PeakMemory(self.device)  # after the imports, before the model: what training holds
         self.load_model(self.precision_name)
-        self.peak_memory.model_loaded()
+        self.peak_memory.model_loaded(self.unwrapped_model)
         notice = self.family.configure_batches(self.stream, self.unwrapped_model, self.config.data)
         if notice:
             self.notice(notice)
