@@ -1,5 +1,4 @@
-import sys
-
 from loratui.cli import main
+from loratui.process_exit import exit_process
 
-sys.exit(main())
+exit_process(main())

@@ -245,4 +245,6 @@ def print_memory_plan(config, caps, precision: str, device_memory_gib: float | N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loratui.process_exit import exit_process
+
+    exit_process(main())
