@@ -45,7 +45,8 @@ class WeightMotion:
 
         with torch.no_grad():
             self.previous = [param.detach().float().clone() for param in params]
-            self.start_norm = float(_norm(self.previous))
+            self.previous_norm = _norm(self.previous)  # on the device: the next measure's "before"
+            self.start_norm = float(self.previous_norm)
         self.pending = self.in_flight = None
         self.over = 0
         self.first_over_step: int | None = None
@@ -62,8 +63,10 @@ class WeightMotion:
         with torch.no_grad():
             current = [param.detach().float() for param in params]
             moved = torch._foreach_sub(current, self.previous)
-            self.pending = (step, lr, torch.stack([_norm(moved), _norm(self.previous), _norm(current)]))
+            current_norm = _norm(current)
+            self.pending = (step, lr, torch.stack([_norm(moved), self.previous_norm, current_norm]))
             torch._foreach_copy_(self.previous, current)
+            self.previous_norm = current_norm
 
     def carried(self):
         """The device tensor the trainer's next transfer carries, or None."""
