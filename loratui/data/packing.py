@@ -5,12 +5,13 @@ twin would hold (the stream's order, seed and resume position are untouched),
 so the loss, the mean over the micro-batch's supervised tokens, is the same
 number. Within the micro-batch the examples go longest first into the shortest
 row so far (LPT, a balanced best-fit). How many rows: the count whose estimated
-cost, rows x width x (1 + width / attention_span), is least, with no row longer
+cost, rows x width x (1 + width / span), is least, with no row longer
 than data.max_length. Attention is quadratic in a row's width (the mask zeroes
 the products between examples, the kernel still computes them), so one row per
 micro-batch can cost more than the padding saved; one row per example is the
 padded batch's own cost, so packing never costs more by this estimate. A small
-model (short attention_span) gets several short rows, a large one a few long ones.
+model (short span) gets several short rows, a large one a few long ones. The span is
+attention_span (a count of multiply-adds) times FUSED_ATTENTION_SPEEDUP (measured).
 
 Each example keeps its own positions (position_ids restart at 0) and an explicit
 block-diagonal causal 4D mask keeps its attention inside it. Measured with
@@ -45,6 +46,14 @@ PACKED_MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
 # which attend only to themselves. fp32 on a CPU takes any width at the same speed, so its rows
 # stay as long as their longest (the grid cost its chat throughput 8%: bench_throughput_vs_hf.py).
 ROW_WIDTH_MULTIPLE = 16
+# The row-count choice weighs attention at a quarter of its multiply-adds against the linear
+# layers' (attention_span times this). Measured on the built-in model, packing's own gain over
+# padded batches (bench_throughput_vs_hf.py's interleaved figure) at 1x, 4x and 8x: chat fp32
+# 1.164, 1.203, 1.201; chat bf16 1.084, 1.180; long tail fp32 1.927, 1.946; long tail bf16
+# 1.761, 2.045, 2.075. SDPA's fused kernel runs its multiply-adds faster than the many small
+# projections around it, so the pure count made rows too short and left 8% padding between
+# them. For a 7B-class model the span is so long that either way a row is one long pack.
+FUSED_ATTENTION_SPEEDUP = 4.0
 
 
 class PackedBatch(dict):
@@ -205,8 +214,8 @@ def setup_packing(stream, model, data_config) -> str | None:
     """
     mask_kind = packing_mask_kind(model)
     if data_config.packing and mask_kind is not None:
-        stream.collate = Packer(stream.pad_id, mask_kind, data_config.max_length, attention_span(model.config),
-                                row_width_multiple(model))
+        stream.collate = Packer(stream.pad_id, mask_kind, data_config.max_length,
+                                attention_span(model.config) * FUSED_ATTENTION_SPEEDUP, row_width_multiple(model))
         stream.group_by_length = False
         return None
     stream.collate = stream.padded_collate
