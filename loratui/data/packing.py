@@ -50,9 +50,10 @@ ROW_WIDTH_MULTIPLE = 16
 # layers' (attention_span times this). Measured on the built-in model, packing's own gain over
 # padded batches (bench_throughput_vs_hf.py's interleaved figure) at 1x, 4x and 8x: chat fp32
 # 1.164, 1.203, 1.201; chat bf16 1.084, 1.180; long tail fp32 1.927, 1.946; long tail bf16
-# 1.761, 2.045, 2.075. SDPA's fused kernel runs its multiply-adds faster than the many small
-# projections around it, so the pure count made rows too short and left 8% padding between
-# them. For a 7B-class model the span is so long that either way a row is one long pack.
+# 1.761, 2.045, 2.075. The pure count overrates attention's cost (most likely because SDPA's
+# one fused kernel does its multiply-adds faster than the many small projections around it), so
+# it made rows too short and left 8% padding between them (3% now, chat fp32). For a 7B-class
+# model the span is so long that either way a row is one long pack.
 FUSED_ATTENTION_SPEEDUP = 4.0
 
 
