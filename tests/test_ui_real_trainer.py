@@ -70,10 +70,12 @@ async def test_a_trainer_killed_by_sigkill_is_a_failed_run_named_by_its_signal(r
         await wait_for_steps(app, pilot)
         os.kill(app.trainer.pid, signal.SIGKILL)
         await wait_for_state(app, pilot, "failed")
-        shown = screen_text(app)
-        assert "Training failed · the trainer killed by SIGKILL" in shown
-        assert "out-of-memory killer" in shown
-        assert "Press q to quit (exit code 1)" in shown
+        # The header's state and the failure panel come from different redraws (the panel
+        # mounts with a layout pass): wait for the panel rather than race the redraw timer.
+        panel = ("Training failed · the trainer killed by SIGKILL", "out-of-memory killer",
+                 "Press q to quit (exit code 1)")
+        await wait_for(pilot, lambda: all(text in screen_text(app) for text in panel), "the failure panel",
+                       timeout=PATIENCE_S)
         await pilot.press("q")  # the trainer has ended: quit at once
     assert app.return_value == 1
     assert report_exit(app, run_dir, app.return_value) == 1
