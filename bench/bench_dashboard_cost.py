@@ -22,9 +22,10 @@ The dashboard runs with its looking features on, as issue 16 asks: once the
 warm-up steps are in, the benchmark presses `m` (light smoothing) and `c` (the
 value cursor); the Host panel updates from the trainer's host events.
 
-The benchmark reads the screen only at the start and once a second while it
-waits for the end: each look starts a tmux client, and looking 50 times a
-second took more from the trainer than the dashboard did.
+The benchmark reads the screen only at the start and after the run has ended
+(it waits for the trainer's last event in the log): each look starts a tmux
+client, and looking 50 times a second took more from the trainer than the
+dashboard did.
 
     python bench/bench_dashboard_cost.py [--runs 5] [--steps 400] [--warmup 10] [--precision fp32] [--batch-size 8]
 """
@@ -75,6 +76,20 @@ def steps_written(events: Path) -> int:
         return 0
 
 
+def run_ended(events: Path, timeout: float) -> None:
+    """Wait for the trainer's last event, looking at the file's tail once a second (a tmux client per look at
+    the screen would cost CPU in the dashboard's runs only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with events.open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - 4096))
+            tail = file.read()
+            if b'"type":"run_finished"' in tail or b'"type":"run_failed"' in tail:
+                return
+        time.sleep(1.0)
+    raise SystemExit(f"the run did not end within {timeout:.0f} s: see {events.parent / 'trainer.log'}")
+
+
 def run_with_dashboard(work: Path, name: str, args) -> float:
     """Runs the dashboard; returns its CPU seconds per wall second (summed over cores) after the warm-up."""
     events = work / name / "events.jsonl"
@@ -86,8 +101,9 @@ def run_with_dashboard(work: Path, name: str, args) -> float:
             time.sleep(0.5)
         terminal.press(*FEATURE_KEYS)
         cpu_start, wall_start = process_cpu_seconds(dashboard), time.monotonic()
-        terminal.wait_for(r"FINISHED|FAILED", "the run to end", 60 + args.steps * 10, poll=1.0)
+        run_ended(events, 60 + args.steps * 10)
         cpu_end, wall_end = process_cpu_seconds(dashboard), time.monotonic()
+        terminal.wait_for(r"FINISHED|FAILED", "the dashboard to show the end", 60, poll=0.5)
         code = terminal.quit_ended_run()
     if code != 0:
         raise SystemExit(f"the dashboard run {name} exited with {code}; see {work / name / 'trainer.log'}")

@@ -170,6 +170,32 @@ async def test_the_direct_picture_is_plotexts_own_drawing():
 
 
 @run_async
+async def test_the_painted_strips_are_textuals_own_drawing_of_the_picture():
+    """The chart paints strips built from the matrix: the same cells and styles as Textual's drawing of its Content."""
+    from textual.visual import Visual
+
+    for options in (ChartOptions(smoothing="light", cursor=30), ChartOptions(ascii=True)):
+        app = Charts("restart_bf16", options)
+        async with app.run_test(size=(100, 45)) as pilot:
+            await pilot.pause()
+            for chart in app.query(MetricChart):
+                width, height = chart.size
+                painted = [chart.render_line(y) for y in range(height)]
+                drawn = Visual.to_strips(chart, chart.render(), width, height, chart.visual_style)
+                assert [painted_cells(strip) for strip in painted] == [painted_cells(strip) for strip in drawn]
+                assert all(strip.cell_length == width for strip in painted), chart.metric
+
+
+def painted_cells(strip) -> list[tuple]:
+    cells = []
+    for segment in strip:
+        style = segment.style
+        for character in segment.text:
+            cells.append((character, style.color, style.bgcolor, style.bold, style.dim))
+    return cells
+
+
+@run_async
 async def test_a_light_theme_draws_darker_lines():
     from loratui.ui.widgets.metric_chart import LINE_COLOURS
 

@@ -51,8 +51,8 @@ from loratui.ui.run_model import RunModel, RunView, TrainerEnding
 from loratui.ui.screens.dashboard import DashboardScreen
 from loratui.ui.supervisor import TrainerProcess
 
-REDRAW_SECONDS = 0.5  # 2 redraws a second at most, whatever the event rate (nvitop and btop: every 2 s)
-POLL_SECONDS = 0.1  # how often the follower looks for new events once caught up
+REDRAW_SECONDS = 1.0  # 1 redraw a second at most, whatever the event rate (nvitop and btop: every 2 s)
+POLL_SECONDS = 0.25  # how often the follower looks for new events once caught up
 TRAINER_POLL_SECONDS = 0.2  # how long a detach may wait for the trainer's supervisor to let go
 TRAINER_LOG_LINES = 15  # of trainer.log, shown with a failure
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -10,7 +10,8 @@ no `parts` and no such rows.
 
 from __future__ import annotations
 
-from rich.table import Table
+import textwrap
+
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -64,30 +65,69 @@ class HealthPanel(SteadyHeight, Widget):
         self.border_title = f"Health · step {self.step}" if self.step is not None else "Health"
         self.refresh_content()
 
-    def render(self) -> Table | Text:
+    def render(self) -> Text:
+        """The rows as aligned text (a rich Table drew the same, at several times the CPU per probe)."""
         if not self.checks:
             return Text("waiting for the first health probe", style="dim")
-        table = Table.grid(padding=(0, 1), expand=True)
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True, justify="right")
-        # A wide panel (a wide terminal) wraps each reason under itself: read whole, not cut.
-        wrap = self.size.width >= WRAP_WIDTH
-        table.add_column(ratio=1, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")
+        rows = []
         for name, check in self.checks.items():
             check = check if isinstance(check, dict) else {"status": str(check)}
             label, style = STATUS.get(check.get("status", "n/a"), (str(check.get("status")), ""))
-            table.add_row(CHECK_LABELS.get(name, name.replace("_", " ")), Text(label, style=style),
-                          _figure(check.get("value")), Text(str(check.get("summary") or ""), style="dim"))
+            rows.append((CHECK_LABELS.get(name, name.replace("_", " ")), label, style, _figure(check.get("value")),
+                         str(check.get("summary") or "")))
         for part, figures in (self.parts or {}).items():
             if not isinstance(figures, dict):
                 continue
             label, style = STATUS.get(_worst_status(figures), STATUS["n/a"])
             headroom = figures.get("fp16_headroom") or {}
-            table.add_row(PART_LABELS.get(part, part.replace("_", " ")), Text(label, style=style),
-                          _figure(headroom.get("value")) if headroom.get("value") is not None else "-",
-                          Text(part_line(figures), style="dim"))
-        return table
+            rows.append((PART_LABELS.get(part, part.replace("_", " ")), label, style,
+                         _figure(headroom.get("value")) if headroom.get("value") is not None else "-",
+                         part_line(figures)))
+        return aligned_rows(rows, self.content_size.width)
+
+
+def aligned_rows(rows: list[tuple[str, str, str, str, str]], width: int) -> Text:
+    """(name, status, status style, figure, reason) rows in aligned columns, one space apart.
+
+    The reason takes the rest of the line: a wide panel (a wide terminal) wraps it
+    under itself, to be read whole; a narrow one cuts it with an ellipsis.
+    """
+    name_width = max(len(row[0]) for row in rows)
+    status_width = max(len(row[1]) for row in rows)
+    figure_width = max(len(row[3]) for row in rows)
+    indent = name_width + status_width + figure_width + 3
+    room = max(width - indent, 1)
+    wrap = width >= WRAP_WIDTH
+    text = Text(no_wrap=True, overflow="ellipsis", end="")
+    for index, (name, status, style, figure, reason) in enumerate(rows):
+        if index:
+            text.append("\n")
+        text.append(f"{name:<{name_width}} ")
+        # The spaces up to the right-aligned figure go with the status: a text run that starts with
+        # spaces loses them in the PNG screenshots (rsvg-convert). A badge with a background stays
+        # tight, its spaces bold (unseen) so that they stay a run of their own.
+        padding = " " * (status_width - len(status) + 1 + figure_width - len(figure))
+        if " on " in style:
+            text.append(status, style=style)
+            text.append(padding, style="bold")
+        else:
+            text.append(status + padding, style=style)
+        text.append(f"{figure} ")
+        lines = _wrapped(reason, room) if wrap else [_cut(reason, room)]
+        text.append(lines[0], style="dim")
+        for line in lines[1:]:
+            text.append("\n" + " " * indent)
+            text.append(line, style="dim")
+    return text
+
+
+def _wrapped(reason: str, room: int) -> list[str]:
+    """The reason in lines of at most `room` characters, broken at spaces where it can be (a long word folds)."""
+    return textwrap.wrap(reason, room, break_on_hyphens=False) or [""]
+
+
+def _cut(reason: str, room: int) -> str:
+    return reason if len(reason) <= room else reason[: max(room - 1, 0)] + "…"
 
 
 def _figure(value) -> str:

@@ -1,8 +1,10 @@
 """A chart of one training metric over steps: loss, grad norm (log) or loss scale (log2).
 
 Data arrives as bucketed history (min and max per bucket, one series per
-attempt) and is merged once more down to the chart's own resolution (two
-braille dots per cell), so a one-step spike still reaches the top. The
+attempt) and is merged once more down to one point per cell (plotext draws
+the line between points in braille dots; each point keeps its cell's min and
+max, so a one-step spike still reaches the top, and plotext's line drawing,
+most of a chart's CPU, has half the points of two per cell). The
 current attempt is drawn in colour, abandoned branches in grey and with a
 different character (so they differ under NO_COLOR too); restarts are
 vertical lines at the step they went back to; non-finite values and skipped
@@ -12,8 +14,9 @@ steps are marked with an x.
 the raw points, which stay visible), a window of the last N steps, a cursor
 whose (step, value) reading goes into the title, ASCII-only glyphs.
 
-The app sets `data` from its redraw timer (about once a second), never per
-event: plotext rebuilds the whole picture on each change.
+The app sets `data` from its redraw timer (every 2 s at most), never per
+event: plotext rebuilds the whole picture on each change, and the chart
+paints strips built once per picture (render_line).
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rich.segment import Segment
 from rich.text import Text
 from textual.color import Color
 from textual.content import Content, Span
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.style import Style
+from textual.visual import Visual
 from textual_plotext import PlotextPlot
 
 from loratui.ui import format as fmt
@@ -75,7 +81,8 @@ class MetricChart(PlotextPlot):
         super().__init__(**kwargs)
         self.metric = metric
         self._drawn: tuple | None = None
-        self._picture: Content | None = None  # the last plot, reused while data, size, theme and options hold
+        self._strips: list[Strip] = []  # the last plot, reused while data, size, theme and options hold
+        self._fallback: Content | None = None  # the picture when it came through plotext's ANSI text
         self.reading: str = ""  # the cursor's reading, as the title shows it
 
     def watch_data(self, data: ChartData | None) -> None:
@@ -86,45 +93,66 @@ class MetricChart(PlotextPlot):
         if self._drawn is None or options != self._drawn[3]:
             self.refresh()
 
-    def render(self):
+    def render_line(self, y: int) -> Strip:
+        """One row of the picture, from strips built once per change (Textual's line API).
+
+        Drawing from Content, Textual rebuilds every styled cell of the chart per
+        change (a few ms of CPU each time, beside a training run on 2 cores); the
+        strips come straight from plotext's matrix, one segment per run of a style.
+        """
+        strips = self._current_strips()
+        if y < len(strips):
+            return strips[y]
+        return Strip.blank(self.size.width, self.visual_style.rich_style)
+
+    def render(self) -> Content:
+        """The same picture as Content (what Textual asks a widget for outside drawing: text selection)."""
+        self._current_strips()
+        if self._fallback is not None:
+            return self._fallback
+        return matrix_content(self.plt.monitor.matrix, self.options.ascii)
+
+    def _current_strips(self) -> list[Strip]:
         """Rebuild the plot for the size it is drawn at, unless neither data, size, theme nor options changed.
 
-        A relayout of the screen (a panel growing) renders every widget again: the
+        A relayout of the screen (a panel growing) paints every widget again: the
         chart then returns its last picture instead of building it anew.
         """
         data = self.data
         options = self.options
-        key = (data.revision if data else None, self.size, self.app.theme, options)
+        key = (data.revision if data else None, self.size, self.app.theme, options, self.visual_style)
         if key != self._drawn:
             self._drawn = key
             self._plot_into(self.plt, data, options)
-            self._picture = self._build_picture(options.ascii)
-        return self._picture
+            self._strips = self._build_strips(options.ascii)
+        return self._strips
 
-    def _build_picture(self, ascii_only: bool) -> Content:
-        """plotext's character matrix straight into Content, in the form Textual draws from.
+    def _build_strips(self, ascii_only: bool) -> list[Strip]:
+        """plotext's character matrix straight into strips, in the form Textual paints.
 
         PlotextPlot.render has plotext write the picture as ANSI text, which is then
-        parsed back into styled text and converted to Content: that round trip was half
-        of a chart's build time in a profile of the dashboard beside a training run.
-        Here the same sizing and theme steps run, then the matrix is read directly. Our
-        colours are RGB; a named one (plotext's default theme, which a chart drawn right
-        after a theme change gets until the new theme is registered with plotext) takes the
-        old way.
+        parsed back into styled text: that round trip was half of a chart's build time
+        in a profile of the dashboard beside a training run. Here the same sizing and
+        theme steps run, then the matrix is read directly. Our colours are RGB; a named
+        one (plotext's default theme, which a chart drawn right after a theme change gets
+        until the new theme is registered with plotext) takes the old way.
         """
         plot = self.plt
-        plot.plotsize(self.size.width, self.size.height)
-        plot._set_size(self.size.width, self.size.height)  # as PlotextPlot.render does, see its comment
+        width, height = self.size
+        plot.plotsize(width, height)
+        plot._set_size(width, height)  # as PlotextPlot.render does, see its comment
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         plot._set_sizes()
         plot._build_matrix()
+        self._fallback = None
         try:
-            return matrix_content(plot.monitor.matrix, ascii_only)
+            return matrix_strips(plot.monitor.matrix, ascii_only, self.visual_style)
         except UnknownColour:
-            text = super().render()
+            text = PlotextPlot.render(self)
             if ascii_only:
                 text = Text(text.plain.translate(ASCII_FRAME), spans=text.spans, end="")
-            return Content.from_rich_text(text, console=self.app.console)
+            self._fallback = Content.from_rich_text(text, console=self.app.console)
+            return Visual.to_strips(self, self._fallback, width, height, self.visual_style)
 
     def _plot_into(self, plt, data: ChartData | None, options: ChartOptions) -> None:
         title, low_field, high_field, marks_field, transform = METRICS[self.metric]
@@ -146,7 +174,7 @@ class MetricChart(PlotextPlot):
         end = latest + 1 if options.window else max(latest + 1, data.max_steps or 0)
         visible = [_from_step(series, first, data.width) for series in data.series]
         visible = [series for series in visible if series is not None]
-        points = max(8, (self.size.width - AXIS_ALLOWANCE) * 2)
+        points = max(8, self.size.width - AXIS_ALLOWANCE)  # one per cell: see the module's docstring
         merged = [(series, *_merged(series, low_field, high_field, marks_field, transform, points))
                   for series in visible]
         # Smoothed over the whole run, then windowed: a window shows the same curve, not a new start.
@@ -261,6 +289,28 @@ def _style(foreground, style, background, cache: dict) -> Style | None:
         fg, bg = _colour(foreground), _colour(background)
         cache[key] = Style(foreground=fg, background=bg, **flags) if fg or bg or flags else None
     return cache[key]
+
+
+def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
+    """A plotext matrix (rows bottom-up) as strips, top row first: one segment per run of a style on `base`."""
+    strips, cache = [], {}
+    width = matrix.cols
+    for row in reversed(matrix.Rows):
+        cells = list(zip(matrix.fullground[row], matrix.style[row], matrix.background[row]))
+        line = "".join(matrix.marker[row])
+        if ascii_only:
+            line = line.translate(ASCII_FRAME)
+        segments, start = [], 0
+        for column in range(1, width + 1):
+            if column == width or cells[column] != cells[start]:
+                key = cells[start]
+                if key not in cache:
+                    cell_style = _style(*key, {})
+                    cache[key] = (base + cell_style if cell_style is not None else base).rich_style
+                segments.append(Segment(line[start:column], cache[key]))
+                start = column
+        strips.append(Strip(segments, width))
+    return strips
 
 
 def matrix_content(matrix, ascii_only: bool) -> Content:
