@@ -125,8 +125,9 @@ def demo_command(scenario: str, overrides: list[str], *, headless: bool, resume:
 def start_run(config, *, headless: bool, resume: bool) -> int:
     from loratui.config import render_toml
     from loratui.launcher import run_dir_for_this_rank
+    from loratui.process_exit import is_launched_rank
 
-    if not headless and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not headless and is_launched_rank():
         # One dashboard per rank would each start its own trainer: ranks always run headless.
         if int(os.environ.get("RANK", "0")) == 0:
             print(MULTI_PROCESS_NOTICE, flush=True)

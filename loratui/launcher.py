@@ -13,10 +13,10 @@ and none trains when rank 0 refused the directory.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from loratui.errors import EXIT_BAD_INPUT
+from loratui.process_exit import is_launched_rank
 from loratui.run_dir import RunDir
 
 # accelerate launch options that pick the distributed engine; with none of them
@@ -56,7 +56,7 @@ def run_dir_for_this_rank(config, *, resume: bool, config_text: str) -> RunDir:
     """The prepared run directory: made by this process, or by rank 0 of a multi-process launch."""
     from loratui.run_dir import prepare_run_dir, run_dir_for
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not is_launched_rank():
         return prepare_run_dir(config, resume=resume, config_text=config_text)
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list

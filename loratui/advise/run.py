@@ -14,13 +14,12 @@ in its checkpoint's precision either way: train/run_control.py's resume plan).
 
 from __future__ import annotations
 
-import os
-
 from loratui.advise.advisor import DEFAULT_STEPS, advise
 from loratui.advise.report import reusable_advice
 from loratui.advise.trials import TrialPlan
 from loratui.errors import Problem, UserInputError
 from loratui.events.bus import EventBus
+from loratui.process_exit import is_launched_rank
 from loratui.run_dir import RunDir
 
 
@@ -42,7 +41,7 @@ def choose_precision_for_run(config, run_dir: RunDir, bus: EventBus) -> str:
     """fp32, bf16 or fp16 for this run, measured (or reused from advice.json); advice.json is left in run_dir."""
     from loratui.hardware import detect
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if is_launched_rank():
         # Each rank would time its own trials and could choose differently.
         raise UserInputError(Problem("train.precision", '"advise" runs its trials in one process: run `loratui '
                                      'advise CONFIG` first, then launch with the precision it recommends'))

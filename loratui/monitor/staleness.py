@@ -106,6 +106,7 @@ def _worst(named_rows) -> tuple[float | None, str | None]:
     """(share, module) of the module with the largest share of stale updates (columns 0 and 1: stale, moved)."""
     return worst_share(named_rows, 0, 1)
 
+
 def _adamw_update(state: dict, group: dict, lr: float, old):
     """The step AdamW meant to take for one parameter, in fp32 (torch.optim.AdamW's formula)."""
     import torch

@@ -293,7 +293,7 @@ def _style(foreground, style, background, cache: dict) -> Style | None:
 
 def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
     """A plotext matrix (rows bottom-up) as strips, top row first: one segment per run of a style on `base`."""
-    strips, cache = [], {}
+    strips, styles, rich_styles = [], {}, {}
     width = matrix.cols
     for row in reversed(matrix.Rows):
         cells = list(zip(matrix.fullground[row], matrix.style[row], matrix.background[row]))
@@ -304,10 +304,10 @@ def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
         for column in range(1, width + 1):
             if column == width or cells[column] != cells[start]:
                 key = cells[start]
-                if key not in cache:
-                    cell_style = _style(*key, {})
-                    cache[key] = (base + cell_style if cell_style is not None else base).rich_style
-                segments.append(Segment(line[start:column], cache[key]))
+                if key not in rich_styles:
+                    cell_style = _style(*key, styles)
+                    rich_styles[key] = (base + cell_style if cell_style is not None else base).rich_style
+                segments.append(Segment(line[start:column], rich_styles[key]))
                 start = column
         strips.append(Strip(segments, width))
     return strips
