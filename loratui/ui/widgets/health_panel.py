@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import textwrap
 
+from rich.style import Style as RichStyle
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
@@ -107,7 +108,7 @@ def aligned_rows(rows: list[tuple[str, str, str, str, str]], width: int) -> Text
         # spaces loses them in the PNG screenshots (rsvg-convert). A badge with a background stays
         # tight, its spaces bold (unseen) so that they stay a run of their own.
         padding = " " * (status_width - len(status) + 1 + figure_width - len(figure))
-        if " on " in style:
+        if RichStyle.parse(style).bgcolor is not None:
             text.append(status, style=style)
             text.append(padding, style="bold")
         else:

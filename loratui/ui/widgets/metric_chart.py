@@ -291,45 +291,45 @@ def _style(foreground, style, background, cache: dict) -> Style | None:
     return cache[key]
 
 
-def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
-    """A plotext matrix (rows bottom-up) as strips, top row first: one segment per run of a style on `base`."""
-    strips, styles, rich_styles = [], {}, {}
+def style_runs(matrix, ascii_only: bool):
+    """A plotext matrix (rows bottom-up, a character and three style grids), top row first: each row's
+    characters and its runs of one style, as (start, end, (foreground, style, background))."""
     width = matrix.cols
     for row in reversed(matrix.Rows):
         cells = list(zip(matrix.fullground[row], matrix.style[row], matrix.background[row]))
         line = "".join(matrix.marker[row])
-        if ascii_only:
-            line = line.translate(ASCII_FRAME)
-        segments, start = [], 0
+        runs, start = [], 0
         for column in range(1, width + 1):
             if column == width or cells[column] != cells[start]:
-                key = cells[start]
-                if key not in rich_styles:
-                    cell_style = _style(*key, styles)
-                    rich_styles[key] = (base + cell_style if cell_style is not None else base).rich_style
-                segments.append(Segment(line[start:column], rich_styles[key]))
+                runs.append((start, column, cells[start]))
                 start = column
-        strips.append(Strip(segments, width))
+        yield (line.translate(ASCII_FRAME) if ascii_only else line), runs
+
+
+def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
+    """The picture as strips, top row first: one segment per run of a style, on `base` (the widget's style)."""
+    strips, styles, rich_styles = [], {}, {}
+    for line, runs in style_runs(matrix, ascii_only):
+        segments = []
+        for start, end, key in runs:
+            if key not in rich_styles:
+                cell_style = _style(*key, styles)
+                rich_styles[key] = (base + cell_style if cell_style is not None else base).rich_style
+            segments.append(Segment(line[start:end], rich_styles[key]))
+        strips.append(Strip(segments, matrix.cols))
     return strips
 
 
 def matrix_content(matrix, ascii_only: bool) -> Content:
-    """A plotext matrix (rows bottom-up, a character and three style grids) as Content, top row first."""
-    lines, spans, offset, cache = [], [], 0, {}
-    width = matrix.cols
-    for row in reversed(matrix.Rows):
-        foreground, style, background = matrix.fullground[row], matrix.style[row], matrix.background[row]
-        start = 0
-        for column in range(1, width + 1):
-            if column == width or (foreground[column], style[column], background[column]) != \
-                    (foreground[start], style[start], background[start]):
-                run_style = _style(foreground[start], style[start], background[start], cache)
-                if run_style is not None:
-                    spans.append(Span(offset + start, offset + column, run_style))
-                start = column
-        line = "".join(matrix.marker[row])
-        lines.append(line.translate(ASCII_FRAME) if ascii_only else line)
-        offset += width + 1
+    """The picture as Content, top row first."""
+    lines, spans, offset, styles = [], [], 0, {}
+    for line, runs in style_runs(matrix, ascii_only):
+        for start, end, key in runs:
+            run_style = _style(*key, styles)
+            if run_style is not None:
+                spans.append(Span(offset + start, offset + end, run_style))
+        lines.append(line)
+        offset += len(line) + 1
     return Content("\n".join(lines), spans)
 
 
