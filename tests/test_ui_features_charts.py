@@ -162,6 +162,7 @@ async def test_the_direct_picture_is_plotexts_own_drawing():
     async with app.run_test(size=(100, 45)) as pilot:
         await pilot.pause()
         for chart in app.query(MetricChart):
+            chart.signals.replay(chart.plt)  # plotext draws the lines and marks too (see test_ui_chart_signals.py)
             ansi_way = Content.from_rich_text(PlotextPlot.render(chart), console=app.console)
             direct = matrix_content(chart.plt.monitor.matrix, ascii_only=False)
             old, new = styled_cells(ansi_way), styled_cells(direct)

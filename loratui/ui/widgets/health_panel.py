@@ -66,6 +66,12 @@ class HealthPanel(SteadyHeight, Widget):
         self.border_title = f"Health · step {self.step}" if self.step is not None else "Health"
         self.refresh_content()
 
+    def line_count(self, width: int) -> int:
+        """The rows are laid out here, never wrapped by Textual: their lines, counted without drawing them."""
+        if not self.checks:
+            return super().line_count(width)  # the waiting line wraps
+        return self.render().plain.count("\n") + 1
+
     def render(self) -> Text:
         """The rows as aligned text (a rich Table drew the same, at several times the CPU per probe)."""
         if not self.checks:

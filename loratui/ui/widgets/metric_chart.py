@@ -36,6 +36,7 @@ from textual_plotext import PlotextPlot
 
 from loratui.ui import format as fmt
 from loratui.ui.chart_options import ChartOptions, ema, steps_shown, window_start
+from loratui.ui.chart_signals import ChartSignals
 from loratui.ui.history import ChartData, ChartSeries
 
 SHORT_TITLES = {"loss": "loss", "grad_norm": "grad norm (log)", "scale": "scale (log2) x=skip"}
@@ -83,6 +84,7 @@ class MetricChart(PlotextPlot):
         self._drawn: tuple | None = None
         self._strips: list[Strip] = []  # the last plot, reused while data, size, theme and options hold
         self._fallback: Content | None = None  # the picture when it came through plotext's ANSI text
+        self.signals = ChartSignals()  # the lines and marks, drawn with numpy over plotext's frame
         self.reading: str = ""  # the cursor's reading, as the title shows it
 
     def watch_data(self, data: ChartData | None) -> None:
@@ -144,10 +146,12 @@ class MetricChart(PlotextPlot):
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         plot._set_sizes()
         plot._build_matrix()
+        self.signals.draw(plot.monitor.matrix)
         self._fallback = None
         try:
             return matrix_strips(plot.monitor.matrix, ascii_only, self.visual_style)
         except UnknownColour:
+            self.signals.replay(plot)
             text = PlotextPlot.render(self)
             if ascii_only:
                 text = Text(text.plain.translate(ASCII_FRAME), spans=text.spans, end="")
@@ -163,6 +167,8 @@ class MetricChart(PlotextPlot):
             title = short
         plt.clear_data()
         plt.clear_figure()
+        signals = self.signals
+        signals.clear()
         self.reading = ""
         if not data or not data.series or not self.size.width:
             plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
@@ -189,7 +195,9 @@ class MetricChart(PlotextPlot):
         # A restart back to the first step shown would sit on the y axis, unseen: one column of room.
         column = (end - first) / max(1, self.size.width - AXIS_ALLOWANCE)
         room = any(first <= mark.from_step < first + column for mark in data.restarts)
-        plt.xlim(first - column if room else first, end)
+        signals.xlim = (first - column if room else first, end)
+        plt.xlim(*signals.xlim)
+        plt.scatter([], [], marker="x")  # a signal of plotext's own, or it leaves out the axes' ticks
         plt.xticks(*_step_ticks(first, end))
         finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
         finite = [values for values in finite if values.size]
@@ -201,11 +209,12 @@ class MetricChart(PlotextPlot):
             plt.title(marked if len(marked) <= self.size.width - 2 else f"{short} · all nan/inf")
             for _series, steps, _low, _high, marks in merged:
                 if marks.any():
-                    plt.scatter(steps[marks].tolist(), [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
-                                color=MARK)
+                    signals.scatter(steps[marks], [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
+                                    color=MARK)
+            signals.ylim = (0, 1)
             plt.ylim(0, 1)
             plt.yticks([], [])
-            self._cursor_line(plt, options, first, end, 0, 1, dark)
+            self._cursor_line(options, first, end, 0, 1, dark)
             return
         bottom, top = float(min(v.min() for v in finite)), float(max(v.max() for v in finite))
         pad = (top - bottom) * 0.06 or 0.5
@@ -218,24 +227,25 @@ class MetricChart(PlotextPlot):
             else:
                 line_colour, marker = OLD_ATTEMPT[dark], glyphs.earlier
             keep = np.isfinite(high)
-            plt.plot(steps[keep].tolist(), high[keep].tolist(), marker=marker, color=line_colour)
+            signals.plot(steps[keep], high[keep], marker=marker, color=line_colour)
             keep_low = np.isfinite(low)
             if not np.array_equal(low[keep_low], high[keep_low]):
-                plt.plot(steps[keep_low].tolist(), low[keep_low].tolist(), marker=marker, color=line_colour)
+                signals.plot(steps[keep_low], low[keep_low], marker=marker, color=line_colour)
         for steps, values in smoothed.values():
             keep = np.isfinite(values)
-            plt.plot(steps[keep].tolist(), values[keep].tolist(), marker=glyphs.line, color=colour)
+            signals.plot(steps[keep], values[keep], marker=glyphs.line, color=colour)
         for _series, steps, low, _high, marks in merged:
             if marks.any():
                 # Skipped steps sit on the scale line they ran with; a non-finite value has no
                 # place on the axis, so it is marked along the top.
                 at = np.where(np.isfinite(low[marks]), low[marks], top) if self.metric == "scale" else \
                     np.full(int(marks.sum()), top - pad / 2)
-                plt.scatter(steps[marks].tolist(), at.tolist(), marker=glyphs.mark, color=MARK)
+                signals.scatter(steps[marks], at, marker=glyphs.mark, color=MARK)
         for mark in data.restarts:
             if first <= mark.from_step <= end:
                 plt.vline(mark.from_step, color=RESTART)
-        self._cursor_line(plt, options, first, end, bottom, top, dark)
+        self._cursor_line(options, first, end, bottom, top, dark)
+        signals.ylim = (bottom, top)
         plt.ylim(bottom, top)
         plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
@@ -257,14 +267,14 @@ class MetricChart(PlotextPlot):
         """Loss and grad norm are smoothed; the loss scale is a staircase, shown as it is."""
         return options.smoothing != "off" and self.metric != "scale"
 
-    def _cursor_line(self, plt, options: ChartOptions, first: int, end: int, bottom: float, top: float,
+    def _cursor_line(self, options: ChartOptions, first: int, end: int, bottom: float, top: float,
                      dark: bool) -> None:
         """The cursor: a column of its own character (not a line, which a restart already is)."""
         if options.cursor is None or not first <= options.cursor <= end:
             return
         rows = max(2, self.size.height - 4)
         heights = np.linspace(bottom, top, rows).tolist()
-        plt.scatter([options.cursor] * rows, heights, marker=options.glyphs.cursor, color=CURSOR[dark])
+        self.signals.scatter([options.cursor] * rows, heights, marker=options.glyphs.cursor, color=CURSOR[dark])
 
 
 class UnknownColour(Exception):

@@ -17,12 +17,12 @@ class SteadyHeight:
 
     def refresh_content(self) -> None:
         width = self.content_size.width
-        # Lines as laid out at the panel's width: a figure that grows by a digit can wrap a line.
-        lines = None
-        if width > 0:
-            console = self.app.console
-            lines = len(console.render_lines(self.render(), console.options.update(width=width, height=None),
-                                             pad=False))
+        lines = self.line_count(width) if width > 0 else None
         relayout = lines is None or lines != self._drawn_lines
         self._drawn_lines = lines
         self.refresh(layout=relayout)
+
+    def line_count(self, width: int) -> int:
+        """Lines as laid out at the panel's width: a figure that grows by a digit can wrap a line."""
+        console = self.app.console
+        return len(console.render_lines(self.render(), console.options.update(width=width, height=None), pad=False))
