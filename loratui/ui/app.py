@@ -113,8 +113,9 @@ class DashboardApp(App[int]):
         # the cyclic collector's way. Its full collections walked all of it, 25 ms at a time on
         # the trainer's cores in a profile beside a training run (the collector took a sixth of
         # the dashboard's CPU; with GC_THRESHOLDS, under a twentieth).
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        if not self.is_headless:  # a test's app (no terminal) leaves the test process's collector alone
+            gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
         self.set_interval(REDRAW_SECONDS, self.redraw)
         if self.trainer is not None:
             self.supervise_trainer()
