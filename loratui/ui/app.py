@@ -173,7 +173,7 @@ class DashboardApp(App[int]):
 
     def on_history_caught_up(self, message: HistoryCaughtUp) -> None:
         self.caught_up.set()
-        self.redraw(charts_now=True)  # the whole history is in: show it now, not at the next chart slot
+        self.redraw(all_now=True)  # the whole history is in: show it now, not at the next slow slot
 
     def on_trainer_exited(self, message: TrainerExited) -> None:
         # Let the follower read the trainer's last lines before the exit is folded in.
@@ -193,17 +193,17 @@ class DashboardApp(App[int]):
 
     # ------------------------------------------------------------ redraw
 
-    def redraw(self, *, charts_now: bool = False) -> None:
+    def redraw(self, *, all_now: bool = False) -> None:
         """Hand the dashboard a fresh snapshot if anything changed since the last one."""
         with self.model.lock:
             view = self.model.snapshot() if self.model.version != self._drawn_version else None
         if view is None:
-            self.dashboard.show_charts(self.view, now=charts_now)  # a change held back may be due now
+            self.dashboard.show_slow(self.view, now=all_now)  # a change held back may be due now
             return
         self.view = view
         self._drawn_version = view.version
-        if charts_now:
-            self.dashboard.show_charts(view, now=True)
+        if all_now:
+            self.dashboard.show_slow(view, now=True)
         if self.dashboard.show(view):
             self.run_state_changed(view.header.state)
 

@@ -49,10 +49,14 @@ from loratui.ui.widgets.health_panel import HealthPanel, health_text
 from loratui.ui.widgets.metric_chart import AXIS_ALLOWANCE, MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
-# Charts advance every 2 s at most (nvitop's and btop's default refresh): plotext rebuilds a
-# whole picture (tens of ms of CPU) on every change, and the terminal (tmux) redraws all of
-# it; at the redraw rate that took CPU from the trainer on a small machine.
-CHART_SECONDS = 2.0
+# The panels a user reads rather than glances at (charts, health, alerts & events) advance every
+# 2 s at most, nvitop's and btop's default refresh; the header and the banner with every redraw.
+# Each change of those panels redraws many lines (a new event row moves every row below it), and
+# on a small machine that CPU comes out of the trainer's. What a user waits on goes at once: a new
+# alert or warning, an alert resolved, their own action, a health status that changed, the run's
+# state.
+SLOW_SECONDS = 2.0
+URGENT_SEVERITIES = ("critical", "warning")
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 WIDE_WIDTH = 150  # from here on text gets half the width: health reasons and event rows read whole
 
@@ -104,7 +108,10 @@ class DashboardScreen(Screen):
         self._drawn_state: str | None = None
         self._drawn_health: tuple | None = None
         self._drawn_charts = -1  # the chart revision the charts show
-        self._charts_drawn_at = 0.0
+        self._slow_drawn_at = 0.0  # when the slow panels (charts, health, events) last took a snapshot
+        self._drawn_seq = -1  # the newest event row the list shows
+        self._drawn_alerts: tuple | None = None
+        self._drawn_statuses: dict | None = None
         self.chart_options = ChartOptions()  # smoothing, window, cursor: the same for every chart
 
     def compose(self) -> ComposeResult:
@@ -146,31 +153,54 @@ class DashboardScreen(Screen):
         self.query_one(RunHeader).view = view.header
         self.query_one(AlertBanner).alerts = view.active_alerts
         self.query_one(FailurePanel).failure = view.failure
-        self.show_charts(view)
-        if (view.health_step, view.health) != self._drawn_health:
-            # Only on a new probe: the panel's height follows its rows, so each update is a relayout.
-            self._drawn_health = (view.health_step, view.health)
-            health = self.query_one(HealthPanel)
-            health.step = view.health_step
-            health.parts = view.health_parts
-            health.checks = view.health
         self.query_one(GpuPanel).view = GpuView(view.gpu_devices, view.memory, view.device, view.device_name,
                                                 view.nvml)
         self.query_one(HostPanel).host = self.app.model.host  # replaced whole per event: no lock needed
-        self.query_one(EventList).show_entries(view.entries, view.entries_revision)
-        if view.header.state == self._drawn_state:
+        state_changed = view.header.state != self._drawn_state
+        self.show_slow(view, now=state_changed)
+        if not state_changed:
             return False
         self._drawn_state = view.header.state
         self.refresh_bindings()
         return True
 
-    def show_charts(self, view: RunView | None, *, now: bool = False) -> None:
-        """Hand the latest history to the charts, once a CHART_SECONDS at most (`now`: at once)."""
+    def show_slow(self, view: RunView | None, *, now: bool = False) -> None:
+        """Charts, health and the event list, once a SLOW_SECONDS at most (`now`, or news a user waits on: at once)."""
         moment = time.monotonic()
-        if view is None or view.charts.revision == self._drawn_charts or (
-                not now and moment - self._charts_drawn_at < CHART_SECONDS):
+        if view is None or not (now or moment - self._slow_drawn_at >= SLOW_SECONDS or self._urgent(view)):
             return
-        self._charts_drawn_at = moment
+        self._slow_drawn_at = moment
+        self._show_charts(view)
+        if (view.health_step, view.health) != self._drawn_health:
+            # Only on a new probe: the panel's height follows its rows, so each update is a relayout.
+            self._drawn_health = (view.health_step, view.health)
+            self._drawn_statuses = _statuses(view.health)
+            health = self.query_one(HealthPanel)
+            health.step = view.health_step
+            health.parts = view.health_parts
+            health.checks = view.health
+        self.query_one(EventList).show_entries(view.entries, view.entries_revision)
+        self._drawn_seq = view.entries[0].seq if view.entries else -1
+        self._drawn_alerts = view.active_alerts
+
+    def _urgent(self, view: RunView) -> bool:
+        """News that must not wait for the next slow slot: a row the user waits on, an alert that opened or
+        closed, a health check whose status changed."""
+        for entry in view.entries:  # newest first: only the rows the list does not show yet
+            if entry.seq <= self._drawn_seq:
+                break
+            if entry.severity in URGENT_SEVERITIES or entry.kind == "ui":
+                return True
+        return view.active_alerts != self._drawn_alerts or (
+            view.health_step != self._drawn_health_step() and _statuses(view.health) != self._drawn_statuses)
+
+    def _drawn_health_step(self) -> int | None:
+        return self._drawn_health[0] if self._drawn_health else None
+
+    def _show_charts(self, view: RunView) -> None:
+        """Hand the latest history to the charts (when it changed)."""
+        if view.charts.revision == self._drawn_charts:
+            return
         self._drawn_charts = view.charts.revision
         for chart in self.query(MetricChart):
             chart.data = view.charts
@@ -389,3 +419,8 @@ class DashboardScreen(Screen):
                 app.stop_run()
 
         app.push_screen(QuitDialog(str(app.run_dir.root)), chosen)
+
+
+def _statuses(checks: dict) -> dict:
+    """Each health check's status: a change of one is news; a figure's change can wait for the next slot."""
+    return {name: check.get("status") if isinstance(check, dict) else check for name, check in checks.items()}
