@@ -42,6 +42,14 @@ def newest_first(count: int) -> tuple[Entry, ...]:
     return tuple(checkpoint(seq) for seq in reversed(range(count)))
 
 
+async def listed(app, pilot, count: int) -> EventList:
+    """The list showing `count` checkpoint rows, newest first, drawn."""
+    events = app.query_one(EventList)
+    events.show_entries(newest_first(count), count)
+    await pilot.pause()
+    return events
+
+
 @run_async
 async def test_new_rows_repaint_the_list_without_laying_out_the_screen(monkeypatch):
     layouts = []
@@ -49,9 +57,7 @@ async def test_new_rows_repaint_the_list_without_laying_out_the_screen(monkeypat
     monkeypatch.setattr(Screen, "_refresh_layout", lambda self, *a, **k: (layouts.append(1), original(self, *a, **k))[1])
     app = Events()
     async with app.run_test(size=(80, 12)) as pilot:
-        events = app.query_one(EventList)
-        events.show_entries(newest_first(30), 30)  # more rows than fit: the scrollbar is there
-        await pilot.pause()
+        events = await listed(app, pilot, 30)  # more rows than fit: the scrollbar is there
         layouts.clear()
         for count in range(31, 41):
             events.show_entries(newest_first(count), count)
@@ -64,12 +70,9 @@ async def test_new_rows_repaint_the_list_without_laying_out_the_screen(monkeypat
 async def test_the_scrollbar_appearing_still_lays_out():
     app = Events()
     async with app.run_test(size=(80, 12)) as pilot:
-        events = app.query_one(EventList)
-        events.show_entries(newest_first(2), 2)
-        await pilot.pause()
+        events = await listed(app, pilot, 2)
         assert not events.show_vertical_scrollbar
-        events.show_entries(newest_first(30), 30)
-        await pilot.pause()
+        await listed(app, pilot, 30)
         assert events.show_vertical_scrollbar
         assert events.vertical_scrollbar.window_virtual_size == 30
 
@@ -78,11 +81,8 @@ async def test_the_scrollbar_appearing_still_lays_out():
 async def test_a_click_opens_the_row_under_the_pointer_after_rows_arrive_on_top():
     app = Events()
     async with app.run_test(size=(80, 12)) as pilot:
-        events = app.query_one(EventList)
-        events.show_entries(newest_first(3), 3)
-        await pilot.pause()  # the rows are drawn, with their indexes
-        events.show_entries(newest_first(5), 5)  # two rows on top: the old rows move down
-        await pilot.pause()
+        await listed(app, pilot, 3)  # the rows are drawn, with their indexes
+        events = await listed(app, pilot, 5)  # two rows on top: the old rows move down
         moved = [segment.style.meta for segment in events.render_line(3) if segment.style and segment.text.strip()]
         assert moved and all(meta["option"] == 3 and "offset" in meta for meta in moved)  # selection's offsets kept
         await pilot.click(EventList, offset=(10, 4))  # the fourth row (the border is row 0)

@@ -7,6 +7,9 @@ real app on a recorded live run, its log appended to as the trainer would.
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from test_ui_support import append_event, caught_up, overflow_alert, recorded_run, run_async, wait_for
 
 from loratui.ui.app import DashboardApp
@@ -33,8 +36,6 @@ async def read_in(app, pilot, step: int) -> None:
 
 
 def slot_just_taken(app) -> None:
-    import time
-
     app.dashboard._slow_drawn_at = time.monotonic()
 
 
@@ -42,13 +43,20 @@ def slot_due(app) -> None:
     app.dashboard._slow_drawn_at -= SLOW_SECONDS
 
 
-@run_async
-async def test_a_routine_row_waits_for_the_next_slot_while_the_header_moves_on(tmp_path):
+@contextlib.asynccontextmanager
+async def live_dashboard(tmp_path):
+    """The dashboard on a recorded run cut at step 45 (still live), a slow slot just taken."""
     run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
     app = DashboardApp(run_dir)
     async with app.run_test(size=(160, 48)) as pilot:
         await caught_up(app, pilot)
         slot_just_taken(app)
+        yield app, pilot, run_dir
+
+
+@run_async
+async def test_a_routine_row_waits_for_the_next_slot_while_the_header_moves_on(tmp_path):
+    async with live_dashboard(tmp_path) as (app, pilot, run_dir):
         append_event(run_dir, {"type": "step", "step": 46, "loss": 1.5, "grad_norm": 1.0, "lr": 1e-4,
                                "precision": "fp16", "scale": 65536.0, "skipped": False, "step_time_s": 0.1})
         append_event(run_dir, {"type": "checkpoint", "step": 46, "path": str(run_dir / "checkpoints" / "step-000046"),
@@ -64,11 +72,7 @@ async def test_a_routine_row_waits_for_the_next_slot_while_the_header_moves_on(t
 
 @run_async
 async def test_an_alert_goes_at_once(tmp_path):
-    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
-    app = DashboardApp(run_dir)
-    async with app.run_test(size=(160, 48)) as pilot:
-        await caught_up(app, pilot)
-        slot_just_taken(app)
+    async with live_dashboard(tmp_path) as (app, pilot, run_dir):
         append_event(run_dir, overflow_alert(46))
         await read_in(app, pilot, 46)
         assert any("overflow" in text for text in shown_texts(app))
@@ -76,11 +80,7 @@ async def test_an_alert_goes_at_once(tmp_path):
 
 @run_async
 async def test_the_users_own_action_goes_at_once(tmp_path):
-    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
-    app = DashboardApp(run_dir)
-    async with app.run_test(size=(160, 48)) as pilot:
-        await caught_up(app, pilot)
-        slot_just_taken(app)
+    async with live_dashboard(tmp_path) as (app, pilot, run_dir):
         await pilot.press("s")  # save a checkpoint: the dashboard notes the request
         await pilot.pause()
         app.redraw()
@@ -90,13 +90,9 @@ async def test_the_users_own_action_goes_at_once(tmp_path):
 
 @run_async
 async def test_a_health_status_change_goes_at_once_a_new_figure_waits(tmp_path):
-    run_dir = recorded_run("healthy_fp16", tmp_path, until_step=45)
-    app = DashboardApp(run_dir)
-    async with app.run_test(size=(160, 48)) as pilot:
-        await caught_up(app, pilot)
+    async with live_dashboard(tmp_path) as (app, pilot, run_dir):
         panel = app.dashboard.query_one(HealthPanel)
         checks = dict(panel.checks)
-        slot_just_taken(app)
         same_statuses = {name: {**check, "value": 0.123} for name, check in checks.items()}
         append_event(run_dir, {"type": "health", "step": 46, "checks": same_statuses})
         await wait_for(pilot, lambda: latest(app).health_step == 46, "the probe to be read")

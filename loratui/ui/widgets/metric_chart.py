@@ -1,10 +1,11 @@
 """A chart of one training metric over steps: loss, grad norm (log) or loss scale (log2).
 
 Data arrives as bucketed history (min and max per bucket, one series per
-attempt) and is merged once more down to one point per cell (plotext draws
-the line between points in braille dots; each point keeps its cell's min and
-max, so a one-step spike still reaches the top, and plotext's line drawing,
-most of a chart's CPU, has half the points of two per cell). The
+attempt) and is merged once more down to one point per cell (the line between
+points is drawn in braille dots; each point keeps its cell's min and max, so a
+one-step spike still reaches the top). plotext draws the frame, ticks and
+title; the lines and marks are drawn over it with numpy, exactly as plotext
+would draw them (chart_signals.py), at a fraction of plotext's CPU. The
 current attempt is drawn in colour, abandoned branches in grey and with a
 different character (so they differ under NO_COLOR too); restarts are
 vertical lines at the step they went back to; non-finite values and skipped
@@ -15,8 +16,8 @@ the raw points, which stay visible), a window of the last N steps, a cursor
 whose (step, value) reading goes into the title, ASCII-only glyphs.
 
 The app sets `data` from its redraw timer (every 2 s at most), never per
-event: plotext rebuilds the whole picture on each change, and the chart
-paints strips built once per picture (render_line).
+event: the whole picture is rebuilt on each change, and the chart paints
+strips built once per picture (render_line).
 """
 
 from __future__ import annotations
