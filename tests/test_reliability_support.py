@@ -99,6 +99,15 @@ log_every = 1000
     return path
 
 
+def signals_as_a_terminal_leaves_them() -> None:
+    """In a run's process, before it starts: SIGINT and SIGHUP handled by default, as a shell in a terminal starts
+    a command. A test runner started in the background (`(nohup make torture &)`) ignores both, a run would
+    inherit that, and loratui keeps an ignored signal ignored (nohup's promise): the signal tests would then
+    see runs that never stop. A run started under `nohup` by a test still has SIGHUP ignored: nohup sets it."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class HeadlessRun:
     """`python -m loratui run CONFIG --headless` in its own session, output to files."""
 
@@ -118,7 +127,8 @@ class HeadlessRun:
         self.stdout_path = config.parent / f"run.{time.monotonic_ns()}.out"
         with open(self.stdout_path, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=config.parent,
-                                            env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
+                                            env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True,
+                                            preexec_fn=signals_as_a_terminal_leaves_them)
 
     @property
     def pid(self) -> int:
