@@ -97,7 +97,6 @@ def test_random_signals_are_drawn_as_plotext_draws_them(seed):
     xlim = (float(random.uniform(-50, 50)), float(random.uniform(60, 5000)))
     ylim = (float(random.uniform(-3, 0)), float(random.uniform(0.5, 4)))
     signals = ChartSignals()
-    signals.xlim, signals.ylim = xlim, ylim
     for index in range(int(random.integers(1, 5))):
         count = int(random.integers(1, 400))
         x = np.sort(random.uniform(xlim[0] - 20, xlim[1] + 20, count))  # some points outside the limits
@@ -109,7 +108,7 @@ def test_random_signals_are_drawn_as_plotext_draws_them(seed):
     ours = figure(width, height, xlim, ylim)
     ours.scatter([], [], marker="x")
     matrix = build(ours)
-    signals.draw(matrix)
+    signals.draw(ours.monitor)
     plotexts = figure(width, height, xlim, ylim)
     plotexts.scatter([], [], marker="x")
     signals.replay(plotexts)

@@ -55,12 +55,9 @@ class ChartSignals:
 
     def __init__(self):
         self.signals: list[Signal] = []
-        self.xlim: tuple[float, float] | None = None
-        self.ylim: tuple[float, float] | None = None
 
     def clear(self) -> None:
         self.signals.clear()
-        self.xlim = self.ylim = None
 
     def plot(self, x, y, marker: str, color: tuple) -> None:
         self.signals.append(Signal(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker, color, True))
@@ -74,17 +71,20 @@ class ChartSignals:
             draw = plt.plot if signal.lines else plt.scatter
             draw(signal.x.tolist(), signal.y.tolist(), marker=signal.marker, color=signal.color)
 
-    def draw(self, matrix) -> None:
-        """Each signal into the canvas of plotext's built matrix, later ones over earlier ones."""
-        canvas = canvas_of(matrix)
-        if canvas is None or self.xlim is None or self.ylim is None or not self.signals:
+    def draw(self, monitor) -> None:
+        """Each signal into the canvas of a built plotext figure (its monitor), at the limits plotext drew the
+        frame's ticks with, later signals over earlier ones."""
+        canvas = canvas_of(monitor.matrix)
+        if canvas is None or not self.signals:
             return
+        xlim, ylim = monitor.xlim[0], monitor.ylim[0]  # the lower x and left y axes, the ones the signals use
+        matrix = monitor.matrix
         for signal in self.signals:
             if not signal.x.size:
                 continue
             braille = signal.marker == BRAILLE
             x_bins, y_bins = (canvas.width * 2, canvas.height * 4) if braille else (canvas.width, canvas.height)
-            x, y = to_bins(signal.x, self.xlim, x_bins), to_bins(signal.y, self.ylim, y_bins)
+            x, y = to_bins(signal.x, xlim, x_bins), to_bins(signal.y, ylim, y_bins)
             if signal.lines:
                 x, y = joined(x, y)
             if braille:

@@ -147,7 +147,7 @@ class MetricChart(PlotextPlot):
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         plot._set_sizes()
         plot._build_matrix()
-        self.signals.draw(plot.monitor.matrix)
+        self.signals.draw(plot.monitor)
         self._fallback = None
         try:
             return matrix_strips(plot.monitor.matrix, ascii_only, self.visual_style)
@@ -196,8 +196,7 @@ class MetricChart(PlotextPlot):
         # A restart back to the first step shown would sit on the y axis, unseen: one column of room.
         column = (end - first) / max(1, self.size.width - AXIS_ALLOWANCE)
         room = any(first <= mark.from_step < first + column for mark in data.restarts)
-        signals.xlim = (first - column if room else first, end)
-        plt.xlim(*signals.xlim)
+        plt.xlim(first - column if room else first, end)
         plt.scatter([], [], marker="x")  # a signal of plotext's own, or it leaves out the axes' ticks
         plt.xticks(*_step_ticks(first, end))
         finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
@@ -212,7 +211,6 @@ class MetricChart(PlotextPlot):
                 if marks.any():
                     signals.scatter(steps[marks], [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
                                     color=MARK)
-            signals.ylim = (0, 1)
             plt.ylim(0, 1)
             plt.yticks([], [])
             self._cursor_line(options, first, end, 0, 1, dark)
@@ -246,7 +244,6 @@ class MetricChart(PlotextPlot):
             if first <= mark.from_step <= end:
                 plt.vline(mark.from_step, color=RESTART)
         self._cursor_line(options, first, end, bottom, top, dark)
-        signals.ylim = (bottom, top)
         plt.ylim(bottom, top)
         plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
