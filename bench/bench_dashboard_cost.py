@@ -18,22 +18,28 @@ dashboard first, ...), `--runs` runs of each. Three figures:
   ratios carry that machine's noise (runs differ by several percent between
   themselves); this one is measured inside the runs and is steadier.
 
-The dashboard runs with its looking features on, as issue 16 asks: once the
-warm-up steps are in, the benchmark presses `m` (light smoothing) and `c` (the
-value cursor); the Host panel updates from the trainer's host events.
+The dashboard runs with its looking features on, as issue 16 asks: once its
+charts show steps, the benchmark presses `m` (light smoothing) and `c` (the
+value cursor) and waits until the charts' titles show both; the Host panel
+updates from the trainer's host events. The measured steps (after `--warmup`,
+the same in both modes) start after that: a press before the dashboard has
+drawn a step only gets "no steps to read yet" (the earlier version of this
+benchmark pressed at the 10th step written to the log, before the dashboard
+had drawn one, and measured a toast instead of the cursor).
 
-The benchmark reads the screen only at the start and after the run has ended
-(it waits for the trainer's last event in the log): each look starts a tmux
-client, and looking 50 times a second took more from the trainer than the
-dashboard did.
+The benchmark reads the screen only at the start (twice a second) and after the
+run has ended (it waits for the trainer's last event in the log): each look
+starts a tmux client, and looking 50 times a second took more from the trainer
+than the dashboard did.
 
-    python bench/bench_dashboard_cost.py [--runs 5] [--steps 400] [--warmup 10] [--precision fp32] [--batch-size 8]
+    python bench/bench_dashboard_cost.py [--runs 5] [--steps 550] [--warmup 150] [--precision fp32] [--batch-size 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +55,7 @@ from bench.terminal import TmuxTerminal  # noqa: E402
 from loratui.events.jsonl import read_events  # noqa: E402
 
 FEATURE_KEYS = ("m", "c")  # light smoothing and the value cursor: the charts' costliest options, on
+FEATURES_ON = re.compile(r"light smoothing.*step \d+: ")  # the loss chart's title with both on
 
 
 def run_arguments(work: Path, name: str, args) -> list[str]:
@@ -90,16 +97,23 @@ def run_ended(events: Path, timeout: float) -> None:
     raise SystemExit(f"the run did not end within {timeout:.0f} s: see {events.parent / 'trainer.log'}")
 
 
-def run_with_dashboard(work: Path, name: str, args) -> float:
-    """Runs the dashboard; returns its CPU seconds per wall second (summed over cores) after the warm-up."""
+def run_with_dashboard(work: Path, name: str, args) -> tuple[float, int]:
+    """Runs the dashboard; returns its CPU seconds per wall second (summed over cores) once its features are on,
+    and the step they came on at."""
     events = work / name / "events.jsonl"
     with TmuxTerminal(work) as terminal:
         terminal.start([*loratui_command(), *run_arguments(work, name, args)])
         terminal.wait_for(r"STARTING|LOADING|RUNNING", "the first frame", 60, poll=0.2)
         dashboard = terminal.command_pid()
-        while steps_written(events) < args.warmup:
-            time.sleep(0.5)
+        terminal.wait_until(lambda screen: "RUNNING" in screen and "waiting for the first step" not in screen,
+                            "the charts to show steps", 120, poll=0.5)
         terminal.press(*FEATURE_KEYS)
+        terminal.wait_until(lambda screen: FEATURES_ON.search(screen) is not None, "smoothing and the cursor",
+                            30, poll=0.5)
+        features_on = steps_written(events)
+        if features_on > args.warmup:
+            raise SystemExit(f"the features came on at step {features_on}, after the {args.warmup} warm-up steps: "
+                             f"raise --warmup")
         cpu_start, wall_start = process_cpu_seconds(dashboard), time.monotonic()
         run_ended(events, 60 + args.steps * 10)
         cpu_end, wall_end = process_cpu_seconds(dashboard), time.monotonic()
@@ -107,7 +121,7 @@ def run_with_dashboard(work: Path, name: str, args) -> float:
         code = terminal.quit_ended_run()
     if code != 0:
         raise SystemExit(f"the dashboard run {name} exited with {code}; see {work / name / 'trainer.log'}")
-    return (cpu_end - cpu_start) / (wall_end - wall_start)
+    return (cpu_end - cpu_start) / (wall_end - wall_start), features_on
 
 
 def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
@@ -120,8 +134,9 @@ def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each, alternating which goes first")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--warmup", type=int, default=10, help="first steps of each run left out")
+    parser.add_argument("--steps", type=int, default=550)
+    parser.add_argument("--warmup", type=int, default=150,
+                        help="first steps of each run left out (the dashboard's features are on before them)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
@@ -136,13 +151,14 @@ def main() -> None:
             for kind in order:
                 name = f"{kind}-{run}"
                 started = time.perf_counter()
-                cpu = runners[kind](work, name, args)
+                measured = runners[kind](work, name, args)
                 figures[kind].append(step_figures(work, name, args.warmup))
                 step, wall = figures[kind][-1]
                 extra = ""
-                if cpu is not None:
+                if measured is not None:
+                    cpu, features_on = measured
                     dashboard_cpu.append(cpu)
-                    extra = f", dashboard CPU {cpu * 100:.1f}% of one core"
+                    extra = f", dashboard CPU {cpu * 100:.1f}% of one core (features on at step {features_on})"
                 print(f"run {run + 1}/{args.runs} {kind:<9}: median step_time_s {step * 1000:.1f} ms, wall "
                       f"{wall * 1000:.1f} ms/step{extra} ({time.perf_counter() - started:.0f} s)", flush=True)
     medians = {kind: [statistics.median(f[i] for f in runs) for i in (0, 1)] for kind, runs in figures.items()}

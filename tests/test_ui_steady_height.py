@@ -7,6 +7,7 @@ from textual.app import App, ComposeResult
 
 from loratui.ui.widgets.gpu_panel import GpuPanel, GpuView
 from loratui.ui.widgets.host_panel import HostPanel
+from loratui.ui.widgets.steady_height import SHRINK_AFTER_SECONDS
 
 HOST = {"cpu_pct": 50.0, "cpu_count": 2, "process_cpu_pct": 90.0, "ram_used_mib": 1000.0, "ram_total_mib": 24000.0,
         "rss_mib": 500.0}
@@ -52,3 +53,47 @@ async def test_a_new_figure_repaints_and_a_new_line_lays_out_again():
         await pilot.pause()
         lines = len(host.render().wrap(app.console, host.content_size.width))
         assert host.content_size.height == lines > host_height - 2
+
+
+@run_async
+async def test_a_panel_keeps_its_height_while_its_text_is_a_line_shorter_for_a_while():
+    """A wrapped reason that loses a digit must not move the panels below for a moment: shrinking waits."""
+    app = Panels()
+    async with app.run_test(size=(60, 20)) as pilot:
+        gpu = app.query_one(GpuPanel)
+        now = [1000.0]
+        gpu.clock = lambda: now[0]
+        gpu.view = cpu_view(mem_allocated_mib=10.0, mem_reserved_mib=20.0, mem_peak_mib=30.0)
+        await pilot.pause()
+        tall = gpu.size.height
+        assert gpu.content_size.height == 3  # the device, its name and torch's memory
+        layouts = []
+        original = gpu.refresh
+
+        def refresh(*args, **kwargs):  # the panel's own refreshes (Textual's layout refreshes widgets too)
+            if set(kwargs) == {"layout"}:
+                layouts.append(kwargs["layout"])
+            return original(*args, **kwargs)
+        gpu.refresh = refresh
+
+        gpu.view = cpu_view()  # the torch line goes: the panel holds its height, a blank row where it was
+        await pilot.pause()
+        assert gpu.size.height == tall and True not in layouts
+        assert str(gpu.render()).endswith("Intel Xeon\n") and "torch" not in str(gpu.render())
+        now[0] += SHRINK_AFTER_SECONDS - 1
+        gpu.view = cpu_view(mem_allocated_mib=None)
+        await pilot.pause()
+        assert gpu.size.height == tall and True not in layouts
+
+        gpu.view = cpu_view(mem_allocated_mib=11.0, mem_reserved_mib=20.0, mem_peak_mib=30.0)  # back: no layout
+        await pilot.pause()
+        assert gpu.size.height == tall and True not in layouts
+        gpu.view = cpu_view()
+        now[0] += SHRINK_AFTER_SECONDS - 1  # shorter again: the wait starts over
+        gpu.view = cpu_view(mem_allocated_mib=None)
+        await pilot.pause()
+        assert gpu.size.height == tall
+        now[0] += 2  # shorter for SHRINK_AFTER_SECONDS: the panel shrinks, with one layout
+        gpu.view = cpu_view(mem_reserved_mib=None)
+        await pilot.pause()
+        assert gpu.size.height == tall - 1 and layouts.count(True) == 1 and layouts[-1] is True

@@ -58,7 +58,7 @@ from loratui.ui.supervisor import TrainerProcess
 GC_THRESHOLDS = (10_000, 20, 20)
 
 REDRAW_SECONDS = 1.0  # 1 redraw a second at most, whatever the event rate (nvitop and btop: every 2 s)
-POLL_SECONDS = 0.25  # how often the follower looks for new events once caught up
+POLL_SECONDS = 0.5  # how often the follower looks for new events once caught up (the redraw: once a second)
 TRAINER_POLL_SECONDS = 0.2  # how long a detach may wait for the trainer's supervisor to let go
 TRAINER_LOG_LINES = 15  # of trainer.log, shown with a failure
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -87,6 +87,15 @@ class DashboardApp(App[int]):
         self.hung_up = False
         self.exit_when_run_ends = False
         self._drawn_version = -1
+
+    def get_driver_class(self):
+        """On Linux, Textual's driver with an input thread that sleeps until a key (input_driver.py)."""
+        driver_class = super().get_driver_class()
+        if (driver_class.__module__, driver_class.__name__) == ("textual.drivers.linux_driver", "LinuxDriver"):
+            from loratui.ui.input_driver import QuietLinuxDriver
+
+            return QuietLinuxDriver
+        return driver_class
 
     def get_default_screen(self) -> DashboardScreen:
         return DashboardScreen()

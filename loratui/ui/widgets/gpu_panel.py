@@ -38,7 +38,7 @@ class GpuPanel(SteadyHeight, Widget):
     def on_mount(self) -> None:
         self.border_title = "GPU"
 
-    def render(self) -> Text:
+    def content(self) -> Text:
         view = self.view
         if view is None or view.device is None:
             return Text("waiting for the trainer to report its device", style="dim")

@@ -70,9 +70,9 @@ class HealthPanel(SteadyHeight, Widget):
         """The rows are laid out here, never wrapped by Textual: their lines, counted without drawing them."""
         if not self.checks:
             return super().line_count(width)  # the waiting line wraps
-        return self.render().plain.count("\n") + 1
+        return self.content().plain.count("\n") + 1
 
-    def render(self) -> Text:
+    def content(self) -> Text:
         """The rows as aligned text (a rich Table drew the same, at several times the CPU per probe)."""
         if not self.checks:
             return Text("waiting for the first health probe", style="dim")

@@ -38,7 +38,7 @@ class HostPanel(SteadyHeight, Widget):
     def on_mount(self) -> None:
         self.border_title = "Host"
 
-    def render(self) -> Text:
+    def content(self) -> Text:
         host = self.host
         if not host:
             return Text("no host figures yet (CPU and RAM, every few seconds)", style="dim")
