@@ -10,7 +10,10 @@ import os
 import signal
 import sys
 
+import pytest
 from test_ui_support import caught_up, recorded_run, run_async, screen_text, wait_for
+
+from textual.worker import WorkerState
 
 from loratui.run_dir import RunDir
 from loratui.ui.app import DashboardApp
@@ -44,13 +47,27 @@ async def test_a_crashing_trainer_shows_its_log_and_quitting_returns_1(tmp_path)
     assert int(log.split("session ")[1].split()[0]) != os.getsid(0)  # its own session: no terminal signals
 
 
+@pytest.mark.parametrize("waiting", ["pidfd", "polling"])
 @run_async
-async def test_a_trainer_that_finishes_leaves_its_exit_code(tmp_path):
+async def test_a_trainer_that_finishes_leaves_its_exit_code(tmp_path, monkeypatch, waiting):
+    """Its exit is seen through a pidfd in the event loop (no thread polls it), or by a polling worker where
+    the system has no pidfd."""
+    if waiting == "pidfd" and not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd on this system")
+    if waiting == "polling":
+        monkeypatch.setattr(TrainerProcess, "exit_fd", lambda self: None)
     run_dir = recorded_run("healthy_fp16", tmp_path)
-    trainer = TrainerProcess([sys.executable, "-c", "print('done')"], run_dir / "trainer.log")
+    trainer = TrainerProcess([sys.executable, "-c", "import time; time.sleep(1.5); print('done')"],
+                             run_dir / "trainer.log")
     app = DashboardApp(run_dir, trainer=trainer)
     async with app.run_test() as pilot:
         await caught_up(app, pilot)
+        await wait_for(pilot, lambda: trainer.pid is not None, "the trainer's start")
+        def polling() -> bool:
+            return any(w.name == "trainer" and w.state == WorkerState.RUNNING for w in app.workers)
+        if waiting == "pidfd":
+            await wait_for(pilot, lambda: not polling(), "the supervisor to hand the wait to the event loop")
+        assert trainer.exit_code is None and polling() == (waiting == "polling")
         await wait_for(pilot, lambda: app.model.exit_code == 0, "the trainer's exit")
         assert app.view.header.state == "finished"
         await pilot.press("q")

@@ -147,6 +147,13 @@ class DashboardApp(App[int]):
         with self.model.lock:
             self.model.note_action(f"trainer started (pid {trainer.pid}), output in trainer.log",
                                    states.STARTING, "importing torch")
+        exit_fd = trainer.exit_fd()
+        if exit_fd is not None:
+            try:
+                self.call_from_thread(self.watch_trainer_exit, exit_fd)
+                return
+            except RuntimeError:  # the app is closing already: the loop below lets go at once
+                os.close(exit_fd)
         worker = get_current_worker()
         # Short waits, never one long one: the app's shutdown (a detach) joins this thread, and
         # cancels this worker, which must then let go of the trainer and leave it running.
@@ -155,6 +162,20 @@ class DashboardApp(App[int]):
             if code is not None:
                 self.post_message(TrainerExited(code))
                 return
+
+    def watch_trainer_exit(self, exit_fd: int) -> None:
+        """Wait for the trainer's exit in the event loop: the descriptor turns readable when it exits.
+
+        Beside the training, a thread polling the process five times a second was five wake-ups a
+        second on the trainer's cores; the loop's epoll waits on this descriptor for nothing.
+        """
+        asyncio.get_running_loop().add_reader(exit_fd, self.trainer_exit_ready, exit_fd)
+
+    def trainer_exit_ready(self, exit_fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(exit_fd)
+        os.close(exit_fd)
+        code = self.trainer.exit_code  # reaps it: the descriptor says the process has ended
+        self.post_message(TrainerExited(code if code is not None else self.trainer.process.wait()))
 
     @work(thread=True, name="events", exit_on_error=False)
     def follow_events(self) -> None:

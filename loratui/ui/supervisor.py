@@ -7,7 +7,9 @@ and passes on a SIGINT or SIGTERM sent to the dashboard itself (`pass_signal`),
 which the trainer answers as it would headless. Waiting for it happens in a
 worker thread, in short waits: the app's shutdown waits for its worker threads,
 so a thread blocked until the trainer ends would hold a detaching dashboard
-open for the rest of the run.
+open for the rest of the run. Where the system has pidfds the dashboard waits
+for the exit in its own event loop instead (`exit_fd`): no thread wakes up
+several times a second for the whole run.
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ class TrainerProcess:
             time.sleep(timeout)
             code = self.process.poll()
         return code
+
+    def exit_fd(self) -> int | None:
+        """A descriptor that becomes readable when the process exits (a pidfd, Linux 5.3+), or None where
+        there is none (another system, a kernel or sandbox without pidfd_open, a process already reaped)."""
+        if self.process is None or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            return os.pidfd_open(self.process.pid)
+        except OSError:
+            return None
 
     @property
     def exit_code(self) -> int | None:
