@@ -19,7 +19,7 @@ from textual_plotext import PlotextPlot
 
 from loratui.ui.chart_options import ChartOptions
 from loratui.ui.chart_signals import ChartSignals, canvas_of, joined
-from loratui.ui.widgets.metric_chart import MetricChart
+from loratui.ui.widgets.metric_chart import FrameCalls, MetricChart
 
 OPTIONS = (ChartOptions(), ChartOptions(smoothing="light", cursor=30), ChartOptions(smoothing="heavy", window=50),
            ChartOptions(ascii=True, cursor=12), ChartOptions(window=200, smoothing="light", ascii=True))
@@ -38,6 +38,16 @@ def both_drawings(chart: MetricChart) -> tuple[list, list]:
     chart.signals.replay(chart.plt)
     PlotextPlot.render(chart)  # plotext builds the whole picture, signals included
     return ours, cells(chart.plt.monitor.matrix)
+
+
+def plotexts_drawing(chart: MetricChart) -> list:
+    """plotext's own drawing of the chart's data, on a figure cleared first (its frame's calls replayed)."""
+    frame = FrameCalls()
+    chart._plot_into(frame, chart.data, chart.options)
+    frame.replay(chart.plt)
+    chart.signals.replay(chart.plt)
+    PlotextPlot.render(chart)
+    return cells(chart.plt.monitor.matrix)
 
 
 @pytest.mark.parametrize("recording", ["restart_bf16", "fp16_overflow", "healthy_fp16"])
@@ -132,3 +142,41 @@ def test_a_line_has_a_point_per_step_of_its_longer_side():
     x, y = joined(np.array([0, 4, 4]), np.array([0, 1, 7]))
     assert list(zip(x.tolist(), y.tolist())) == [(0, 0), (1, 0), (2, 0), (3, 0), (4, 1), (4, 2), (4, 3), (4, 4),
                                                  (4, 5), (4, 6), (4, 7)]
+
+
+@run_async
+async def test_new_points_under_the_same_frame_reuse_plotexts_frame_and_still_draw_what_plotext_draws(monkeypatch):
+    """A growing run whose axes hold (x runs to max_steps, the first steps set the y limits): plotext builds
+    each chart's frame once, and every picture is still plotext's own drawing of its data, cell for cell."""
+    from loratui.ui.history import RunHistory
+    from loratui.ui.widgets import metric_chart
+
+    built = []
+    replay = metric_chart.FrameCalls.replay
+    monkeypatch.setattr(metric_chart.FrameCalls, "replay", lambda self, plt: built.append(1) or replay(self, plt))
+    rng = np.random.default_rng(5)
+    loss = np.r_[[3.0, 1.0], rng.uniform(1.2, 2.8, 298)]
+    history = RunHistory()
+    history.expect_steps(300)
+
+    def grown_to(steps: int, done: list[int] = [0]):
+        start, done[0] = done[0], steps
+        history.add_steps(np.zeros(steps - start, np.int64), np.arange(start + 1, steps + 1), loss[start:steps],
+                          np.ones(steps - start), np.full(steps - start, np.nan), np.zeros(steps - start, bool))
+        return history.chart_data()
+
+    app = HistoryCharts(grown_to(100), ChartOptions(smoothing="light"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        chart = app.query_one("#loss", MetricChart)
+        assert len(built) == 3  # a frame per chart (loss, grad norm, scale) for the first picture
+        pictures = []
+        for steps in (150, 200, 299):
+            chart.data = grown_to(steps)
+            await pilot.pause()
+            assert len(built) == 3  # the same frame: plotext builds nothing
+            ours = cells(chart.plt.monitor.matrix)
+            assert ours == plotexts_drawing(chart), steps
+            del built[3:]  # plotext's own drawing just now built a frame too
+            pictures.append(ours)
+        assert pictures[0] != pictures[1] != pictures[2]  # the lines moved on

@@ -17,7 +17,10 @@ whose (step, value) reading goes into the title, ASCII-only glyphs.
 
 The app sets `data` from its redraw timer (every 2 s at most), never per
 event: the whole picture is rebuilt on each change, and the chart paints
-strips built once per picture (render_line).
+strips built once per picture (render_line). plotext's frame is built again
+only when what it draws changed (`FrameCalls`): the x axis runs to the run's
+max_steps and the y limits settle, so in a long run most changes are new
+points under the same frame, and plotext's part was half of a chart's build.
 """
 
 from __future__ import annotations
@@ -68,6 +71,31 @@ ASCII_FRAME = str.maketrans({"─": "-", "│": "|", "┌": "+", "┐": "+", "�
                              "├": "+", "┤": "+", "┼": "+", "·": "-"})
 
 
+class FrameCalls:
+    """The plotext calls that set up a chart's frame (title, limits, ticks, restart lines), recorded.
+
+    `_plot_into` makes them on this recorder; they reach plotext (`replay`) only when
+    they differ from the calls of the frame plotext built last (`key`).
+    """
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        def record(*args, **kwargs) -> None:
+            self.calls.append((name, args, kwargs))
+        return record
+
+    def key(self) -> str:
+        return repr(self.calls)
+
+    def replay(self, plt) -> None:
+        plt.clear_data()
+        plt.clear_figure()
+        for name, args, kwargs in self.calls:
+            getattr(plt, name)(*args, **kwargs)
+
+
 class MetricChart(PlotextPlot):
     DEFAULT_CSS = """
     MetricChart {
@@ -86,6 +114,8 @@ class MetricChart(PlotextPlot):
         self._strips: list[Strip] = []  # the last plot, reused while data, size, theme and options hold
         self._fallback: Content | None = None  # the picture when it came through plotext's ANSI text
         self.signals = ChartSignals()  # the lines and marks, drawn with numpy over plotext's frame
+        self._frame_key: tuple | None = None  # what plotext's last frame was built from
+        self._frame_cells: tuple | None = None  # that frame's cells, before the signals were drawn over them
         self.reading: str = ""  # the cursor's reading, as the title shows it
 
     def watch_data(self, data: ChartData | None) -> None:
@@ -126,11 +156,12 @@ class MetricChart(PlotextPlot):
         key = (data.revision if data else None, self.size, self.app.theme, options, self.visual_style)
         if key != self._drawn:
             self._drawn = key
-            self._plot_into(self.plt, data, options)
-            self._strips = self._build_strips(options.ascii)
+            frame = FrameCalls()
+            self._plot_into(frame, data, options)
+            self._strips = self._build_strips(options.ascii, frame)
         return self._strips
 
-    def _build_strips(self, ascii_only: bool) -> list[Strip]:
+    def _build_strips(self, ascii_only: bool, frame: FrameCalls) -> list[Strip]:
         """plotext's character matrix straight into strips, in the form Textual paints.
 
         PlotextPlot.render has plotext write the picture as ANSI text, which is then
@@ -142,16 +173,24 @@ class MetricChart(PlotextPlot):
         """
         plot = self.plt
         width, height = self.size
-        plot.plotsize(width, height)
-        plot._set_size(width, height)  # as PlotextPlot.render does, see its comment
-        plot.theme(self._get_plotext_theme_name(self.app.theme))
-        plot._set_sizes()
-        plot._build_matrix()
+        theme = self._get_plotext_theme_name(self.app.theme)
+        frame_key = (frame.key(), width, height, theme)
+        if frame_key == self._frame_key:
+            restore_cells(plot.monitor.matrix, self._frame_cells)  # the same frame, without the last lines
+        else:
+            frame.replay(plot)
+            plot.plotsize(width, height)
+            plot._set_size(width, height)  # as PlotextPlot.render does, see its comment
+            plot.theme(theme)
+            plot._set_sizes()
+            plot._build_matrix()
+            self._frame_key, self._frame_cells = frame_key, copy_cells(plot.monitor.matrix)
         self.signals.draw(plot.monitor)
         self._fallback = None
         try:
             return matrix_strips(plot.monitor.matrix, ascii_only, self.visual_style)
         except UnknownColour:
+            self._frame_key = None  # plotext's figure gets the lines too: build the next frame afresh
             self.signals.replay(plot)
             text = PlotextPlot.render(self)
             if ascii_only:
@@ -159,20 +198,19 @@ class MetricChart(PlotextPlot):
             self._fallback = Content.from_rich_text(text, console=self.app.console)
             return Visual.to_strips(self, self._fallback, width, height, self.visual_style)
 
-    def _plot_into(self, plt, data: ChartData | None, options: ChartOptions) -> None:
+    def _plot_into(self, frame: FrameCalls, data: ChartData | None, options: ChartOptions) -> None:
+        """The frame's plotext calls into `frame`, the lines and marks into `self.signals`."""
         title, low_field, high_field, marks_field, transform = METRICS[self.metric]
         dark = self.app.current_theme.dark
         colour, glyphs = LINE_COLOURS[self.metric][dark], options.glyphs
         short = SHORT_TITLES[self.metric]
         if self.size.width < NARROW:
             title = short
-        plt.clear_data()
-        plt.clear_figure()
         signals = self.signals
         signals.clear()
         self.reading = ""
         if not data or not data.series or not self.size.width:
-            plt.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
+            frame.title(f"{title} · waiting" if self.size.width < NARROW else f"{title} · waiting for the first step")
             return
         earliest, latest = steps_shown(data)
         # The whole run starts at its earliest restart too: a restart back to step 0 is drawn at 0.
@@ -196,23 +234,23 @@ class MetricChart(PlotextPlot):
         # A restart back to the first step shown would sit on the y axis, unseen: one column of room.
         column = (end - first) / max(1, self.size.width - AXIS_ALLOWANCE)
         room = any(first <= mark.from_step < first + column for mark in data.restarts)
-        plt.xlim(first - column if room else first, end)
-        plt.scatter([], [], marker="x")  # a signal of plotext's own, or it leaves out the axes' ticks
-        plt.xticks(*_step_ticks(first, end))
+        frame.xlim(first - column if room else first, end)
+        frame.scatter([], [], marker="x")  # a signal of plotext's own, or it leaves out the axes' ticks
+        frame.xticks(*_step_ticks(first, end))
         finite = [np.concatenate([low[np.isfinite(low)], high[np.isfinite(high)]]) for _, _, low, high, _ in merged]
         finite = [values for values in finite if values.size]
-        plt.title(title)
+        frame.title(title)
         if not finite:
             # Every value so far is nan/inf: nothing to draw a line through, so mark where they were,
             # along the top as on any other chart.
             marked = f"{title} · all nan/inf"
-            plt.title(marked if len(marked) <= self.size.width - 2 else f"{short} · all nan/inf")
+            frame.title(marked if len(marked) <= self.size.width - 2 else f"{short} · all nan/inf")
             for _series, steps, _low, _high, marks in merged:
                 if marks.any():
                     signals.scatter(steps[marks], [ALL_NONFINITE_ROW] * int(marks.sum()), marker=glyphs.mark,
                                     color=MARK)
-            plt.ylim(0, 1)
-            plt.yticks([], [])
+            frame.ylim(0, 1)
+            frame.yticks([], [])
             self._cursor_line(options, first, end, 0, 1, dark)
             return
         bottom, top = float(min(v.min() for v in finite)), float(max(v.max() for v in finite))
@@ -242,10 +280,10 @@ class MetricChart(PlotextPlot):
                 signals.scatter(steps[marks], at, marker=glyphs.mark, color=MARK)
         for mark in data.restarts:
             if first <= mark.from_step <= end:
-                plt.vline(mark.from_step, color=RESTART)
+                frame.vline(mark.from_step, color=RESTART)
         self._cursor_line(options, first, end, bottom, top, dark)
-        plt.ylim(bottom, top)
-        plt.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
+        frame.ylim(bottom, top)
+        frame.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
     def _title(self, title: str, short: str, options: ChartOptions) -> str:
         """The title with what is on (window, smoothing, the cursor's reading), as much as fits.
@@ -312,6 +350,16 @@ def style_runs(matrix, ascii_only: bool):
                 runs.append((start, column, cells[start]))
                 start = column
         yield (line.translate(ASCII_FRAME) if ascii_only else line), runs
+
+
+def copy_cells(matrix) -> tuple:
+    """plotext's matrix cells (characters, colours, styles), copied."""
+    return tuple([row[:] for row in rows] for rows in (matrix.marker, matrix.fullground, matrix.background,
+                                                        matrix.style))
+
+
+def restore_cells(matrix, cells: tuple) -> None:
+    matrix.marker, matrix.fullground, matrix.background, matrix.style = ([row[:] for row in rows] for rows in cells)
 
 
 def matrix_strips(matrix, ascii_only: bool, base: Style) -> list[Strip]:
