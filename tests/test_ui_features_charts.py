@@ -9,6 +9,7 @@ test_ui_features_keys.py.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from test_ui_support import DATA, run_async, screen_text
 from textual.app import App, ComposeResult
 
@@ -59,6 +60,33 @@ def test_ema_is_tensorboards_debiased_average():
     assert np.isnan(smoothed[2])  # a non-finite value stays marked, the average carries on past it
     assert smoothed[3] == ((0.5 * 0.5 + 0.5 * 2.0) * 0.5 + 0.5 * 3.0) / (1 - 0.5 ** 3)
     assert np.array_equal(ema(values, 0.0)[[0, 1, 3]], values[[0, 1, 3]])
+
+
+def tensorboards_loop(values: np.ndarray, weight: float) -> np.ndarray:
+    out = np.full(values.shape, np.nan)
+    last, count = 0.0, 0
+    for index, value in enumerate(values.tolist()):
+        if not np.isfinite(value):
+            continue
+        last = last * weight + (1 - weight) * value
+        count += 1
+        out[index] = last / (1 - weight ** count)
+    return out
+
+
+@pytest.mark.parametrize("weight", [0.6, 0.95, 0.999, 0.99999, 0.6 ** 5, 0.95 ** 50, 0.6 ** 30, 1e-7])
+def test_ema_in_blocks_agrees_with_tensorboards_loop(weight):
+    """The closed-form blocks (no Python loop per bucket) against the loop itself: long runs, values over
+    eight decades, nan and inf among them, weights from a bucket of one step to buckets of hundreds."""
+    rng = np.random.default_rng(int(weight * 1e6))
+    for length in (0, 1, 7, 2048, 5000):
+        values = rng.lognormal(0, 2, length) * rng.choice([1e-4, 1.0, 1e4])
+        values[rng.random(length) < 0.05] = np.nan
+        values[rng.random(length) < 0.01] = np.inf
+        ours, loop = ema(values, weight), tensorboards_loop(values, weight)
+        assert np.array_equal(np.isnan(ours), np.isnan(loop))
+        finite = np.isfinite(loop)
+        assert np.allclose(ours[finite], loop[finite], rtol=1e-9, atol=0)
 
 
 def test_options_cycle_as_the_keys_do():
@@ -271,3 +299,45 @@ async def test_a_restart_to_the_first_step_is_drawn_beside_the_axis_not_on_it():
         restart_columns = {column for row in matrix.Rows for column in range(matrix.cols)
                            if matrix.fullground[row][column] == RESTART}
         assert restart_columns and min(restart_columns) > axis, (axis, restart_columns)
+
+
+@run_async
+async def test_the_y_axis_holds_while_new_values_fit_and_fits_again_when_they_leave_or_shrink():
+    """A live chart keeps its y limits (and so its frame) while the values stay inside them and fill most
+    of them; a value outside, or values filling less than 1/1.25 of the axis (a window), fit it again."""
+    from loratui.ui.history import RunHistory
+
+    history = RunHistory()
+    history.expect_steps(400)
+    added = [0]
+
+    def grown(values) -> object:
+        start, added[0] = added[0], added[0] + len(values)
+        count = len(values)
+        history.add_steps(np.zeros(count, np.int64), np.arange(start + 1, added[0] + 1), np.asarray(values, float),
+                          np.ones(count), np.full(count, np.nan), np.zeros(count, bool))
+        return history.chart_data()
+
+    def limits(chart) -> tuple[float, float]:
+        return tuple(chart.plt.monitor.ylim[0])
+
+    app = HistoryCharts(grown(np.r_[3.0, np.linspace(2.9, 1.0, 99)]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        chart = app.query_one("#loss", MetricChart)
+        fitted = limits(chart)
+        assert fitted[0] < 1.0 and fitted[1] > 3.0
+        # A new low inside the axis's margin (a fresh fit would lower the axis by its own margin): held.
+        chart.data = grown(np.r_[np.linspace(1.2, 2.8, 99), 0.95])
+        await pilot.pause()
+        assert limits(chart) == fitted
+        chart.data = grown([0.5] * 20)  # below the axis: fitted again
+        await pilot.pause()
+        lower = limits(chart)
+        assert lower[0] < 0.5 < fitted[0]
+        chart.options = ChartOptions(window=50)  # the last 50 steps: 0.5 to 2.8 is still most of the axis
+        await pilot.pause()
+        assert limits(chart) == lower
+        chart.data = grown(np.tile([0.5, 0.6], 30))  # the window now holds 0.5 to 0.6: fitted around them
+        await pilot.pause()
+        assert 0.49 < limits(chart)[0] < 0.5 and 0.6 < limits(chart)[1] < 0.61

@@ -95,9 +95,13 @@ class ChartSignals:
             inside = (columns >= 0) & (columns < canvas.width) & (rows >= 0) & (rows < canvas.height)
             columns, rows = columns[inside] + canvas.col, rows[inside] + canvas.row
             characters = characters[inside] if characters is not None else None
-            for index, (column, row) in enumerate(zip(columns.tolist(), rows.tolist())):
-                marker = characters[index] if characters is not None else signal.marker
-                matrix.insert_element(column, row, marker, signal.color)
+            # plotext's insert_element, without its per-cell checks: every cell here is inside the canvas.
+            markers, colours = matrix.marker, matrix.fullground
+            cells = zip(columns.tolist(), rows.tolist(), characters.tolist() if characters is not None else
+                        [signal.marker] * len(columns))
+            for column, row, marker in cells:
+                markers[row][column] = marker
+                colours[row][column] = signal.color
 
 
 def canvas_of(matrix) -> Canvas | None:
