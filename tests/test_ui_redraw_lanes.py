@@ -1,8 +1,10 @@
-"""Two redraw lanes: the header with every redraw; charts, health and the event list every SLOW_SECONDS at most.
+"""Redraw lanes: the header with every redraw; the charts every SLOW_SECONDS at most; the health panel and the
+event list every ROWS_SECONDS at most.
 
-A routine row (a checkpoint) waits for the next slow slot; what a user waits on
-goes at once: an alert, their own action, a health status that changed. The
-real app on a recorded live run, its log appended to as the trainer would.
+A routine row (a checkpoint) waits for the next rows slot, while the header and
+the charts move on; what a user waits on goes at once: an alert, their own
+action, a health status that changed. The real app on a recorded live run, its
+log appended to as the trainer would.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import time
 from test_ui_support import append_event, caught_up, overflow_alert, recorded_run, run_async, wait_for
 
 from loratui.ui.app import DashboardApp
-from loratui.ui.screens.dashboard import SLOW_SECONDS
+from loratui.ui.screens.dashboard import ROWS_SECONDS, SLOW_SECONDS
 from loratui.ui.widgets.event_list import EventList
 from loratui.ui.widgets.health_panel import HealthPanel
+from loratui.ui.widgets.metric_chart import MetricChart
 
 
 def latest(app):
@@ -36,11 +39,15 @@ async def read_in(app, pilot, step: int) -> None:
 
 
 def slot_just_taken(app) -> None:
-    app.dashboard._slow_drawn_at = time.monotonic()
+    app.dashboard._slow_drawn_at = app.dashboard._rows_drawn_at = time.monotonic()
 
 
-def slot_due(app) -> None:
+def charts_slot_due(app) -> None:
     app.dashboard._slow_drawn_at -= SLOW_SECONDS
+
+
+def rows_slot_due(app) -> None:
+    app.dashboard._rows_drawn_at -= ROWS_SECONDS
 
 
 @contextlib.asynccontextmanager
@@ -63,8 +70,15 @@ async def test_a_routine_row_waits_for_the_next_slot_while_the_header_moves_on(t
                                "reason": "interval", "loss": 1.5, "removed": []})
         await read_in(app, pilot, 46)
         assert app.dashboard.query_one("RunHeader").view.step == 46  # the header: at once
-        assert not any("step 46" in text for text in shown_texts(app))  # the row: held for the slot
-        slot_due(app)
+        loss = app.dashboard.query_one("#chart-loss", MetricChart)
+        assert loss.data.revision != latest(app).charts.revision  # the charts: their slot
+        assert not any("step 46" in text for text in shown_texts(app))  # the row: its slot
+        charts_slot_due(app)
+        app.redraw()
+        await pilot.pause()
+        assert loss.data.revision == latest(app).charts.revision
+        assert not any("step 46" in text for text in shown_texts(app))  # routine rows wait longer
+        rows_slot_due(app)
         app.redraw()
         await pilot.pause()
         assert any("step 46" in text for text in shown_texts(app))

@@ -49,13 +49,16 @@ from loratui.ui.widgets.health_panel import HealthPanel, health_text
 from loratui.ui.widgets.metric_chart import AXIS_ALLOWANCE, MetricChart
 from loratui.ui.widgets.run_header import RunHeader
 
-# The panels a user reads rather than glances at (charts, health, alerts & events) advance every
-# 2 s at most, nvitop's and btop's default refresh; the header and the banner with every redraw.
+# The panels a user reads rather than glances at advance less often than the header and the banner
+# (every redraw): the charts every 2 s at most, nvitop's and btop's default refresh; the health
+# panel's figures and the routine rows of alerts & events (a checkpoint saved) every 4 s at most.
 # Each change of those panels redraws many lines (a new event row moves every row below it), and
-# on a small machine that CPU comes out of the trainer's. What a user waits on goes at once: a new
-# alert or warning, an alert resolved, their own action, a health status that changed, the run's
-# state.
+# on a small machine that CPU comes out of the trainer's; probes and checkpoints come every 50
+# steps by default, a minute or more apart on most runs, every second or two only on a toy model
+# on a CPU. What a user waits on goes at once: a new alert or warning, an alert resolved, their own
+# action, a health status that changed, the run's state.
 SLOW_SECONDS = 2.0
+ROWS_SECONDS = 4.0
 URGENT_SEVERITIES = ("critical", "warning")
 COMPACT_WIDTH, COMPACT_HEIGHT = 120, 36
 WIDE_WIDTH = 150  # from here on text gets half the width: health reasons and event rows read whole
@@ -108,7 +111,8 @@ class DashboardScreen(Screen):
         self._drawn_state: str | None = None
         self._drawn_health: tuple | None = None
         self._drawn_charts = -1  # the chart revision the charts show
-        self._slow_drawn_at = 0.0  # when the slow panels (charts, health, events) last took a snapshot
+        self._slow_drawn_at = 0.0  # when the charts last took a snapshot
+        self._rows_drawn_at = 0.0  # when the health panel and the event list last did
         self._drawn_seq = -1  # the newest event row the list shows
         self._drawn_alerts: tuple | None = None
         self._drawn_statuses: dict | None = None
@@ -165,14 +169,23 @@ class DashboardScreen(Screen):
         return True
 
     def show_slow(self, view: RunView | None, *, now: bool = False) -> None:
-        """Charts, health and the event list, once a SLOW_SECONDS at most (`now`, or news a user waits on: at once)."""
-        moment = time.monotonic()
-        if view is None or not (now or moment - self._slow_drawn_at >= SLOW_SECONDS or self._urgent(view)):
+        """The charts once a SLOW_SECONDS at most, health and the event list once a ROWS_SECONDS (`now`, or news
+        a user waits on: all at once)."""
+        if view is None:
             return
-        self._slow_drawn_at = moment
-        self._show_charts(view)
+        moment = time.monotonic()
+        now = now or self._urgent(view)
+        if now or moment - self._slow_drawn_at >= SLOW_SECONDS:
+            self._slow_drawn_at = moment
+            self._show_charts(view)
+        if now or moment - self._rows_drawn_at >= ROWS_SECONDS:
+            self._rows_drawn_at = moment
+            self._show_rows(view)
+
+    def _show_rows(self, view: RunView) -> None:
+        """The health panel (on a new probe) and the alerts & events list."""
         if (view.health_step, view.health) != self._drawn_health:
-            # Only on a new probe: the panel's height follows its rows, so each update is a relayout.
+            # Only on a new probe: the panel re-renders every row it shows on each update.
             self._drawn_health = (view.health_step, view.health)
             self._drawn_statuses = _statuses(view.health)
             health = self.query_one(HealthPanel)
