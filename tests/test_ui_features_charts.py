@@ -304,7 +304,7 @@ async def test_a_restart_to_the_first_step_is_drawn_beside_the_axis_not_on_it():
 @run_async
 async def test_the_y_axis_holds_while_new_values_fit_and_fits_again_when_they_leave_or_shrink():
     """A live chart keeps its y limits (and so its frame) while the values stay inside them and fill most
-    of them; a value outside, or values filling less than 1/1.25 of the axis (a window), fit it again."""
+    of them; a value outside, values filling less than 1/1.25 of the axis, or a new window fit it again."""
     from loratui.ui.history import RunHistory
 
     history = RunHistory()
@@ -335,9 +335,13 @@ async def test_the_y_axis_holds_while_new_values_fit_and_fits_again_when_they_le
         await pilot.pause()
         lower = limits(chart)
         assert lower[0] < 0.5 < fitted[0]
-        chart.options = ChartOptions(window=50)  # the last 50 steps: 0.5 to 2.8 is still most of the axis
+        chart.options = ChartOptions(window=50)  # a zoom: fitted afresh to the steps it shows
         await pilot.pause()
-        assert limits(chart) == lower
+        zoomed = limits(chart)
+        assert zoomed != lower and zoomed[0] < 0.5
+        chart.data = grown([0.55] * 10)  # inside the zoomed axis: held as the window slides
+        await pilot.pause()
+        assert limits(chart) == zoomed
         chart.data = grown(np.tile([0.5, 0.6], 30))  # the window now holds 0.5 to 0.6: fitted around them
         await pilot.pause()
         assert 0.49 < limits(chart)[0] < 0.5 and 0.6 < limits(chart)[1] < 0.61

@@ -116,7 +116,7 @@ class MetricChart(PlotextPlot):
         self._fallback: Content | None = None  # the picture when it came through plotext's ANSI text
         self.signals = ChartSignals()  # the lines and marks, drawn with numpy over plotext's frame
         self._frame_key: tuple | None = None  # what plotext's last frame was built from
-        self._drawn_limits: tuple[float, float] | None = None  # the y limits drawn last (`_held_limits`)
+        self._drawn_limits: tuple | None = None  # (window, y limits) drawn last (`_held_limits`)
         self._frame_cells: tuple | None = None  # that frame's cells, before the signals were drawn over them
         self.reading: str = ""  # the cursor's reading, as the title shows it
 
@@ -257,7 +257,7 @@ class MetricChart(PlotextPlot):
             return
         low_value, high_value = float(min(v.min() for v in finite)), float(max(v.max() for v in finite))
         pad = (high_value - low_value) * 0.06 or 0.5
-        bottom, top = self._held_limits(low_value, high_value, (low_value - pad, high_value + pad))
+        bottom, top = self._held_limits(low_value, high_value, (low_value - pad, high_value + pad), options.window)
         # Earlier attempts first, so the current one is drawn over them.
         for series, steps, low, high, _marks in sorted(merged, key=lambda item: item[0].current):
             if series.current:
@@ -287,19 +287,20 @@ class MetricChart(PlotextPlot):
         frame.ylim(bottom, top)
         frame.yticks(*_apart(*_value_ticks(bottom, top, transform), bottom, top, rows=self.size.height - 4))
 
-    def _held_limits(self, low: float, high: float, fitted: tuple[float, float]) -> tuple[float, float]:
+    def _held_limits(self, low: float, high: float, fitted: tuple[float, float],
+                     window: int | None) -> tuple[float, float]:
         """The y limits: the last ones drawn while the values fit inside them and fill most of them, else
-        `fitted` (the values with their margin).
+        `fitted` (the values with their margin). A new window (a zoom) is fitted afresh.
 
         A live run's newest points mostly land inside the limits already drawn: holding them
         keeps the frame (and its ticks) as it was, so plotext need not build it again
         (FrameCalls), and the axis does not shift by a hair with each new low.
         """
-        held = self._drawn_limits
-        if held is not None and held[0] <= low and high <= held[1] and \
-                held[1] - held[0] <= (fitted[1] - fitted[0]) * HELD_LIMITS_SLACK:
-            return held
-        self._drawn_limits = fitted
+        if self._drawn_limits is not None and self._drawn_limits[0] == window:
+            held = self._drawn_limits[1]
+            if held[0] <= low and high <= held[1] and held[1] - held[0] <= (fitted[1] - fitted[0]) * HELD_LIMITS_SLACK:
+                return held
+        self._drawn_limits = (window, fitted)
         return fitted
 
     def _title(self, title: str, short: str, options: ChartOptions) -> str:
