@@ -111,9 +111,9 @@ async def test_the_host_panel_shows_the_newest_host_event(tmp_path):
         append_event(run_dir, {"type": "host", "step": 30, "cpu_pct": 64.0, "cpu_count": 2,
                                "process_cpu_pct": 97.0, "rss_mib": 1843.2, "ram_used_mib": 22118.4,
                                "ram_total_mib": 24576.0})
-        await wait_for(pilot, lambda: "CPU 64% of 2 cores" in screen_text(app), "the host figures")
-        text = screen_text(app)
-        assert "trainer 97%" in text and "RAM 21.6 GiB/24.0 GiB 90%" in text and "trainer RSS 1.8 GiB" in text
+        figures = ("CPU 64% of 2 cores", "trainer 97%", "RAM 21.6 GiB/24.0 GiB 90%", "trainer RSS 1.8 GiB")
+        # All of them: the panel grows a line with the new text, one frame after its first line shows.
+        await wait_for(pilot, lambda: all(figure in screen_text(app) for figure in figures), "the host figures")
         assert app.screen.query_one(HostPanel).region.y > 0
 
 
