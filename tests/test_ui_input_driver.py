@@ -8,7 +8,9 @@ thread waits in epoll, the others on locks and sleeps.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import shutil
 import sys
 import time
@@ -65,6 +67,45 @@ def test_the_input_thread_sleeps_until_a_key_and_escape_still_closes_a_dialog(tm
         terminal.press("?")
         terminal.wait_for(HELP, "the help", timeout=20, poll=0.3)
         terminal.press("Escape")  # a lone Escape: delivered after its delay, with no key behind it
+        terminal.wait_until(lambda screen: "FINISHED" in screen and not re.search(HELP, screen), "the help closed",
+                            timeout=20, poll=0.3)
+        terminal.press("q")
+        assert terminal.exit_code(timeout=30) == 0
+
+
+def thread_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def test_a_stop_and_continue_leaves_the_dashboard_as_it_was_and_a_suspend_still_resumes(tmp_path):
+    """A SIGSTOP suspends nothing, so its SIGCONT must not start the terminal's threads a second time (Textual's
+    driver did, each time); a SIGTSTP suspends, and its SIGCONT brings the dashboard back, keys working."""
+    run_dir = recorded_run("healthy_fp16", tmp_path)
+    with TmuxTerminal(tmp_path, width=120, height=36) as terminal:
+        terminal.start([*LORATUI, "watch", str(run_dir)])
+        terminal.wait_for(r"FINISHED", "the dashboard", timeout=60, poll=0.3)
+        pid = terminal.command_pid()
+        time.sleep(1.0)  # the app's own threads have started
+        threads = thread_count(pid)
+        for _ in range(3):
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.5)
+        assert thread_count(pid) == threads
+        terminal.press("?")
+        terminal.wait_for(HELP, "the help after a stop and a continue", timeout=20, poll=0.3)
+        terminal.press("Escape")
+        terminal.wait_until(lambda screen: not re.search(HELP, screen), "the help closed", timeout=20, poll=0.3)
+
+        os.kill(pid, signal.SIGTSTP)  # suspended: the terminal is handed back (the alternate screen left)
+        terminal.wait_until(lambda screen: "FINISHED" not in screen, "the suspended dashboard's screen to go",
+                            timeout=20, poll=0.3)
+        os.kill(pid, signal.SIGCONT)
+        terminal.wait_for(r"FINISHED", "the dashboard back after a suspend", timeout=20, poll=0.3)
+        terminal.press("?")
+        terminal.wait_for(HELP, "the help after a suspend", timeout=20, poll=0.3)
+        terminal.press("Escape")
         terminal.wait_until(lambda screen: "FINISHED" in screen and not re.search(HELP, screen), "the help closed",
                             timeout=20, poll=0.3)
         terminal.press("q")

@@ -112,6 +112,12 @@ class DashboardApp(App[int]):
                 loop.add_signal_handler(signum, self.stop_for_signal, signum)
         except (NotImplementedError, RuntimeError):
             pass  # no signal handling here (not the main thread, or not Unix): nothing to detach from
+        self.app_resume_signal.subscribe(self, self.repaint_after_resume)
+
+    def repaint_after_resume(self, _app) -> None:
+        """Back from a suspend (SIGTSTP, then SIGCONT): the terminal's screen was handed back to the shell, and
+        Textual only redraws what changes; a finished run's dashboard would stay blank."""
+        self.refresh(layout=True)
 
     def on_resize(self, event: events.Resize) -> None:
         self.dashboard.fit(event.size)

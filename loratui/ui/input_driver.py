@@ -12,6 +12,14 @@ writes a byte to a pipe the thread watches.
 The loop reads, decodes and feeds the same way as Textual's (LinuxDriver in
 Textual 8), through the same parser and `process_message`; only the waiting
 differs. It depends on that parser's `_timeout_time` (when it wants a tick).
+
+Its pipe lives for one stretch of application mode: Textual's driver closes
+itself on a suspend (SIGTSTP) and starts application mode again on resume.
+It also resumes after a SIGCONT only what a SIGTSTP suspended. Textual's
+driver starts application mode again on every SIGCONT, but one also comes
+after a plain SIGSTOP (`kill -STOP`, a debugger, a paused container), which
+suspended nothing: each such stop and continue left the dashboard with one
+more input thread and writer thread, and a full repaint.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ READ_BYTES = 4096
 class _WakingEvent(Event):
     """An Event whose set() also wakes a thread blocked in select() on the pipe's read end."""
 
-    def __init__(self, wake_fd: int):
+    def __init__(self, wake_fd: int | None):
         super().__init__()
         self._wake_fd = wake_fd
 
@@ -49,15 +57,29 @@ class _WakingEvent(Event):
 class QuietLinuxDriver(LinuxDriver):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._wake_read, wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(wake_write, False)
-        self._wake_write = wake_write
-        self.exit_event = _WakingEvent(wake_write)
+        self._wake_read: int | None = None
+        self._wake_write: int | None = None
+        self.exit_event = _WakingEvent(None)
+        self._suspended_by_sigtstp = False
+
+    def start_application_mode(self) -> None:
+        # A pipe for each time in application mode: Textual's driver calls close() when it is
+        # suspended (SIGTSTP) as well as at the end, and starts application mode again on resume.
+        self._open_wake_pipe()
+        super().start_application_mode()
+
+    def _sigtstp_application(self, *args) -> None:
+        self._suspended_by_sigtstp = self._auto_restart  # Textual suspends application mode only then
+        super()._sigtstp_application(*args)
+
+    def _sigcont_application(self, *args) -> None:
+        if self._suspended_by_sigtstp:
+            self._suspended_by_sigtstp = False
+            super()._sigcont_application(*args)
 
     def run_input_thread(self) -> None:
         """Read keys and mouse input until the app closes, sleeping while there is none."""
-        self._drain_wake_pipe()  # a byte left by an earlier stop (the app suspended and resumed)
+        self._drain_wake_pipe()  # a byte written before this thread started
         selector = selectors.SelectSelector()
         selector.register(self.fileno, selectors.EVENT_READ)
         selector.register(self._wake_read, selectors.EVENT_READ)
@@ -97,11 +119,23 @@ class QuietLinuxDriver(LinuxDriver):
         except BlockingIOError:
             pass
 
-    def close(self) -> None:
-        super().close()
+    def _open_wake_pipe(self) -> None:
+        self._close_wake_pipe()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self.exit_event._wake_fd = self._wake_write
+
+    def _close_wake_pipe(self) -> None:
         self.exit_event._wake_fd = None  # never write to a closed descriptor's number, reused by then
         for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_read = self._wake_write = None
+
+    def close(self) -> None:
+        super().close()
+        self._close_wake_pipe()
