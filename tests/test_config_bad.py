@@ -89,6 +89,7 @@ def test_a_broken_config_as_a_real_process(name, tmp_path):
     ("train.precision.deeper=1", "train.precision = a table is not allowed"),
     ("lora.r=-3", "lora.r = -3 is not allowed: must be at least 1"),
     ('train.precision="fp8"', "use one of auto"),
+    ("run.output_dir=~nosuchuser0/runs", "~nosuchuser0 names no user on this machine"),  # found by the torture run
 ])
 def test_a_bad_override_exits_2_naming_the_set(override, says, tmp_path, capsys):
     path = tmp_path / "empty.toml"

@@ -118,7 +118,9 @@ def bad_rows(tmp_path: Path) -> list[tuple[str, dict]]:
             ("image over the pixel budget", {"messages": chat("<image>?"), "images": ["huge.png"]}),
             ("placeholder count mismatch", {"messages": chat("<image><image>?"), "images": [good]}),
             ("placeholder count mismatch", {"messages": chat("<image>?"), "images": [good, good]}),
-            ("field 'images' must be a list of image paths", {"messages": chat("<image>?"), "images": good})]
+            ("field 'images' must be a list of image paths", {"messages": chat("<image>?"), "images": good}),
+            # ~name of a user the machine does not have: pathlib raises instead of expanding
+            ("image not found", {"messages": chat("<image>?"), "images": ["~nosuchuser0/a.png"]})]
 
 
 def test_each_bad_image_stops_the_run_at_its_line_naming_the_image_and_the_reason(llava, tmp_path):

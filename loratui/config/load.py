@@ -42,7 +42,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     text = _read_text(path)
     raw = _parse_toml(text, str(path))
     where = KeyLocator(text, str(path))
-    _resolve_paths(raw, path.resolve().parent)
+    _resolve_paths(raw, path.resolve().parent, where)
     problems: list[Problem] = []
     for item in overrides:
         dotted, value, problem = parse_override(item)
@@ -50,7 +50,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
             problems.append(problem)
             continue
         if dotted in PATH_KEYS and isinstance(value, str):
-            value = _resolve_path_value(dotted, value, Path.cwd())
+            value = _resolve_path_value(dotted, value, Path.cwd(), "--set")
         _set_dotted(raw, dotted, value, problems)
         where.override(dotted)
     config = build_config(raw, where, problems)
@@ -310,18 +310,23 @@ def _parse_toml(text: str, source: str) -> dict:
         raise UserInputError(Problem(place, f"TOML syntax error: {detail}")) from None
 
 
-def _resolve_paths(raw: dict, base: Path) -> None:
+def _resolve_paths(raw: dict, base: Path, where: "KeyLocator") -> None:
     for dotted in PATH_KEYS:
         section, _, name = dotted.partition(".")
         table = raw.get(section)
         if isinstance(table, dict) and isinstance(table.get(name), str):
-            table[name] = _resolve_path_value(dotted, table[name], base)
+            table[name] = _resolve_path_value(dotted, table[name], base, where(dotted))
 
 
-def _resolve_path_value(dotted: str, value: str, base: Path) -> str:
+def _resolve_path_value(dotted: str, value: str, base: Path, place: str) -> str:
     if value.startswith("builtin:") or not value or "\x00" in value:
         return value  # (a NUL cannot be in a path: validation reports it)
-    candidate = Path(value).expanduser()
+    try:
+        candidate = Path(value).expanduser()
+    except RuntimeError:  # ~name for a user this machine does not have
+        user = value.split("/", 1)[0]
+        raise UserInputError(Problem(place, f"{dotted} = {value!r}: {user} names no user on this machine; write "
+                                            f"the path out, or start it with ~/ for your own home")) from None
     if dotted == "model.name_or_path":
         written_as_path = candidate.is_absolute() or value.startswith((".", "~"))
         if not written_as_path and not (base / candidate).exists():

@@ -21,7 +21,11 @@ class BadImage(Exception):
 
 def resolve_image_path(reference: str, data_file: Path) -> Path:
     """A row's image path: absolute as given, or relative to the data file's directory."""
-    path = Path(reference).expanduser()
+    path = Path(reference)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # ~name for a user this machine does not have: as written, and not found
+        pass
     return path if path.is_absolute() else data_file.parent / path
 
 
