@@ -113,40 +113,6 @@ def run_ended(events: Path, timeout: float) -> None:
     raise SystemExit(f"the run did not end within {timeout:.0f} s: see {events.parent / 'trainer.log'}")
 
 
-def run_with_dashboard(work: Path, name: str, args) -> tuple[float, int]:
-    """Runs the dashboard; returns its CPU seconds per wall second (summed over cores) once its features are on,
-    and the step they came on at."""
-    events = work / name / "events.jsonl"
-    with TmuxTerminal(work) as terminal:
-        terminal.start([*loratui_command(), *run_arguments(work, name, args)])
-        terminal.wait_for(r"STARTING|LOADING|RUNNING", "the first frame", 60, poll=0.2)
-        dashboard = terminal.command_pid()
-        terminal.wait_until(lambda screen: "RUNNING" in screen and "waiting for the first step" not in screen,
-                            "the charts to show steps", 120, poll=0.5)
-        terminal.press(*FEATURE_KEYS)
-        terminal.wait_until(lambda screen: FEATURES_ON.search(screen) is not None, "smoothing and the cursor",
-                            30, poll=0.5)
-        features_on = steps_written(events)
-        if features_on > args.warmup:
-            raise SystemExit(f"the features came on at step {features_on}, after the {args.warmup} warm-up steps: "
-                             f"raise --warmup")
-        cpu_start, wall_start = process_cpu_seconds(dashboard), time.monotonic()
-        run_ended(events, 60 + args.steps * 10)
-        cpu_end, wall_end = process_cpu_seconds(dashboard), time.monotonic()
-        terminal.wait_for(r"FINISHED|FAILED", "the dashboard to show the end", 60, poll=0.5)
-        code = terminal.quit_ended_run()
-    if code != 0:
-        raise SystemExit(f"the dashboard run {name} exited with {code}; see {work / name / 'trainer.log'}")
-    return (cpu_end - cpu_start) / (wall_end - wall_start), features_on
-
-
-def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
-    """(median step_time_s, mean wall seconds per step) after the warm-up steps."""
-    steps = [e for e in read_events(work / name / "events.jsonl") if e["type"] == "step"][warmup:]
-    wall = (steps[-1]["time"] - steps[0]["time"]) / (len(steps) - 1)
-    return statistics.median(e["step_time_s"] for e in steps), wall
-
-
 def features_on(terminal: TmuxTerminal, what: str) -> int:
     """Wait until the charts show steps, switch smoothing and the cursor on, wait until they show; returns the
     dashboard's pid."""
@@ -157,6 +123,34 @@ def features_on(terminal: TmuxTerminal, what: str) -> int:
     terminal.wait_until(lambda screen: FEATURES_ON.search(screen) is not None, "smoothing and the cursor", 30,
                         poll=0.5)
     return terminal.command_pid()
+
+
+def run_with_dashboard(work: Path, name: str, args) -> tuple[float, int]:
+    """Runs the dashboard; returns its CPU seconds per wall second (summed over cores) once its features are on,
+    and the step they came on at."""
+    events = work / name / "events.jsonl"
+    with TmuxTerminal(work) as terminal:
+        terminal.start([*loratui_command(), *run_arguments(work, name, args)])
+        dashboard = features_on(terminal, "the dashboard")
+        features_on_at = steps_written(events)
+        if features_on_at > args.warmup:
+            raise SystemExit(f"the features came on at step {features_on_at}, after the {args.warmup} warm-up "
+                             f"steps: raise --warmup")
+        cpu_start, wall_start = process_cpu_seconds(dashboard), time.monotonic()
+        run_ended(events, 60 + args.steps * 10)
+        cpu_end, wall_end = process_cpu_seconds(dashboard), time.monotonic()
+        terminal.wait_for(r"FINISHED|FAILED", "the dashboard to show the end", 60, poll=0.5)
+        code = terminal.quit_ended_run()
+    if code != 0:
+        raise SystemExit(f"the dashboard run {name} exited with {code}; see {work / name / 'trainer.log'}")
+    return (cpu_end - cpu_start) / (wall_end - wall_start), features_on_at
+
+
+def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
+    """(median step_time_s, mean wall seconds per step) after the warm-up steps."""
+    steps = [e for e in read_events(work / name / "events.jsonl") if e["type"] == "step"][warmup:]
+    wall = (steps[-1]["time"] - steps[0]["time"]) / (len(steps) - 1)
+    return statistics.median(e["step_time_s"] for e in steps), wall
 
 
 def window(seconds: float, settle: float, dashboard: int | None = None) -> dict:
@@ -231,12 +225,12 @@ def interleaved_windows(work: Path, args) -> tuple[list[dict], list[dict]]:
     return running, stopped
 
 
-def paired_ratios(with_dashboard: list[dict], without: list[dict], figure: str) -> list[float]:
-    """Each window with the dashboard against the mean of the windows without it on either side (the first,
-    `loratui run`'s, has one neighbour): the machine's slow drift, which moves both alike, cancels."""
+def paired_ratios(running: list[dict], stopped: list[dict], figure: str) -> list[float]:
+    """Each window with the dashboard running against the mean of the stopped windows on either side (the first
+    and the last have one): the machine's slow drift, which moves both alike, cancels."""
     ratios = []
-    for index, measured in enumerate(with_dashboard):
-        neighbours = [without[i][figure] for i in (index - 1, index) if 0 <= i < len(without)]
+    for index, measured in enumerate(running):
+        neighbours = [stopped[i][figure] for i in (index - 1, index) if 0 <= i < len(stopped)]
         ratios.append(measured[figure] / statistics.mean(neighbours))
     return ratios
 
