@@ -112,3 +112,21 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     for line, key in ((5, "train.max_steps"), (6, "train.precision"), (7, "train.batch")):
         assert f"{path}:{line}: {key}" in err, err
+
+
+
+def test_a_tilde_with_no_home_to_expand_exits_2(tmp_path, capsys, monkeypatch):
+    """HOME unset and a uid the password database does not know (a container's arbitrary uid): pathlib cannot
+    expand ~ at all. The database lookup is the one fake here: making such a user needs root and a readable venv."""
+    import pwd
+
+    def unknown_uid(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", unknown_uid)
+    path = tmp_path / "c.toml"
+    path.write_text('[run]\noutput_dir = "~/runs"\n')
+    assert cli.main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert f"{path}:2" in err and "no home directory to expand ~ to" in err and "Traceback" not in out + err, err

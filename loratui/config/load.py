@@ -323,10 +323,11 @@ def _resolve_path_value(dotted: str, value: str, base: Path, place: str) -> str:
         return value  # (a NUL cannot be in a path: validation reports it)
     try:
         candidate = Path(value).expanduser()
-    except RuntimeError:  # ~name for a user this machine does not have
+    except RuntimeError:  # ~name for a user this machine does not have, or ~ with no home to find
         user = value.split("/", 1)[0]
-        raise UserInputError(Problem(place, f"{dotted} = {value!r}: {user} names no user on this machine; write "
-                                            f"the path out, or start it with ~/ for your own home")) from None
+        why = "there is no home directory to expand ~ to (HOME is not set); write the path out" if user == "~" \
+            else f"{user} names no user on this machine; write the path out, or start it with ~/ for your own home"
+        raise UserInputError(Problem(place, f"{dotted} = {value!r}: {why}")) from None
     if dotted == "model.name_or_path":
         written_as_path = candidate.is_absolute() or value.startswith((".", "~"))
         if not written_as_path and not (base / candidate).exists():
