@@ -149,6 +149,11 @@ def run_with_dashboard(work: Path, name: str, args) -> tuple[float, int]:
 def step_figures(work: Path, name: str, warmup: int) -> tuple[float, float]:
     """(median step_time_s, mean wall seconds per step) after the warm-up steps."""
     steps = [e for e in read_events(work / name / "events.jsonl") if e["type"] == "step"][warmup:]
+    return figures_of(steps)
+
+
+def figures_of(steps: list[dict]) -> tuple[float, float]:
+    """(median step_time_s, mean wall seconds per step) of consecutive step events."""
     wall = (steps[-1]["time"] - steps[0]["time"]) / (len(steps) - 1)
     return statistics.median(e["step_time_s"] for e in steps), wall
 
@@ -220,8 +225,7 @@ def interleaved_windows(work: Path, args) -> tuple[list[dict], list[dict]]:
     for measured in running + stopped:
         inside = [e for e in steps if measured["start"] <= e["time"] <= measured["end"]]
         measured["steps"] = len(inside)
-        measured["wall"] = (inside[-1]["time"] - inside[0]["time"]) / (len(inside) - 1)
-        measured["step_time"] = statistics.median(e["step_time_s"] for e in inside)
+        measured["step_time"], measured["wall"] = figures_of(inside)
     return running, stopped
 
 

@@ -225,8 +225,7 @@ class LossTrend:
         self.reset()
 
     def reset(self) -> None:
-        self.recent: deque[float] = deque(maxlen=self.window)
-        self.noise_losses: deque[float] = deque(maxlen=self.NOISE_STEPS + self.window)
+        self.losses: deque[float] = deque(maxlen=self.NOISE_STEPS + self.window)  # the noise's steps, the window
         self.best: float = math.inf
         self.best_step: int | None = None
         self.best_lr: float | None = None
@@ -236,12 +235,12 @@ class LossTrend:
     def observe(self, step: int, loss: float, lr: float) -> Reading | None:
         if not math.isfinite(loss):
             return None
-        self.recent.append(loss)
-        self.noise_losses.append(loss)
-        if len(self.recent) < self.window:
+        self.losses.append(loss)
+        if len(self.losses) < self.window:
             return None
-        median = statistics.median(self.recent)
-        noise = step_noise(list(self.noise_losses)[:-self.window], self.NOISE_STEPS // 2)
+        losses = list(self.losses)
+        median = statistics.median(losses[-self.window:])
+        noise = step_noise(losses[:-self.window], self.NOISE_STEPS // 2)
         margin = max(self.rise * self.best, self.NOISE_MARGIN * noise)
         ratio = median / self.best if self.best < math.inf and self.best > 0 else 1.0
         limit = 1 + margin / self.best if self.best < math.inf and self.best > 0 else 1 + self.rise
@@ -259,13 +258,12 @@ class LossTrend:
             "step_noise": round(noise, 4)})
 
 
-def step_noise(losses, fewest: int) -> float:
+def step_noise(losses: list[float], fewest: int) -> float:
     """The loss's step-to-step noise as a standard deviation, from the median absolute difference between
     neighbouring steps (robust to a spike, and to a slow trend): 0.0 from fewer than `fewest` losses."""
     if len(losses) < fewest:
         return 0.0
-    values = list(losses)
-    differences = [abs(b - a) for a, b in zip(values, values[1:])]
+    differences = [abs(b - a) for a, b in zip(losses, losses[1:])]
     # For independent normal noise, |x_t - x_(t-1)| has median 0.6745 * sqrt(2) * sigma.
     return statistics.median(differences) / (0.6745 * math.sqrt(2))
 
